@@ -1,0 +1,1 @@
+"""Prefect blocks of dbt-cloud-gate (registered through the ``prefect.collections`` entry point)."""

@@ -1,0 +1,16 @@
+"""A local, stateful dbt Cloud API v2 emulator: the embedded default for the demo and the tests."""
+
+from dbtcloud_api.emulator.jobs import DEMO_JOBS, demo_emulator
+from dbtcloud_api.emulator.server import EmulatorServer
+from dbtcloud_api.emulator.state import Emulator, Fault, JobSpec, RecordedRequest, http_date
+
+__all__ = [
+    "DEMO_JOBS",
+    "Emulator",
+    "EmulatorServer",
+    "Fault",
+    "JobSpec",
+    "RecordedRequest",
+    "demo_emulator",
+    "http_date",
+]

@@ -1,0 +1,54 @@
+"""The demo account the emulator serves when no jobs file is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbtcloud_api.emulator.state import Emulator, JobSpec
+from dbtcloud_api.openapi import load_default_validator
+
+DEMO_ACCOUNT_ID = 1
+DEMO_TOKEN = "emulator-token"
+
+
+def _demo_jobs() -> list[JobSpec]:
+    return [
+        JobSpec(
+            id=101,
+            name="Nightly build",
+            execute_steps=["dbt build"],
+            queue_seconds=0.5,
+            start_seconds=0.5,
+            run_seconds=3.0,
+            models=["stg_orders", "stg_customers", "orders", "customers"],
+            history_seconds=[3.1, 2.9, 3.0, 3.2, 2.8],
+        ),
+        JobSpec(
+            id=102,
+            name="Failing build",
+            execute_steps=["dbt build"],
+            queue_seconds=0.5,
+            start_seconds=0.5,
+            run_seconds=2.0,
+            outcome="error",
+            models=["stg_payments", "payments"],
+        ),
+        JobSpec(
+            id=103,
+            name="Scheduled in dbt Cloud too",
+            execute_steps=["dbt build"],
+            schedule_enabled=True,
+            run_seconds=2.0,
+        ),
+    ]
+
+
+DEMO_JOBS = _demo_jobs()
+
+
+def demo_emulator(**kwargs: Any) -> Emulator:
+    """An emulator with the demo jobs, validating requests against the spec when it can be found."""
+    kwargs.setdefault("account_id", DEMO_ACCOUNT_ID)
+    kwargs.setdefault("token", DEMO_TOKEN)
+    kwargs.setdefault("validator", load_default_validator())
+    return Emulator(_demo_jobs(), **kwargs)

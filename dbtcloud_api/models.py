@@ -1,0 +1,295 @@
+"""Typed models of the dbt Cloud API v2 objects this project reads: runs, run steps, jobs, triggers.
+
+The real service sends many fields as ``null`` that its OpenAPI spec never marks nullable, and adds fields
+over time: every field here that can be missing or null is optional, and unknown fields are kept (``extra``)
+so that a job read from the service can be written back whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+logger = logging.getLogger("dbtcloud_api")
+
+
+class RunStatus(IntEnum):
+    """A dbt Cloud run status code. Only SUCCESS, ERROR and CANCELLED are terminal."""
+
+    QUEUED = 1
+    STARTING = 2
+    RUNNING = 3
+    SUCCESS = 10
+    ERROR = 20
+    CANCELLED = 30
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether a run in this status will not change any more."""
+        return self in TERMINAL_STATUSES
+
+    @property
+    def label(self) -> str:
+        """The name dbt Cloud shows for this status (``status_humanized``)."""
+        return self.name.capitalize()
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCESS, RunStatus.ERROR, RunStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING})
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Parse a dbt Cloud timestamp into a timezone-aware UTC datetime, exact to the microsecond.
+
+    Runs use ``2021-12-07 10:34:14.435474+00:00``; jobs use a ``T`` separator; both, a ``Z`` suffix and a
+    naive value (taken as UTC) are accepted. ``None`` and ``""`` stay ``None``.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"not a dbt Cloud timestamp: {value!r}") from exc
+    else:
+        raise ValueError(f"not a dbt Cloud timestamp: {value!r}")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """Format a datetime the way dbt Cloud formats run timestamps (``2021-12-07 10:34:14.435474+00:00``)."""
+    return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")
+
+
+Timestamp = Annotated[datetime | None, BeforeValidator(parse_timestamp)]
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class RunTrigger(_ApiModel):
+    """The trigger of a run: its cause and the overrides it was started with."""
+
+    id: int | None = None
+    cause: str | None = None
+    job_definition_id: int | None = None
+    git_branch: str | None = None
+    git_sha: str | None = None
+    azure_pull_request_id: int | None = None
+    github_pull_request_id: int | None = None
+    gitlab_merge_request_id: int | None = None
+    non_native_pull_request_id: int | None = None
+    schema_override: str | None = None
+    dbt_version_override: str | None = None
+    threads_override: int | None = None
+    target_name_override: str | None = None
+    generate_docs_override: bool | None = None
+    timeout_seconds_override: int | None = None
+    steps_override: list[str] | None = None
+    created_at: Timestamp = None
+
+
+class RunStep(_ApiModel):
+    """One step of a run (``dbt run``, ``dbt test``...), with its status and high-level logs."""
+
+    id: int | None = None
+    run_id: int | None = None
+    account_id: int | None = None
+    index: int = 0
+    status: int | None = None
+    name: str = ""
+    logs: str | None = None
+    debug_logs: str | None = None
+    status_humanized: str | None = None
+    started_at: Timestamp = None
+    finished_at: Timestamp = None
+    duration: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether this step ended in error."""
+        return self.status == RunStatus.ERROR
+
+    def last_log_lines(self, count: int = 20) -> list[str]:
+        """The last ``count`` non-empty lines of this step's logs."""
+        lines = [line for line in (self.logs or "").splitlines() if line.strip()]
+        return lines[-count:]
+
+
+class JobTriggers(_ApiModel):
+    """What starts a job inside dbt Cloud; ``schedule`` is the job's own dbt Cloud schedule."""
+
+    github_webhook: bool = False
+    git_provider_webhook: bool | None = None
+    schedule: bool = False
+    on_merge: bool | None = None
+    custom_branch_only: bool | None = None
+
+
+class Job(_ApiModel):
+    """A dbt Cloud job definition."""
+
+    id: int
+    account_id: int
+    project_id: int
+    environment_id: int
+    name: str
+    description: str | None = None
+    dbt_version: str | None = None
+    execute_steps: list[str] = Field(default_factory=list)
+    state: int = 1
+    triggers: JobTriggers = Field(default_factory=JobTriggers)
+    settings: dict[str, Any] | None = None
+    schedule: dict[str, Any] | None = None
+    execution: dict[str, Any] | None = None
+    generate_docs: bool = False
+    run_generate_sources: bool = False
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+    next_run: Timestamp = None
+    cron_humanized: str | None = None
+
+    @property
+    def schedule_enabled(self) -> bool:
+        """Whether the job's own dbt Cloud schedule is on (it would run the job besides the pipeline)."""
+        return bool(self.triggers.schedule)
+
+
+def _coerce_status(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("run status must be an integer code")
+    if isinstance(value, int | str) and str(value).lstrip("-").isdigit():
+        code = int(value)
+        try:
+            return RunStatus(code)
+        except ValueError:
+            return code
+    return value
+
+
+class Run(_ApiModel):
+    """A dbt Cloud run. ``status`` is a :class:`RunStatus`, or a plain int for a code this client does not know."""
+
+    id: int
+    account_id: int
+    job_definition_id: int | None = None
+    trigger_id: int | None = None
+    environment_id: int | None = None
+    project_id: int | None = None
+    status: RunStatus | int
+    status_humanized: str | None = None
+    status_message: str | None = None
+    dbt_version: str | None = None
+    git_branch: str | None = None
+    git_sha: str | None = None
+    href: str | None = None
+    artifacts_saved: bool | None = None
+    in_progress: bool | None = None
+    is_complete: bool | None = None
+    is_success: bool | None = None
+    is_error: bool | None = None
+    is_cancelled: bool | None = None
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+    dequeued_at: Timestamp = None
+    started_at: Timestamp = None
+    finished_at: Timestamp = None
+    duration: str | None = None
+    queued_duration: str | None = None
+    run_duration: str | None = None
+    trigger: RunTrigger | None = None
+    job: Job | None = None
+    run_steps: list[RunStep] = Field(default_factory=list)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _known_status(cls, value: Any) -> Any:
+        return _coerce_status(value)
+
+    @field_validator("run_steps", mode="before")
+    @classmethod
+    def _null_steps(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @property
+    def known_status(self) -> RunStatus | None:
+        """The status as a :class:`RunStatus`, or ``None`` for a code this client does not know."""
+        return self.status if isinstance(self.status, RunStatus) else None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run has finished. An unknown code counts as finished only if ``is_complete`` says so."""
+        known = self.known_status
+        if known is not None:
+            return known.is_terminal
+        return bool(self.is_complete)
+
+    @property
+    def status_label(self) -> str:
+        """A human name for the status: ``Success``, ``Error``... or ``Unknown (42)``."""
+        known = self.known_status
+        if known is not None:
+            return known.label
+        return self.status_humanized or f"Unknown ({int(self.status)})"
+
+    @property
+    def job_id(self) -> int | None:
+        """The job this run belongs to."""
+        if self.job_definition_id is not None:
+            return self.job_definition_id
+        extra = (self.model_extra or {}).get("job_id")
+        return int(extra) if extra is not None else None
+
+    @property
+    def failed_step(self) -> RunStep | None:
+        """The first step that ended in error, if the run's steps are known."""
+        return next((step for step in sorted(self.run_steps, key=lambda s: s.index) if step.failed), None)
+
+
+class RunPage(BaseModel):
+    """One page of a run listing, with the service's total count for paging."""
+
+    runs: list[Run]
+    count: int
+    total_count: int
+    offset: int
+    limit: int
+
+
+class ModelResult(BaseModel):
+    """One node's result from a run's ``run_results.json``."""
+
+    unique_id: str
+    name: str
+    resource_type: str | None = None
+    status: str
+    execution_time: float | None = None
+    message: str | None = None
+
+
+def parse_run_results(document: dict[str, Any]) -> list[ModelResult]:
+    """Turn a dbt ``run_results.json`` document into per-node results (name, status, time, message)."""
+    results: list[ModelResult] = []
+    for entry in document.get("results") or []:
+        unique_id = str(entry.get("unique_id") or "")
+        parts = unique_id.split(".")
+        results.append(
+            ModelResult(
+                unique_id=unique_id,
+                name=parts[-1] if parts else unique_id,
+                resource_type=parts[0] if len(parts) > 1 else None,
+                status=str(entry.get("status") or "unknown"),
+                execution_time=entry.get("execution_time"),
+                message=entry.get("message"),
+            )
+        )
+    return results

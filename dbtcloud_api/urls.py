@@ -1,0 +1,72 @@
+"""Validation and normalization of dbt Cloud access URLs."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from dbtcloud_api.errors import DbtCloudConfigError
+
+DEFAULT_ACCESS_URL = "https://cloud.getdbt.com"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_access_url(value: str) -> str:
+    """Return ``value`` as ``https://host[:port]``, the base every API path is joined to.
+
+    Accepts a bare host (``cloud.getdbt.com``, ``ab123.us1.dbt.com``, a single-tenant host), a URL with
+    ``https://`` and trailing slashes. Refuses plain ``http://`` except for loopback hosts (the local
+    emulator), and URLs with a path, query or credentials, which are always a mistake here.
+    """
+    raw = (value or "").strip()
+    if not raw:
+        raise DbtCloudConfigError("The dbt Cloud access URL is empty: set it to e.g. https://cloud.getdbt.com.")
+    candidate = raw if "://" in raw else f"https://{raw}"
+    try:
+        parts = urlsplit(candidate)
+        port = parts.port
+    except ValueError as exc:
+        raise DbtCloudConfigError(f"The dbt Cloud access URL {raw!r} is not a valid URL: {exc}.") from exc
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise DbtCloudConfigError(f"The dbt Cloud access URL {raw!r} has no host name.")
+    if parts.username or parts.password:
+        raise DbtCloudConfigError(
+            "The dbt Cloud access URL must not carry credentials; put the token in the API token setting."
+        )
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise DbtCloudConfigError(
+            f"The dbt Cloud access URL {raw!r} must be just the host (e.g. https://cloud.getdbt.com), "
+            "without a path such as /api/v2 or a query."
+        )
+    if scheme == "http":
+        if not is_loopback_host(host):
+            raise DbtCloudConfigError(
+                f"The dbt Cloud access URL {raw!r} uses plain http://, which would send the API token "
+                "unencrypted: use https:// (plain http is allowed only for a local emulator on loopback)."
+            )
+    elif scheme != "https":
+        raise DbtCloudConfigError(f"The dbt Cloud access URL {raw!r} must start with https://.")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return f"{scheme}://{netloc}"
+
+
+def run_url(access_url: str, account_id: int, run_id: int, project_id: int | None = None) -> str:
+    """The link to a run in the dbt Cloud web app (``#/accounts/…/runs/…`` also resolves without a project)."""
+    base = normalize_access_url(access_url)
+    if project_id is not None:
+        return f"{base}/deploy/{account_id}/projects/{project_id}/runs/{run_id}/"
+    return f"{base}/#/accounts/{account_id}/runs/{run_id}/"

@@ -1,0 +1,73 @@
+"""Shared fixtures: the emulator on loopback HTTP, fast-retry clients, the OpenAPI validator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dbtcloud_api import DbtCloudClient, RetryPolicy
+from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
+from dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator
+
+TOKEN = "tok_sEcReT_0123456789abcdef"
+ACCOUNT = 4242
+FAST_RETRY = RetryPolicy(
+    max_attempts=5,
+    max_elapsed_seconds=10,
+    backoff_initial_seconds=0.01,
+    backoff_max_seconds=0.05,
+    not_found_grace_seconds=2.0,
+)
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "dbt-cloud" / "fixtures"
+
+
+def fast_jobs() -> list[JobSpec]:
+    """Jobs whose runs finish in well under a second."""
+    return [
+        JobSpec(
+            id=11, name="ok", queue_seconds=0.05, start_seconds=0.05, run_seconds=0.3, models=["stg_orders", "orders"]
+        ),
+        JobSpec(
+            id=12,
+            name="fails",
+            queue_seconds=0.05,
+            start_seconds=0.05,
+            run_seconds=0.3,
+            outcome="error",
+            models=["stg_orders", "orders", "customers"],
+            failing_model="orders",
+        ),
+        JobSpec(
+            id=13, name="scheduled", schedule_enabled=True, queue_seconds=0.05, start_seconds=0.05, run_seconds=0.3
+        ),
+        JobSpec(id=14, name="slow", queue_seconds=0.05, start_seconds=0.05, run_seconds=30.0),
+    ]
+
+
+@pytest.fixture(scope="session")
+def spec_validator() -> SpecValidator:
+    validator = load_default_validator()
+    if validator is None:
+        pytest.fail(
+            f"The dbt Cloud OpenAPI spec was not found (looked for {default_spec_path()}): "
+            "set DBT_CLOUD_OPENAPI_SPEC or keep ../shared/dbt-cloud beside the checkout."
+        )
+    return validator
+
+
+@pytest.fixture
+def emulator(spec_validator: SpecValidator) -> Iterator[EmulatorServer]:
+    server = EmulatorServer(Emulator(fast_jobs(), account_id=ACCOUNT, token=TOKEN, validator=spec_validator))
+    with server:
+        yield server
+    problems = [(r.method, r.path, r.spec_problems) for r in server.emulator.requests if r.spec_problems]
+    # Every request a test sent through the client must match the real API's spec.
+    assert not [p for p in problems if not getattr(server, "allow_invalid", False)], problems
+
+
+@pytest.fixture
+def client(emulator: EmulatorServer) -> Iterator[DbtCloudClient]:
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY, seed=1) as c:
+        yield c

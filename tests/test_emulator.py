@@ -1,0 +1,112 @@
+"""Emulator behaviour that the client tests do not cover: admin endpoints, rate limit, jobs file, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dbtcloud_api import DbtCloudClient, DbtCloudRateLimitError, RetryPolicy, RunStatus
+from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
+from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
+
+
+def test_admin_endpoints_add_faults_and_list_requests(emulator: EmulatorServer, client: DbtCloudClient) -> None:
+    added = httpx.post(f"{emulator.url}/_emulator/faults", json={"kind": "5xx", "status": 503, "times": 1}, timeout=5)
+    assert added.status_code == 200
+    assert client.get_job(11).id == 11
+    log = httpx.get(f"{emulator.url}/_emulator/requests", timeout=5).json()["data"]
+    api = [r for r in log if r["path"].startswith("/api/")]
+    assert [r["status"] for r in api] == [503, 200]
+    assert all("Authorization" not in json.dumps(r) and TOKEN not in json.dumps(r) for r in log)
+    bad = httpx.post(f"{emulator.url}/_emulator/faults", json={"kind": "5xx", "colour": "red"}, timeout=5)
+    assert bad.status_code == 400 and "colour" in bad.json()["status"]["user_message"]
+    changed = httpx.post(f"{emulator.url}/_emulator/jobs/11", json={"outcome": "error"}, timeout=5)
+    assert changed.status_code == 200 and emulator.emulator.jobs[11].outcome == "error"
+    assert httpx.delete(f"{emulator.url}/_emulator/faults", timeout=5).status_code == 200
+    assert emulator.emulator.faults == []
+
+
+def test_account_rate_limit_answers_429_with_retry_after() -> None:
+    emulator = Emulator([JobSpec(id=1)], account_id=ACCOUNT, token=TOKEN, rate_limit_per_minute=3)
+    with EmulatorServer(emulator) as server:
+        policy = RetryPolicy(max_attempts=1)
+        with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=policy) as c:
+            for _ in range(3):
+                c.get_job(1)
+            with pytest.raises(DbtCloudRateLimitError) as info:
+                c.get_job(1)
+    assert info.value.retry_after is not None and 1 <= info.value.retry_after <= 60
+
+
+def test_probability_faults_are_seeded_and_counted() -> None:
+    emulator = Emulator([JobSpec(id=1)], account_id=ACCOUNT, token=TOKEN, seed=7)
+    fault = emulator.add_fault(Fault(kind="5xx", probability=0.3))
+    with EmulatorServer(emulator) as server, DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+        for _ in range(40):
+            c.get_job(1)
+    faulted = [r for r in emulator.requests if r.fault == "5xx"]
+    assert 0 < len(faulted) == fault.hits < len(emulator.requests)
+    assert sum(1 for r in emulator.requests if r.status == 200) == 40
+
+
+def test_outcomes_cycle_and_history_runs_exist(client: DbtCloudClient) -> None:
+    emulator = Emulator(
+        [
+            JobSpec(
+                id=1,
+                run_seconds=0.05,
+                queue_seconds=0,
+                start_seconds=0,
+                outcomes=["error", "success"],
+                history_seconds=[10.0, 12.0],
+            )
+        ],
+        account_id=ACCOUNT,
+        token=TOKEN,
+    )
+    with EmulatorServer(emulator) as server, DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+        history = c.list_runs(job_definition_id=1, status_in=[RunStatus.SUCCESS]).runs
+        assert len(history) == 2
+        durations = [(r.finished_at - r.started_at).total_seconds() for r in history if r.finished_at and r.started_at]
+        assert durations == [10.0, 12.0]
+        first = c.trigger_job_run(1, "a")
+        second = c.trigger_job_run(1, "b")
+        time.sleep(0.3)
+        assert c.get_run(first.id).status is RunStatus.ERROR
+        assert c.get_run(second.id).status is RunStatus.SUCCESS
+
+
+def test_jobs_file_refuses_unknown_settings(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps({"jobs": [{"id": 5, "run_seconds": 1, "durtion": 3}]}))
+    with pytest.raises(ValueError, match="durtion"):
+        Emulator.from_jobs_file(path)
+    path.write_text(json.dumps({"jobs": [{"id": 5, "run_seconds": 1}]}))
+    assert Emulator.from_jobs_file(path).jobs[5].run_seconds == 1
+
+
+def test_command_line_starts_the_emulator(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([{"id": 77, "name": "cli job"}]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbtcloud_api.emulator", "--port", "0", "--jobs", str(jobs), "--token", "cli-token"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "dbt Cloud emulator on http://127.0.0.1:" in line and "[77]" in line
+        url = line.split(" on ")[1].split(" ")[0]
+        with DbtCloudClient(1, "cli-token", url, retry=FAST_RETRY) as c:
+            assert c.get_job(77).name == "cli job"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
