@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
-import pytest
+# Before Prefect is imported anywhere: a private PREFECT_HOME (results, local storage) and no telemetry.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dcg-prefect-home-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+for _name in ("DBT_CLOUD_ACCOUNT_ID", "DBT_CLOUD_API_TOKEN", "DBT_CLOUD_ACCESS_URL", "DBT_CLOUD_CREDENTIALS_BLOCK"):
+    os.environ.pop(_name, None)
 
-from dbtcloud_api import DbtCloudClient, RetryPolicy
-from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
-from dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator
+import pytest  # noqa: E402
+
+from dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
+from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec  # noqa: E402
+from dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator  # noqa: E402
 
 TOKEN = "tok_sEcReT_0123456789abcdef"
 ACCOUNT = 4242
@@ -71,3 +84,54 @@ def emulator(spec_validator: SpecValidator) -> Iterator[EmulatorServer]:
 def client(emulator: EmulatorServer) -> Iterator[DbtCloudClient]:
     with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY, seed=1) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the whole session, flow heartbeats off (each would cost ~1 s)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint that records every POST body (the target of alert blocks in tests)."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    received.append(json.loads(raw))
+                except ValueError:
+                    received.append({"raw": raw.decode(errors="replace")})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

@@ -6,6 +6,7 @@ the connection); :mod:`dbtcloud_api.emulator.server` puts it on loopback HTTP.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -23,9 +24,10 @@ from dbtcloud_api.models import RunStatus, format_timestamp
 from dbtcloud_api.openapi import SpecValidator
 
 Outcome = Literal["success", "error", "cancelled"]
-FaultKind = Literal["429", "5xx", "drop", "slow", "not_found_fresh", "lost_response"]
+FaultKind = Literal["429", "5xx", "status", "drop", "slow", "not_found_fresh", "lost_response"]
 
 MAX_CAUSE = 255
+_ID_BASES = itertools.count(0, 100_000)
 SETUP_STEPS = ("Clone git repository", "Create profile from connection", "Invoke dbt with `dbt deps`")
 _OUTCOME_STATUS = {"success": RunStatus.SUCCESS, "error": RunStatus.ERROR, "cancelled": RunStatus.CANCELLED}
 
@@ -69,6 +71,7 @@ class Fault:
     """A fault to inject into matching requests.
 
     ``kind``: ``429`` (with ``retry_after`` as the header value, or none), ``5xx`` (``status`` with an HTML body),
+    ``status`` (any ``status`` code in the dbt Cloud error envelope, e.g. a 403 after a token was revoked),
     ``drop`` (close the connection, request not processed), ``slow`` (answer after ``delay`` seconds),
     ``not_found_fresh`` (404 for a run younger than ``fresh_seconds``), ``lost_response`` (process the request,
     then drop the connection: a trigger whose run is created but whose answer is lost).
@@ -215,8 +218,10 @@ class Emulator:
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
         self.trigger_count: dict[int, int] = {}
-        self._next_run_id = 70_000_001
-        self._next_trigger_id = 90_000_001
+        # Each emulator in a process numbers its runs from its own base, so that IDs never repeat across tests.
+        base = next(_ID_BASES)
+        self._next_run_id = 70_000_001 + base
+        self._next_trigger_id = 90_000_001 + base
         self._job_runs: dict[int, int] = {}
         self._window: deque[float] = deque()
         for spec in jobs or []:
@@ -645,6 +650,8 @@ class Emulator:
                 return Reply(fault.status, html, {"Content-Type": "text/html"})
             if fault.kind == "not_found_fresh":
                 return _error(404, "Requested resource not found.")
+            if fault.kind == "status":
+                return _error(fault.status, f"Injected error {fault.status}.")
             if fault.kind == "slow":
                 return Reply(delay=fault.delay)
             return Reply(drop=True)  # drop, lost_response

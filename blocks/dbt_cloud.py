@@ -1,0 +1,130 @@
+"""The dbt Cloud credentials block, and where credentials come from when a flow is given none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import Field, PositiveInt, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
+from dbtcloud_api.urls import DEFAULT_ACCESS_URL
+
+
+class DbtCloudCredentials(Block):
+    """Credentials for one dbt Cloud account: account ID, API token and access URL.
+
+    Hands out ready clients of the dbt Cloud API v2. The token is a secret: it is never logged or shown.
+    """
+
+    # The slug (dbt-cloud-gate-credentials) must never change once registered; it differs from
+    # prefect-dbt's "dbt-cloud-credentials" so that both collections can live in one workspace.
+    _block_type_name = "dbt Cloud Gate Credentials"
+    _block_type_slug = "dbt-cloud-gate-credentials"
+    _description = "Account ID, API token and access URL of a dbt Cloud account, for dbt-cloud-gate's flows."
+    _documentation_url = "https://docs.getdbt.com/dbt-cloud/api-v2"  # type: ignore[assignment]
+    _code_example = """
+```python
+from blocks.dbt_cloud import DbtCloudCredentials
+
+DbtCloudCredentials(
+    account_id=12345,
+    api_token="dbtc_...",                # a service token with Job Runner or Job Admin permission
+    access_url="https://emea.dbt.com",   # your region's or cell's access URL
+).save("prod")
+
+credentials = DbtCloudCredentials.load("prod")
+with credentials.get_client() as client:
+    print(client.get_job(678).name)
+```
+"""
+
+    account_id: PositiveInt = Field(..., title="Account ID", description="The numeric ID of the dbt Cloud account.")
+    api_token: SecretStr = Field(
+        ..., title="API token", description="A dbt Cloud service token (or personal access token)."
+    )
+    access_url: str = Field(
+        default=DEFAULT_ACCESS_URL,
+        title="Access URL",
+        description="Your account's access URL: cloud.getdbt.com, emea.dbt.com, ab123.us1.dbt.com, a single-tenant host.",
+    )
+
+    @field_validator("access_url")
+    @classmethod
+    def _normalize_url(cls, value: str) -> str:
+        return normalize_access_url(value)
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("the API token is empty")
+        return value
+
+    def get_client(self, **options: Any) -> DbtCloudClient:
+        """A blocking client for this account (close it, or use it as a context manager)."""
+        return DbtCloudClient(self.account_id, self.api_token.get_secret_value(), self.access_url, **options)
+
+    def get_async_client(self, **options: Any) -> AsyncDbtCloudClient:
+        """An asyncio client for this account."""
+        return AsyncDbtCloudClient(self.account_id, self.api_token.get_secret_value(), self.access_url, **options)
+
+
+class DbtCloudSettings(BaseSettings):
+    """Credentials from the environment: ``DBT_CLOUD_ACCOUNT_ID``, ``DBT_CLOUD_API_TOKEN``, ``DBT_CLOUD_ACCESS_URL``,
+    or ``DBT_CLOUD_CREDENTIALS_BLOCK``, the name of a saved :class:`DbtCloudCredentials` block."""
+
+    model_config = SettingsConfigDict(env_prefix="DBT_CLOUD_", extra="ignore")
+
+    account_id: int | None = None
+    api_token: SecretStr | None = None
+    access_url: str = DEFAULT_ACCESS_URL
+    credentials_block: str | None = None
+
+
+def resolve_credentials(credentials: DbtCloudCredentials | str | None = None) -> DbtCloudCredentials:
+    """The credentials a flow uses: the block given, else the saved block named, else the environment.
+
+    A string is the name of a saved block. With nothing given, ``DBT_CLOUD_CREDENTIALS_BLOCK`` names a block, or
+    ``DBT_CLOUD_ACCOUNT_ID`` and ``DBT_CLOUD_API_TOKEN`` (and optionally ``DBT_CLOUD_ACCESS_URL``) are used.
+    """
+    if isinstance(credentials, DbtCloudCredentials):
+        return credentials
+    if isinstance(credentials, str):
+        return _load_block(credentials, "the credentials parameter")
+    settings = DbtCloudSettings()
+    if settings.credentials_block:
+        return _load_block(settings.credentials_block, "DBT_CLOUD_CREDENTIALS_BLOCK")
+    missing = [
+        name
+        for name, value in (("DBT_CLOUD_ACCOUNT_ID", settings.account_id), ("DBT_CLOUD_API_TOKEN", settings.api_token))
+        if not value
+    ]
+    if missing:
+        raise DbtCloudConfigError(
+            "No dbt Cloud credentials: pass a DbtCloudCredentials block (or the name of a saved one) as "
+            f"`credentials`, set DBT_CLOUD_CREDENTIALS_BLOCK to a saved block's name, or set {' and '.join(missing)}"
+            f"{' (DBT_CLOUD_ACCOUNT_ID is set)' if settings.account_id and len(missing) == 1 else ''}."
+        )
+    assert settings.account_id is not None and settings.api_token is not None
+    try:
+        return DbtCloudCredentials(
+            account_id=settings.account_id, api_token=settings.api_token, access_url=settings.access_url
+        )
+    except ValueError as exc:
+        raise DbtCloudConfigError(f"The DBT_CLOUD_* environment settings are invalid: {exc}") from None
+
+
+def _load_block(name: str, where: str) -> DbtCloudCredentials:
+    block_name = name.split("/", 1)[1] if name.startswith(f"{DbtCloudCredentials._block_type_slug}/") else name
+    try:
+        loaded = DbtCloudCredentials.load(block_name)
+    except ValueError as exc:
+        raise DbtCloudConfigError(
+            f"No saved dbt Cloud credentials block named {block_name!r} ({where}): create it with "
+            f"DbtCloudCredentials(...).save({block_name!r}) or in the Prefect UI. ({exc})"
+        ) from None
+    if not isinstance(loaded, DbtCloudCredentials):  # pragma: no cover - load() returns the class it is called on
+        raise DbtCloudConfigError(f"Block {block_name!r} is not a dbt Cloud Gate Credentials block.")
+    return loaded

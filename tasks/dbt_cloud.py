@@ -1,0 +1,227 @@
+"""Prefect tasks for dbt Cloud: trigger, wait, cancel, per-model results, alerts.
+
+Clients are built inside each task from the credentials block (a client is not a hashable task input).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.blocks.core import Block
+from prefect.blocks.notifications import NotificationBlock
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from blocks.dbt_cloud import DbtCloudCredentials
+from dbtcloud_api import (
+    DbtCloudAmbiguousTriggerError,
+    DbtCloudError,
+    ModelResult,
+    Run,
+    RunStatus,
+    parse_run_results,
+)
+from dbtcloud_api.client import MAX_CAUSE_LENGTH, clip_cause
+from dbtcloud_api.errors import scrub
+from dbtcloud_api.wait import FixedInterval, PollSchedule, WaitTimedOut, wait_for_run
+
+IDEMPOTENCY_PREFIX = "dcg:"
+# How many times an ambiguous trigger is followed by a search and a new attempt before giving up.
+MAX_TRIGGER_ATTEMPTS = 3
+
+
+class DbtCloudJobAlreadyRunning(DbtCloudError):
+    """``if_running="fail"`` and the job already has a run queued or running."""
+
+
+def idempotency_key(job_id: int, flow_run_id: str | None = None) -> str:
+    """The marker put in a run's cause: ties a dbt Cloud run to the Prefect flow run that started it."""
+    owner = flow_run_id or runtime_flow_run.get_id() or f"adhoc-{uuid.uuid4()}"
+    return f"[{IDEMPOTENCY_PREFIX}{owner}:{job_id}]"
+
+
+def cause_with_key(cause: str | None, key: str) -> str:
+    """``cause`` (default: the flow run's name) with ``key`` appended, within dbt Cloud's 255 characters."""
+    text = (cause or "").strip() or f"Triggered by Prefect flow run {runtime_flow_run.get_name() or 'outside a flow'}"
+    room = MAX_CAUSE_LENGTH - len(key) - 1
+    if len(text) > room:
+        text = clip_cause(text)[:room]
+    return f"{text} {key}"
+
+
+def _trigger_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # One trigger per (flow run, job, key): a retry of the flow run reuses the persisted run ID.
+    return f"dbt-cloud-trigger-{context.task_run.flow_run_id}-{parameters['job_id']}-{parameters['key']}"
+
+
+@task(
+    name="trigger-dbt-cloud-job",
+    cache_key_fn=_trigger_cache_key,
+    persist_result=True,
+    retries=0,
+)
+def trigger_dbt_cloud_job(
+    credentials: DbtCloudCredentials,
+    job_id: int,
+    cause: str,
+    key: str,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """Start a run of ``job_id`` and return its ID; never starts two runs for one ``key``.
+
+    After an ambiguous failure (the request may have created a run), and on a retry of the flow run, it first
+    looks for a run of the job whose cause carries ``key``.
+    """
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        if (runtime_flow_run.get_run_count() or 1) > 1:
+            found = client.find_runs_by_cause(job_id, key, max_runs=100)
+            if found:
+                log.info("Flow run retry: reusing dbt Cloud run %s of job %s, started earlier.", found[0].id, job_id)
+                return found[0].id
+        for attempt in range(1, MAX_TRIGGER_ATTEMPTS + 1):
+            try:
+                run = client.trigger_job_run(job_id, cause, **(overrides or {}))
+            except DbtCloudAmbiguousTriggerError as exc:
+                log.warning("Trigger of job %s may or may not have started a run (%s); looking for it.", job_id, exc)
+                found = client.find_runs_by_cause(job_id, key, max_runs=100)
+                if found:
+                    log.info("Found dbt Cloud run %s carrying this flow run's key; using it.", found[0].id)
+                    return found[0].id
+                if attempt == MAX_TRIGGER_ATTEMPTS:
+                    raise
+                continue
+            log.info("Triggered dbt Cloud job %s: run %s (%s).", job_id, run.id, run.href or "no link")
+            return run.id
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@task(name="find-dbt-cloud-run-in-flight", cache_policy=NO_CACHE)
+def find_run_in_flight(credentials: DbtCloudCredentials, job_id: int) -> Run | None:
+    """The newest run of ``job_id`` that is queued, starting or running, if any."""
+    with credentials.get_client() as client:
+        page = client.list_runs(
+            job_definition_id=job_id,
+            status_in=[RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING],
+            order_by="-id",
+            limit=1,
+        )
+    return page.runs[0] if page.runs else None
+
+
+@task(
+    name="retry-dbt-cloud-run",
+    cache_key_fn=lambda ctx, p: f"dbt-cloud-retry-{ctx.task_run.flow_run_id}-{p['run_id']}",
+    persist_result=True,
+)
+def retry_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int) -> int:
+    """Retry a failed run from its point of failure; returns the new run's ID (reused on a flow retry)."""
+    with credentials.get_client() as client:
+        run = client.retry_run(run_id)
+    get_run_logger().info("Retrying dbt Cloud run %s from its point of failure: new run %s.", run_id, run.id)
+    return run.id
+
+
+@task(name="wait-for-dbt-cloud-run", cache_policy=NO_CACHE)
+def wait_for_dbt_cloud_run(
+    credentials: DbtCloudCredentials,
+    run_id: int,
+    poll_interval_seconds: float = 30,
+    max_wait_seconds: float = 7200,
+    on_timeout: Literal["cancel", "leave"] = "cancel",
+    schedule: PollSchedule | None = None,
+) -> Run:
+    """Poll a run until it finishes: one task run for the whole wait, logging status changes and step progress.
+
+    Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``.
+    """
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        try:
+            return wait_for_run(
+                client,
+                run_id,
+                max_wait_seconds=max_wait_seconds,
+                schedule=schedule or FixedInterval(poll_interval_seconds),
+                not_found_grace_seconds=client.retry.not_found_grace_seconds,
+                log=log,
+            )
+        except WaitTimedOut as exc:
+            if on_timeout == "cancel":
+                try:
+                    exc.run = client.cancel_run(run_id)
+                    log.warning("Deadline of %g s passed: cancelled dbt Cloud run %s.", max_wait_seconds, run_id)
+                except DbtCloudError as cancel_error:
+                    log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
+            else:
+                log.warning("Deadline of %g s passed: dbt Cloud run %s left running.", max_wait_seconds, run_id)
+            raise
+
+
+@task(name="cancel-dbt-cloud-run", cache_policy=NO_CACHE)
+def cancel_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int) -> Run:
+    """Cancel a dbt Cloud run (safe to repeat)."""
+    with credentials.get_client() as client:
+        return client.cancel_run(run_id)
+
+
+@task(name="fetch-dbt-cloud-run-results", cache_policy=NO_CACHE)
+def fetch_run_results(credentials: DbtCloudCredentials, run_id: int, step: int | None = None) -> list[ModelResult]:
+    """Per-model results (name, status, time, message) from the run's ``run_results.json``; [] if it has none."""
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        try:
+            raw = client.get_run_artifact(run_id, "run_results.json", step=step)
+        except DbtCloudError as exc:
+            log.warning("No run_results.json for dbt Cloud run %s: %s", run_id, exc)
+            return []
+    try:
+        return parse_run_results(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        log.warning("run_results.json of dbt Cloud run %s could not be read: %s", run_id, exc)
+        return []
+
+
+def load_notification_block(reference: str | NotificationBlock) -> NotificationBlock:
+    """A notification block given as an instance or as ``block-type-slug/name`` (``slack-webhook/data-alerts``)."""
+    if isinstance(reference, NotificationBlock):
+        return reference
+    if "/" not in reference:
+        raise ValueError(
+            f"Alert block {reference!r} must be named with its type, like 'slack-webhook/{reference}' or "
+            f"'custom-webhook/{reference}'."
+        )
+    block = Block.load(reference)
+    if not isinstance(block, NotificationBlock):
+        raise ValueError(f"Block {reference!r} is not a notification block (it cannot send alerts).")
+    return block
+
+
+@task(name="send-dbt-cloud-alert", cache_policy=NO_CACHE)
+def send_alerts(
+    alert_blocks: Sequence[str | NotificationBlock], subject: str, body: str, secret: str | None = None
+) -> dict[str, str]:
+    """Send one alert through each block; returns block → "sent" or the error. A failure never raises."""
+    log = get_run_logger()
+    outcome: dict[str, str] = {}
+    for reference in alert_blocks:
+        name = reference if isinstance(reference, str) else type(reference).__name__
+        try:
+            block = load_notification_block(reference)
+            sent = block.notify(scrub(body, secret), scrub(subject, secret))
+            if inspect.isawaitable(sent):  # a custom block with only an async notify
+                run_coro_as_sync(sent)
+        except Exception as exc:  # an alert that fails must not hide the run's failure
+            outcome[name] = f"failed: {scrub(str(exc), secret)}"
+            log.error("Could not send the dbt Cloud alert through %s: %s", name, scrub(str(exc), secret))
+        else:
+            outcome[name] = "sent"
+            log.info("Sent the dbt Cloud alert through %s.", name)
+    return outcome

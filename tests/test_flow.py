@@ -1,0 +1,382 @@
+"""The Prefect layer against the emulator, in one Prefect test server: trigger, wait, branch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prefect import flow
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
+from prefect.logging.handlers import APILogHandler
+
+from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, RunStatus
+from dbtcloud_api.emulator import EmulatorServer, Fault
+from flows.dbt_cloud import (
+    DbtCloudJobAlreadyRunning,
+    DbtCloudRunCancelled,
+    DbtCloudRunError,
+    DbtCloudRunFailed,
+    DbtCloudRunResult,
+    DbtCloudRunTimedOut,
+    run_dbt_cloud_job,
+)
+from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN, WebhookReceiver
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST: dict[str, Any] = {"poll_interval_seconds": 0.05, "max_wait_seconds": 20}
+
+
+def creds(emulator: EmulatorServer, token: str = TOKEN) -> DbtCloudCredentials:
+    return DbtCloudCredentials(account_id=ACCOUNT, api_token=token, access_url=emulator.url)
+
+
+def saved_webhook(receiver: WebhookReceiver, name: str) -> str:
+    CustomWebhookNotificationBlock(
+        name="tests",
+        url=receiver.url,
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        allow_private_urls=True,
+    ).save(name, overwrite=True)
+    return f"custom-webhook/{name}"
+
+
+def runs_of(emulator: EmulatorServer, job_id: int) -> list[Any]:
+    return [r for r in emulator.emulator.runs_of(job_id)]
+
+
+def prefect_texts() -> str:
+    """Every log line, artifact and dbt-cloud event the Prefect server holds, as one text."""
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs()
+        artifacts = client.read_artifacts()
+        events = client.request("POST", "/events/filter", json={"filter": {"event": {"prefix": ["dbt-cloud."]}}})
+    texts = [log.message for log in logs]
+    texts += [str(a.data) + str(a.description) for a in artifacts]
+    texts.append(events.text)
+    return "\n".join(texts)
+
+
+def dbt_events(run_id: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        with get_client(sync_client=True) as client:
+            response = client.request(
+                "POST",
+                "/events/filter",
+                json={"filter": {"any_resource": {"id": [f"dbt-cloud.run.{run_id}"]}}, "limit": 50},
+            )
+        found = response.json()["events"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def wait_for_status(emulator: EmulatorServer, run_filter: Any, status: RunStatus, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
+        while time.monotonic() < deadline:
+            for run in list(emulator.emulator.runs.values()):
+                if run_filter(run) and client.get_run(run.id, ()).status == status:
+                    return run.id
+            time.sleep(0.05)
+    raise AssertionError(f"no run reached {status}")
+
+
+def test_success_returns_exact_finished_at_models_artifacts_and_event(emulator: EmulatorServer) -> None:
+    result = run_dbt_cloud_job(11, creds(emulator), cause="nightly", **FAST)
+    assert isinstance(result, DbtCloudRunResult)
+    internal = emulator.emulator.runs[result.run_id]
+    assert result.status == "Success" and result.job_id == 11 and result.account_id == ACCOUNT
+    assert result.finished_at == datetime.fromtimestamp(internal.finished, UTC)
+    assert result.started_at == datetime.fromtimestamp(internal.started, UTC)
+    assert result.duration_seconds == pytest.approx(internal.run_s, abs=1e-5)
+    assert result.url.startswith(emulator.url) and str(result.run_id) in result.url
+    assert result.cause is not None and result.cause.startswith("nightly [dcg:")
+    assert [(m.name, m.status) for m in result.models] == [("stg_orders", "success"), ("orders", "success")]
+    assert emulator.emulator.trigger_count[11] == 1
+    # One task run for the whole wait, however many polls it made.
+    polls = [r for r in emulator.emulator.requests if r.path.endswith(f"/runs/{result.run_id}/")]
+    assert len(polls) >= 3
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key}
+    assert {"dbt-cloud-job-11-run", "dbt-cloud-job-11-summary", "dbt-cloud-job-11-models"} <= keys
+    events = dbt_events(result.run_id)
+    assert [e["event"] for e in events] == ["dbt-cloud.run.succeeded"]
+    event = events[0]
+    assert event["payload"]["finished_at"] == result.finished_at.isoformat()  # type: ignore[union-attr]
+    related = {r["prefect.resource.id"]: r["prefect.resource.role"] for r in event["related"]}
+    assert related["dbt-cloud.job.11"] == "job" and related[f"dbt-cloud.account.{ACCOUNT}"] == "account"
+
+
+def test_error_alerts_and_fails(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+    block = saved_webhook(webhook, "error-alerts")
+    with pytest.raises(DbtCloudRunFailed) as info:
+        run_dbt_cloud_job(12, creds(emulator), alert_blocks=[block], **FAST)
+    error = info.value
+    assert error.status == "Error" and str(error.run_id) in error.url and isinstance(error, DbtCloudRunError)
+    assert len(webhook.received) == 1
+    alert = webhook.received[0]
+    assert str(error.run_id) in alert["body"] and "Error" in alert["body"] and error.url in alert["body"]
+    assert "Invoke dbt with `dbt build`" in alert["body"] and "Database Error in model orders" in alert["body"]
+    assert "Failing models: orders (error)" in alert["body"]
+    assert "failed" in alert["subject"]
+    assert TOKEN not in str(alert)
+    assert [e["event"] for e in dbt_events(error.run_id)] == ["dbt-cloud.run.failed"]
+
+
+def test_alert_delivery_failure_does_not_hide_the_run_failure(emulator: EmulatorServer) -> None:
+    with pytest.raises(DbtCloudRunFailed):
+        run_dbt_cloud_job(12, creds(emulator), alert_blocks=["custom-webhook/does-not-exist", "no-slash"], **FAST)
+
+
+def test_cancelled_from_outside_mid_run_is_a_failure(emulator: EmulatorServer) -> None:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            run_dbt_cloud_job(14, creds(emulator), **FAST)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    run_id = wait_for_status(emulator, lambda r: r.job_id == 14, RunStatus.RUNNING)
+    emulator.emulator.cancel(run_id)
+    thread.join(timeout=30)
+    assert isinstance(outcome.get("error"), DbtCloudRunCancelled)
+    assert outcome["error"].run_id == run_id and outcome["error"].status == "Cancelled"
+
+
+def test_stuck_in_queue_past_deadline_cancels_and_times_out(emulator: EmulatorServer) -> None:
+    emulator.emulator.set_job(11, queue_seconds=60)
+    started = time.monotonic()
+    with pytest.raises(DbtCloudRunTimedOut) as info:
+        run_dbt_cloud_job(11, creds(emulator), poll_interval_seconds=0.1, max_wait_seconds=0.6)
+    assert time.monotonic() - started < 15
+    run_id = info.value.run_id
+    assert run_id in emulator.emulator.runs
+    cancels = [r for r in emulator.emulator.requests if r.path.endswith(f"/runs/{run_id}/cancel/")]
+    assert len(cancels) == 1
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as client:
+        assert client.get_run(run_id).status is RunStatus.CANCELLED
+    assert [e["event"] for e in dbt_events(run_id)] == ["dbt-cloud.run.timed-out"]
+
+
+def test_on_timeout_leave_does_not_cancel(emulator: EmulatorServer) -> None:
+    emulator.emulator.set_job(11, queue_seconds=60)
+    with pytest.raises(DbtCloudRunTimedOut) as info:
+        run_dbt_cloud_job(11, creds(emulator), poll_interval_seconds=0.1, max_wait_seconds=0.4, on_timeout="leave")
+    assert not [r for r in emulator.emulator.requests if r.path.endswith("/cancel/")]
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as client:
+        assert client.get_run(info.value.run_id).status is RunStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(kind="429", retry_after="0.1", method="GET", times=3),
+        Fault(kind="429", method="GET", times=3),
+        Fault(kind="5xx", status=502, method="GET", times=3),
+        Fault(kind="drop", method="GET", times=3),
+        Fault(kind="slow", delay=0.2, method="GET", times=3),
+        Fault(kind="not_found_fresh", fresh_seconds=0.3),
+        Fault(kind="5xx", status=503, method="GET", probability=0.3),
+    ],
+    ids=["429-retry-after", "429", "502-html", "drop", "slow", "fresh-404", "random-503"],
+)
+def test_faults_during_the_wait_do_not_change_the_outcome(emulator: EmulatorServer, fault: Fault) -> None:
+    emulator.emulator.add_fault(fault)
+    result = run_dbt_cloud_job(11, creds(emulator), **FAST)
+    assert result.status == "Success" and emulator.emulator.trigger_count[11] == 1
+    assert fault.hits >= 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(kind="lost_response", method="POST", times=1),
+        Fault(kind="5xx", status=502, method="POST", times=1),
+        Fault(kind="drop", method="POST", times=1),
+    ],
+    ids=["created-but-answer-lost", "502-not-created", "dropped-not-created"],
+)
+def test_ambiguous_trigger_starts_exactly_one_run(emulator: EmulatorServer, fault: Fault) -> None:
+    emulator.emulator.add_fault(fault)
+    result = run_dbt_cloud_job(11, creds(emulator), **FAST)
+    assert result.status == "Success"
+    assert emulator.emulator.trigger_count[11] == 1 and len(runs_of(emulator, 11)) == 1
+
+
+def test_flow_retry_after_failure_mid_wait_reuses_the_same_run(emulator: EmulatorServer) -> None:
+    # A 403 on a poll kills the wait (as a crashed worker would); the flow's retry must resume the same run.
+    emulator.emulator.add_fault(Fault(kind="status", status=403, method="GET", path=r"/runs/\d+/$", times=1))
+    retrying = run_dbt_cloud_job.with_options(retries=1, retry_delay_seconds=0)
+    result = retrying(11, creds(emulator), **FAST)
+    assert result.status == "Success"
+    assert emulator.emulator.trigger_count[11] == 1 and len(runs_of(emulator, 11)) == 1
+
+
+def test_prefect_cancellation_cancels_the_dbt_cloud_run(emulator: EmulatorServer) -> None:
+    creds(emulator).save("cancel-test", overwrite=True)
+    state_box: dict[str, Any] = {}
+
+    def run() -> None:
+        state_box["state"] = run_dbt_cloud_job(14, "cancel-test", return_state=True, **FAST)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    run_id = wait_for_status(emulator, lambda r: r.job_id == 14, RunStatus.RUNNING)
+    with get_client(sync_client=True) as client:
+        flow_runs = [
+            fr
+            for fr in client.read_flow_runs()
+            if fr.parameters.get("job_id") == 14
+            and fr.parameters.get("credentials") == "cancel-test"
+            and not fr.state.is_final()
+        ]
+        assert len(flow_runs) == 1
+    # What Prefect does on a cancellation request: run the flow's on_cancellation hooks.
+    for hook in run_dbt_cloud_job.on_cancellation_hooks:
+        hook(run_dbt_cloud_job, flow_runs[0], flow_runs[0].state)
+    thread.join(timeout=30)
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as c:
+        assert c.get_run(run_id).status is RunStatus.CANCELLED
+    assert state_box["state"].is_failed()
+
+
+def test_if_running_modes(emulator: EmulatorServer) -> None:
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
+        emulator.emulator.set_job(11, run_seconds=1.0)
+        existing = client.trigger_job_run(11, "started elsewhere")
+        with pytest.raises(DbtCloudJobAlreadyRunning, match=str(existing.id)):
+            run_dbt_cloud_job(11, creds(emulator), if_running="fail", **FAST)
+        reused = run_dbt_cloud_job(11, creds(emulator), if_running="reuse", **FAST)
+        assert reused.run_id == existing.id and emulator.emulator.trigger_count[11] == 1
+        # Nothing in flight: "reuse" and "fail" trigger a run of their own.
+        fresh = run_dbt_cloud_job(11, creds(emulator), if_running="fail", **FAST)
+        assert fresh.run_id != existing.id and emulator.emulator.trigger_count[11] == 2
+        queued_behind = client.trigger_job_run(11, "another")
+        triggered = run_dbt_cloud_job(11, creds(emulator), if_running="trigger", **FAST)
+        assert triggered.run_id not in (existing.id, queued_behind.id)
+        assert triggered.started_at is not None
+        assert client.get_run(queued_behind.id).finished_at <= triggered.started_at  # type: ignore[operator]
+
+
+def test_retry_failed_run_from_point_of_failure(emulator: EmulatorServer) -> None:
+    with pytest.raises(DbtCloudRunFailed) as info:
+        run_dbt_cloud_job(12, creds(emulator), **FAST)
+    result = run_dbt_cloud_job(12, creds(emulator), retry_failed_run_id=info.value.run_id, **FAST)
+    assert result.status == "Success" and result.run_id != info.value.run_id
+    assert emulator.emulator.runs[result.run_id].retry_of == info.value.run_id
+
+
+def test_wrong_token_fails_fast_with_a_clear_message(emulator: EmulatorServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(DbtCloudAuthError, match="Check the API token"):
+        run_dbt_cloud_job(11, creds(emulator, token="tok_wrong_1234567"), **FAST)
+    assert time.monotonic() - started < 10
+    assert len(emulator.emulator.requests) == 1
+
+
+def test_subflow_of_sync_and_async_parents(emulator: EmulatorServer) -> None:
+    credentials = creds(emulator)
+
+    @flow
+    def sync_parent() -> datetime | None:
+        return run_dbt_cloud_job(11, credentials, **FAST).finished_at
+
+    @flow
+    async def async_parent() -> datetime | None:
+        return run_dbt_cloud_job(11, credentials, **FAST).finished_at
+
+    @flow
+    def halting_parent() -> str:
+        run_dbt_cloud_job(12, credentials, **FAST)
+        return "downstream ran"  # must never happen
+
+    @flow
+    def state_parent() -> str:
+        state = run_dbt_cloud_job(12, credentials, return_state=True, **FAST)
+        return "failed" if state.is_failed() else "ok"
+
+    assert isinstance(sync_parent(), datetime)
+    assert isinstance(asyncio.run(async_parent()), datetime)
+    with pytest.raises(DbtCloudRunFailed):
+        halting_parent()
+    assert state_parent() == "failed"
+
+
+def test_credentials_from_environment_and_saved_block(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(DbtCloudConfigError, match="DBT_CLOUD_ACCOUNT_ID and DBT_CLOUD_API_TOKEN"):
+        resolve_credentials(None)
+    monkeypatch.setenv("DBT_CLOUD_ACCOUNT_ID", str(ACCOUNT))
+    with pytest.raises(DbtCloudConfigError, match="set DBT_CLOUD_API_TOKEN"):
+        resolve_credentials(None)
+    monkeypatch.setenv("DBT_CLOUD_API_TOKEN", TOKEN)
+    monkeypatch.setenv("DBT_CLOUD_ACCESS_URL", emulator.url)
+    assert run_dbt_cloud_job(11, **FAST).status == "Success"
+    monkeypatch.setenv("DBT_CLOUD_ACCESS_URL", "http://dbt.example.com")
+    with pytest.raises(DbtCloudConfigError, match="plain http"):
+        resolve_credentials(None)
+    creds(emulator).save("env-named", overwrite=True)
+    monkeypatch.setenv("DBT_CLOUD_CREDENTIALS_BLOCK", "env-named")
+    assert resolve_credentials(None).access_url == emulator.url
+    assert resolve_credentials("dbt-cloud-gate-credentials/env-named").account_id == ACCOUNT
+    with pytest.raises(DbtCloudConfigError, match="No saved dbt Cloud credentials block named 'nope'"):
+        resolve_credentials("nope")
+
+
+def test_bad_parameters_are_refused(emulator: EmulatorServer) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        run_dbt_cloud_job(11, creds(emulator), poll_interval_seconds=0)
+    with pytest.raises(Exception, match="if_running"):
+        run_dbt_cloud_job(11, creds(emulator), if_running="maybe")  # type: ignore[arg-type]
+    assert emulator.emulator.trigger_count == {}
+
+
+def test_token_absent_from_logs_artifacts_events_and_alerts(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+    block = saved_webhook(webhook, "leak-check")
+    run_dbt_cloud_job(11, creds(emulator), **FAST)
+    with pytest.raises(DbtCloudRunFailed):
+        run_dbt_cloud_job(12, creds(emulator), alert_blocks=[block], **FAST)
+    with pytest.raises(DbtCloudAuthError):
+        run_dbt_cloud_job(11, creds(emulator, token="tok_other_secret_99"), **FAST)
+    everything = prefect_texts()
+    assert "dbt Cloud run" in everything and "dbt-cloud.run." in everything
+    assert TOKEN not in everything and "tok_other_secret_99" not in everything
+    assert webhook.received and TOKEN not in str(webhook.received)
+
+
+def test_block_registers_with_the_prefect_cli() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks.dbt_cloud"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug("dbt-cloud-gate-credentials")
+    assert block_type.name == "dbt Cloud Gate Credentials"
+    assert block_type.code_example and "DbtCloudCredentials(" in block_type.code_example
+    from importlib.metadata import entry_points
+
+    assert [e.value for e in entry_points(group="prefect.collections") if e.name == "dbt_cloud_gate"] == ["blocks"]
