@@ -26,7 +26,9 @@ from dbtcloud_api.client import TRIGGER_OVERRIDES
 from dbtcloud_api.wait import WaitTimedOut
 from tasks.dbt_cloud import (
     DbtCloudJobAlreadyRunning,
+    DbtCloudNativeScheduleOn,
     cause_with_key,
+    check_native_schedule,
     fetch_run_results,
     find_run_in_flight,
     idempotency_key,
@@ -38,6 +40,7 @@ from tasks.dbt_cloud import (
 
 __all__ = [
     "DbtCloudJobAlreadyRunning",
+    "DbtCloudNativeScheduleOn",
     "DbtCloudRunCancelled",
     "DbtCloudRunError",
     "DbtCloudRunFailed",
@@ -258,6 +261,7 @@ def run_dbt_cloud_job(
     on_timeout: Literal["cancel", "leave"] = "cancel",
     if_running: Literal["trigger", "reuse", "fail"] = "trigger",
     retry_failed_run_id: int | None = None,
+    native_schedule: Literal["warn", "fail", "disable"] = "warn",
     alert_blocks: list[str] | None = None,
 ) -> DbtCloudRunResult:
     """Trigger dbt Cloud job ``job_id``, wait for the run, and return its result, or alert and fail.
@@ -266,6 +270,9 @@ def run_dbt_cloud_job(
     (``DBT_CLOUD_CREDENTIALS_BLOCK``, or ``DBT_CLOUD_ACCOUNT_ID`` + ``DBT_CLOUD_API_TOKEN``).
     ``if_running``: "trigger" (dbt Cloud queues it), "reuse" (wait on the run already in flight), "fail".
     ``retry_failed_run_id`` reruns that failed run from its point of failure instead of starting a new run.
+    ``native_schedule``: what to do when the job's own dbt Cloud schedule is on (it would run the job a second
+    time, outside this pipeline): "warn" (log how to turn it off), "fail" (refuse), "disable" (turn it off through
+    the API and note in the job's description which Prefect deployment owns it).
     ``alert_blocks``: saved notification blocks as ``type-slug/name`` (``slack-webhook/data-team``).
     """
     log = get_run_logger()
@@ -296,6 +303,7 @@ def run_dbt_cloud_job(
     }
     assert set(overrides) <= set(TRIGGER_OVERRIDES)
 
+    check_native_schedule(creds, job_id, native_schedule)
     run_id = _start_run(creds, job_id, cause, overrides, if_running, retry_failed_run_id)
     run: Run | None
     try:

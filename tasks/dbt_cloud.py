@@ -16,6 +16,7 @@ from prefect.blocks.core import Block
 from prefect.blocks.notifications import NotificationBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -39,6 +40,51 @@ MAX_TRIGGER_ATTEMPTS = 3
 
 class DbtCloudJobAlreadyRunning(DbtCloudError):
     """``if_running="fail"`` and the job already has a run queued or running."""
+
+
+class DbtCloudNativeScheduleOn(DbtCloudError):
+    """``native_schedule="fail"`` and the job's own dbt Cloud schedule is on."""
+
+
+@task(name="check-dbt-cloud-job-schedule", cache_policy=NO_CACHE)
+def check_native_schedule(
+    credentials: DbtCloudCredentials, job_id: int, policy: Literal["warn", "fail", "disable"] = "warn"
+) -> bool:
+    """Apply the policy for a job whose own dbt Cloud schedule is on; returns whether it is on (before the policy).
+
+    The pipeline owns the schedule: a job left scheduled in dbt Cloud runs twice.
+    """
+    if policy not in ("warn", "fail", "disable"):
+        raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {policy!r}.")
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        job = client.get_job(job_id)
+        if not job.schedule_enabled:
+            return False
+        where = (
+            f"dbt Cloud job {job_id} ({job.name!r}) has its own dbt Cloud schedule on ({job.cron_humanized or 'cron'})"
+        )
+        if policy == "fail":
+            raise DbtCloudNativeScheduleOn(
+                f"{where}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
+                "triggers in dbt Cloud, or run with native_schedule='disable' to turn it off from here."
+            )
+        if policy == "warn":
+            log.warning(
+                "%s: it also runs outside this pipeline. Turn off 'Run on schedule' in the job's triggers in dbt "
+                "Cloud, or run with native_schedule='disable'.",
+                where,
+            )
+            return True
+        owner = runtime_deployment.get_name() or runtime_flow_run.get_flow_name() or "a Prefect flow"
+        job.triggers.schedule = False
+        note = f"Schedule owned by Prefect deployment {owner} (dbt-cloud-gate); dbt Cloud schedule turned off."
+        description = (job.description or "").strip()
+        if note not in description:
+            job.description = f"{description}\n{note}".strip()
+        client.update_job(job)
+        log.warning("%s: turned it off (native_schedule='disable'); the job now runs only from %s.", where, owner)
+        return True
 
 
 def idempotency_key(job_id: int, flow_run_id: str | None = None) -> str:

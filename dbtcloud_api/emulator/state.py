@@ -203,6 +203,7 @@ class Emulator:
         rate_limit_per_minute: int | None = None,
         seed: int = 0,
         clock: Any = time.time,
+        first_run_id: int | None = None,
     ) -> None:
         self.account_id = account_id
         self.token = token
@@ -219,7 +220,7 @@ class Emulator:
         self.faults: list[Fault] = []
         self.trigger_count: dict[int, int] = {}
         # Each emulator in a process numbers its runs from its own base, so that IDs never repeat across tests.
-        base = next(_ID_BASES)
+        base = next(_ID_BASES) if first_run_id is None else first_run_id - 70_000_001
         self._next_run_id = 70_000_001 + base
         self._next_trigger_id = 90_000_001 + base
         self._job_runs: dict[int, int] = {}
