@@ -91,7 +91,7 @@ def seed_demo_tables(connector: SnowflakeConnector, new_rows: int = 3, now: date
         cursor.execute(f"SELECT COALESCE(MAX(ORDER_ID), 0) FROM {DEMO_DATABASE}.DBT_PROD.ORDERS")
         start = int(cursor.fetchone()[0])
         for index in range(1, new_rows + 1):
-            stamp = moment - timedelta(seconds=new_rows - index + 1)
+            stamp = moment - timedelta(milliseconds=new_rows - index + 1)
             cursor.execute(
                 f"INSERT INTO {DEMO_DATABASE}.DBT_PROD.ORDERS VALUES (%(id)s, %(customer)s, %(amount)s, %(at)s)",
                 {"id": start + index, "customer": (start + index) % 5 + 1, "amount": 10 * (start + index), "at": stamp},

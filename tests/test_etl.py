@@ -1,0 +1,154 @@
+"""The ETL flow and its fan-out against the emulator and a fakesnow server; the native schedule policy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect_snowflake import SnowflakeConnector
+
+from dbtcloud_api import DbtCloudClient
+from dbtcloud_api.emulator import EmulatorServer
+from flows.dbt_cloud import DbtCloudNativeScheduleOn, DbtCloudRunFailed, run_dbt_cloud_job
+from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from flows.etl import EtlFailed, EtlPipeline, dbt_cloud_etl, dbt_cloud_etl_many
+from tasks.snowflake import LoadTarget
+from tests.conftest import ACCOUNT, TOKEN, WebhookReceiver
+from tests.test_flow import FAST, creds, saved_webhook
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ORDERS = LoadTarget(
+    name="orders",
+    source_model="orders",
+    source_table="ANALYTICS.DBT_PROD.ORDERS",
+    target_table="ANALYTICS.MARTS.ORDERS",
+    key_columns=["ORDER_ID"],
+    watermark_column="UPDATED_AT",
+)
+CUSTOMERS = LoadTarget(
+    name="customers",
+    source_model="customers",
+    source_table="ANALYTICS.DBT_PROD.CUSTOMERS",
+    target_table="ANALYTICS.MARTS.CUSTOMERS",
+    key_columns=["CUSTOMER_ID"],
+    watermark_column="UPDATED_AT",
+)
+
+
+@pytest.fixture
+def snowflake(tmp_path: Path) -> Iterator[SnowflakeConnector]:
+    with fakesnow_server(db_path=str(tmp_path)) as settings:
+        connector = fakesnow_connector(settings)
+        seed_demo_tables(connector, new_rows=4)
+        yield connector
+
+
+def count(connector: SnowflakeConnector, table: str, where: str = "", params: dict[str, Any] | None = None) -> int:
+    with connector.get_connection() as connection:
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT COUNT(*) FROM {table} {where}", params)
+        return int(cursor.fetchone()[0])
+
+
+def audit(connector: SnowflakeConnector) -> list[tuple[Any, ...]]:
+    with connector.get_connection() as connection:
+        cursor = connection.cursor()
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT (PIPELINE VARCHAR, TARGET VARCHAR,"
+            " PREFECT_FLOW_RUN_ID VARCHAR, DBT_ACCOUNT_ID NUMBER, DBT_JOB_ID NUMBER, DBT_RUN_ID NUMBER,"
+            " DBT_STATUS VARCHAR, DBT_FINISHED_AT TIMESTAMP_NTZ, WATERMARK_FROM TIMESTAMP_NTZ,"
+            " WATERMARK_TO TIMESTAMP_NTZ, ROWS_LOADED NUMBER, LOADED_AT TIMESTAMP_NTZ)"
+        )
+        cursor.execute(
+            "SELECT PIPELINE, TARGET, DBT_JOB_ID, DBT_RUN_ID, DBT_FINISHED_AT, ROWS_LOADED, PREFECT_FLOW_RUN_ID"
+            " FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT ORDER BY LOADED_AT"
+        )
+        return list(cursor.fetchall())
+
+
+def test_etl_success_loads_and_audits_the_dbt_run(emulator: EmulatorServer, snowflake: SnowflakeConnector) -> None:
+    summary = dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), pipeline="nightly", **FAST)
+    assert summary.rows_by_target == {"orders": 4} and summary.dbt_status == "Success"
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4
+    rows = audit(snowflake)
+    assert len(rows) == 1
+    pipeline, target, job_id, run_id, finished_at, loaded, flow_run_id = rows[0]
+    assert (pipeline, target, job_id, run_id, loaded) == (
+        "nightly",
+        '"ANALYTICS"."MARTS"."ORDERS"',
+        11,
+        summary.dbt_run_id,
+        4,
+    )
+    internal = emulator.emulator.runs[summary.dbt_run_id]
+    assert finished_at == datetime.fromtimestamp(internal.finished, UTC).replace(tzinfo=None)
+    assert flow_run_id  # the Prefect flow run that loaded it
+    with get_client(sync_client=True) as client:
+        assert "dbt-cloud-etl-nightly" in {a.key for a in client.read_artifacts()}
+    # The next cycle takes only what changed since.
+    seed_demo_tables(snowflake, new_rows=2)
+    again = dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), pipeline="nightly", **FAST)
+    assert again.rows_by_target == {"orders": 2} and count(snowflake, "ANALYTICS.MARTS.ORDERS") == 6
+    assert [row[3] for row in audit(snowflake)] == [summary.dbt_run_id, again.dbt_run_id]
+
+
+def test_etl_dbt_failure_loads_nothing_and_alerts(
+    emulator: EmulatorServer, snowflake: SnowflakeConnector, webhook: WebhookReceiver
+) -> None:
+    block = saved_webhook(webhook, "etl-alerts")
+    with pytest.raises(DbtCloudRunFailed) as info:
+        dbt_cloud_etl(12, [ORDERS], snowflake, creds(emulator), alert_blocks=[block], **FAST)
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 0 and audit(snowflake) == []
+    assert len(webhook.received) == 1 and str(info.value.run_id) in webhook.received[0]["body"]
+
+
+def test_etl_refuses_a_target_whose_model_did_not_build(
+    emulator: EmulatorServer, snowflake: SnowflakeConnector
+) -> None:
+    with pytest.raises(EtlFailed, match="customers: dbt model 'customers' was not built"):
+        dbt_cloud_etl(11, [ORDERS, CUSTOMERS], snowflake, creds(emulator), **FAST)
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4
+    assert count(snowflake, "ANALYTICS.MARTS.CUSTOMERS") == 0
+    assert [row[1] for row in audit(snowflake)] == ['"ANALYTICS"."MARTS"."ORDERS"']
+
+
+def test_fan_out_runs_concurrently_and_names_each_failure(
+    emulator: EmulatorServer, snowflake: SnowflakeConnector
+) -> None:
+    emulator.emulator.set_job(11, run_seconds=4.0)
+    emulator.emulator.set_job(12, run_seconds=4.0)
+    pipelines = [
+        EtlPipeline(job_id=11, targets=[ORDERS], name="good"),
+        EtlPipeline(job_id=12, targets=[ORDERS], name="bad"),
+    ]
+    with pytest.raises(EtlFailed) as info:
+        dbt_cloud_etl_many(pipelines, snowflake, creds(emulator), **FAST)
+    bad_run = emulator.emulator.runs_of(12)[0]
+    good_run = emulator.emulator.runs_of(11)[0]
+    assert f"bad: dbt Cloud run {bad_run.id} Error" in str(info.value) and "good" not in str(info.value)
+    assert [row[3] for row in audit(snowflake)] == [good_run.id]
+    # Both dbt runs were in flight at the same time (run one after the other, they could not overlap).
+    assert bad_run.created < good_run.finished and good_run.created < bad_run.finished
+
+
+def test_native_schedule_policies(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    result = run_dbt_cloud_job(13, creds(emulator), **FAST)
+    assert result.status == "Success"
+    assert "has its own dbt Cloud schedule on" in caplog.text and "native_schedule='disable'" in caplog.text
+    with pytest.raises(DbtCloudNativeScheduleOn, match="Run on schedule"):
+        run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
+    assert emulator.emulator.trigger_count[13] == 1
+    run_dbt_cloud_job(13, creds(emulator), native_schedule="disable", **FAST)
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as client:
+        job = client.get_job(13)
+    assert not job.schedule_enabled and "Schedule owned by Prefect deployment" in (job.description or "")
+    assert job.execute_steps == ["dbt build"] and job.name == "scheduled"  # the rest of the job as it was
+    # Off now: "fail" runs.
+    assert run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST).status == "Success"
