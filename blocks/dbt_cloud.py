@@ -9,6 +9,7 @@ from pydantic import Field, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
+from dbtcloud_api.ratelimit import shared_limiter
 from dbtcloud_api.urls import DEFAULT_ACCESS_URL
 
 
@@ -63,11 +64,17 @@ with credentials.get_client() as client:
         return value
 
     def get_client(self, **options: Any) -> DbtCloudClient:
-        """A blocking client for this account (close it, or use it as a context manager)."""
+        """A blocking client for this account (close it, or use it as a context manager).
+
+        Every client of the account in this process shares one rate limiter (``DBT_CLOUD_RATE_LIMIT_PER_MINUTE``,
+        default 4,500 a minute) unless ``rate_limiter`` is given.
+        """
+        options.setdefault("rate_limiter", shared_limiter(self.access_url, self.account_id))
         return DbtCloudClient(self.account_id, self.api_token.get_secret_value(), self.access_url, **options)
 
     def get_async_client(self, **options: Any) -> AsyncDbtCloudClient:
-        """An asyncio client for this account."""
+        """An asyncio client for this account, sharing the account's rate limiter like :meth:`get_client`."""
+        options.setdefault("rate_limiter", shared_limiter(self.access_url, self.account_id))
         return AsyncDbtCloudClient(self.account_id, self.api_token.get_secret_value(), self.access_url, **options)
 
 

@@ -46,6 +46,8 @@ from dbtcloud_api.errors import (
     scrub,
 )
 from dbtcloud_api.models import Job, Run, RunPage, RunStatus
+from dbtcloud_api.polling import durations_from_runs
+from dbtcloud_api.ratelimit import RateLimiter
 from dbtcloud_api.urls import DEFAULT_ACCESS_URL, normalize_access_url
 
 logger = logging.getLogger("dbtcloud_api")
@@ -148,19 +150,6 @@ class _Call(Generic[T]):
     @property
     def label(self) -> str:
         return f"{self.method} {self.path}"
-
-
-class RateLimiterProtocol:
-    """What a client needs of a shared rate limiter (see ``dbtcloud_api.ratelimit``)."""
-
-    def acquire_sync(self) -> None:  # pragma: no cover - interface
-        """Block until one request may be sent."""
-
-    async def acquire(self) -> None:  # pragma: no cover - interface
-        """Wait until one request may be sent."""
-
-    def penalize(self, seconds: float) -> None:  # pragma: no cover - interface
-        """Hold every request back for ``seconds`` after a 429."""
 
 
 class _RetryState:
@@ -419,7 +408,7 @@ class _Core:
         *,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        rate_limiter: RateLimiterProtocol | None = None,
+        rate_limiter: RateLimiter | None = None,
         seed: int | None = None,
     ) -> None:
         self.account_id = _check_id("account_id", account_id)
@@ -742,6 +731,11 @@ class DbtCloudClient(_Core):
             if run.trigger is not None and marker in (run.trigger.cause or "")
         ]
 
+    def job_history(self, job_id: int, limit: int = 20) -> list[float]:
+        """Start-to-finish seconds of the job's last ``limit`` successful runs (one request)."""
+        page = self.list_runs(job_definition_id=job_id, status_in=[RunStatus.SUCCESS], order_by="-id", limit=limit)
+        return durations_from_runs(page.runs)
+
     def cancel_run(self, run_id: int) -> Run:
         """Ask dbt Cloud to cancel a run (safe to repeat)."""
         return self._execute(self.cancel_call(run_id))
@@ -873,6 +867,13 @@ class AsyncDbtCloudClient(_Core):
             if run.trigger is not None and marker in (run.trigger.cause or ""):
                 found.append(run)
         return found
+
+    async def job_history(self, job_id: int, limit: int = 20) -> list[float]:
+        """Start-to-finish seconds of the job's last ``limit`` successful runs (one request)."""
+        page = await self.list_runs(
+            job_definition_id=job_id, status_in=[RunStatus.SUCCESS], order_by="-id", limit=limit
+        )
+        return durations_from_runs(page.runs)
 
     async def cancel_run(self, run_id: int) -> Run:
         """Ask dbt Cloud to cancel a run (safe to repeat)."""

@@ -9,8 +9,10 @@ server its profile names, or on a temporary local one when none is configured.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # A first start of Prefect's temporary server migrates a new database: give it time (the default is 20 s).
@@ -22,7 +24,7 @@ from dbtcloud_api.emulator import EmulatorServer, demo_emulator
 from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from flows.dbt_cloud import DbtCloudRunError
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
-from flows.etl import dbt_cloud_etl
+from flows.etl import EtlSummary, dbt_cloud_etl
 from tasks.snowflake import LoadTarget
 
 DEMO_TARGETS = [
@@ -50,7 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
     parser.add_argument("--job-id", type=int, default=101, help="101 succeeds, 102 fails, 103 has its own schedule")
     parser.add_argument("--data-dir", default=".demo/fakesnow", help="where fakesnow keeps its data between runs")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="run against dbt Cloud and Snowflake: credentials from DBT_CLOUD_* or a saved block, --snowflake names "
+        "a saved SnowflakeConnector block, --targets a JSON file of load targets",
+    )
+    parser.add_argument("--snowflake", help="with --real: the name of a saved prefect-snowflake SnowflakeConnector")
+    parser.add_argument("--targets", help="with --real: JSON file with a list of LoadTarget objects")
     args = parser.parse_args(argv)
+    if args.real:
+        if not args.snowflake:
+            parser.error("--real needs --snowflake NAME (a saved SnowflakeConnector block)")
+        targets = DEMO_TARGETS
+        if args.targets:
+            targets = [LoadTarget.model_validate(item) for item in json.loads(Path(args.targets).read_text())]
+        return _report(lambda: dbt_cloud_etl(args.job_id, targets, args.snowflake, None, pipeline="quickstart"))
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     # Run IDs from the clock, so that the audit history of successive demo runs names distinct dbt runs.
     first_run_id = int(time.time()) % 100_000_000 * 10
@@ -62,13 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         connector = fakesnow_connector(snow)
         seed_demo_tables(connector)
         print(f"dbt Cloud emulator on {emulator.url}, fakesnow on port {snow['port']}; job {args.job_id}", flush=True)
-        try:
-            summary = dbt_cloud_etl(
+        return _report(
+            lambda: dbt_cloud_etl(
                 args.job_id, DEMO_TARGETS, connector, credentials, pipeline="demo", poll_interval_seconds=1
             )
-        except DbtCloudRunError as exc:
-            print(f"run_id={exc.run_id} status={exc.status} url={exc.url} (nothing loaded)")
-            return 1
+        )
+
+
+def _report(run: Callable[[], EtlSummary]) -> int:
+    """Run the ETL flow and print its outcome on one line."""
+    try:
+        summary = run()
+    except DbtCloudRunError as exc:
+        print(f"run_id={exc.run_id} status={exc.status} url={exc.url} (nothing loaded)")
+        return 1
     finished = summary.finished_at.isoformat() if summary.finished_at else None
     rows = " ".join(f"{name}={count}" for name, count in summary.rows_by_target.items())
     print(f"run_id={summary.dbt_run_id} status={summary.dbt_status} finished_at={finished} rows_loaded: {rows}")

@@ -1,0 +1,121 @@
+"""Adaptive poll schedules: few calls while a run cannot plausibly be done, many near its expected end.
+
+The schedule learns from the job's recent successful runs (their durations, start to finish), fits a
+log-normal to them, and polls:
+- while the run is queued or starting: at most every ``q(0.02)`` of the run time (a run that starts right
+  after a poll cannot finish sooner), capped by ``max_interval``;
+- while running, before the likely-finish band: it sleeps until the band begins (capped by ``max_interval``);
+- inside the band (the central ``band`` quantiles of the predicted duration): every ``2 * target_lag * 0.8``
+  seconds, so that a run ending there is seen within ``target_lag`` seconds on average;
+- past the band: backing off linearly, to ``max_interval`` at most;
+- as soon as a step has failed: at ``min_interval`` (the run ends in Error moments later).
+With fewer than ``min_history`` past runs it polls at ``fallback_interval``, exactly like fixed polling.
+Run age is wall-clock time since the run's ``started_at``: this assumes the machine's clock is NTP-synced.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dbtcloud_api.models import Run, RunStatus
+
+_NORMAL = statistics.NormalDist()
+
+
+@dataclass(frozen=True)
+class DurationModel:
+    """A log-normal fit of run durations (seconds)."""
+
+    mu: float
+    sigma: float
+    count: int
+
+    @classmethod
+    def fit(cls, durations: Sequence[float], min_sigma: float = 0.03) -> DurationModel | None:
+        """Fit ``durations``; ``None`` when there are fewer than two positive ones."""
+        logs = [math.log(d) for d in durations if d and d > 0]
+        if len(logs) < 2:
+            return None
+        mu = statistics.fmean(logs)
+        # Sample spread, widened for small samples (a predictive, not a fitted, distribution).
+        sigma = statistics.stdev(logs) * math.sqrt(1 + 1 / len(logs))
+        return cls(mu=mu, sigma=max(sigma, min_sigma), count=len(logs))
+
+    def quantile(self, p: float) -> float:
+        """The ``p`` quantile of the predicted duration."""
+        return math.exp(self.mu + self.sigma * _NORMAL.inv_cdf(min(max(p, 1e-6), 1 - 1e-6)))
+
+
+class AdaptiveSchedule:
+    """A poll schedule shaped by the job's history; see the module docstring."""
+
+    def __init__(
+        self,
+        history_seconds: Sequence[float],
+        *,
+        target_lag_seconds: float = 5.0,
+        band: tuple[float, float] = (0.1, 0.9),
+        min_interval: float = 1.0,
+        max_interval: float = 120.0,
+        fallback_interval: float = 30.0,
+        min_history: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < band[0] < band[1] < 1:
+            raise ValueError(f"band must be two quantiles 0 < lo < hi < 1, got {band}")
+        if not 0 < min_interval <= max_interval:
+            raise ValueError("min_interval must be positive and at most max_interval")
+        if target_lag_seconds <= 0 or fallback_interval <= 0:
+            raise ValueError("target_lag_seconds and fallback_interval must be positive")
+        usable = [d for d in history_seconds if d and d > 0]
+        self.model = DurationModel.fit(usable) if len(usable) >= min_history else None
+        self.target_lag = target_lag_seconds
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.fallback_interval = fallback_interval
+        self.clock = clock
+        if self.model is not None:
+            self.band_start = self.model.quantile(band[0])
+            self.band_end = self.model.quantile(band[1])
+            self.earliest = self.model.quantile(0.02)
+        self.band_interval = 1.6 * target_lag_seconds
+
+    def __repr__(self) -> str:
+        if self.model is None:
+            return f"AdaptiveSchedule(no history: every {self.fallback_interval:g} s)"
+        return (
+            f"AdaptiveSchedule(band {self.band_start:.0f}-{self.band_end:.0f} s every {self.band_interval:g} s, "
+            f"from {self.model.count} runs)"
+        )
+
+    def _clamp(self, seconds: float) -> float:
+        return min(self.max_interval, max(self.min_interval, seconds))
+
+    def next_interval(self, run: Run, elapsed: float) -> float:
+        """Seconds until the next poll of ``run``."""
+        if self.model is None:
+            return self.fallback_interval
+        if any(step.status == RunStatus.ERROR for step in run.run_steps):
+            return self.min_interval
+        if run.started_at is None or run.status in (RunStatus.QUEUED, RunStatus.STARTING):
+            return self._clamp(self.earliest)
+        age = max(0.0, self.clock() - run.started_at.timestamp())
+        if age < self.band_start:
+            return self._clamp(self.band_start - age)
+        if age <= self.band_end:
+            return self._clamp(self.band_interval)
+        width = max(self.band_end - self.band_start, self.band_interval)
+        return self._clamp(self.band_interval * (1 + (age - self.band_end) / width))
+
+
+def durations_from_runs(runs: Sequence[Run]) -> list[float]:
+    """Start-to-finish seconds of the successful runs among ``runs``."""
+    return [
+        (run.finished_at - run.started_at).total_seconds()
+        for run in runs
+        if run.status == RunStatus.SUCCESS and run.started_at is not None and run.finished_at is not None
+    ]
