@@ -26,6 +26,22 @@ from dbtcloud_api.models import Run, RunStatus
 _NORMAL = statistics.NormalDist()
 
 
+class FixedInterval:
+    """Poll every ``seconds`` (sub-second values are accepted, for tests)."""
+
+    def __init__(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError(f"poll interval must be positive, got {seconds}")
+        self.seconds = float(seconds)
+
+    def next_interval(self, run: Run, elapsed: float) -> float:
+        """The same interval whatever the run."""
+        return self.seconds
+
+    def __repr__(self) -> str:
+        return f"FixedInterval({self.seconds:g})"
+
+
 @dataclass(frozen=True)
 class DurationModel:
     """A log-normal fit of run durations (seconds)."""
@@ -119,3 +135,20 @@ def durations_from_runs(runs: Sequence[Run]) -> list[float]:
         for run in runs
         if run.status == RunStatus.SUCCESS and run.started_at is not None and run.finished_at is not None
     ]
+
+
+def make_schedule(
+    history_seconds: Sequence[float], poll_interval_seconds: float, *, adaptive: bool = True
+) -> FixedInterval | AdaptiveSchedule:
+    """The schedule the flows use: adaptive around the job's history, aiming at the median detection lag of
+    fixed polling every ``poll_interval_seconds`` (half of it); fixed polling when ``adaptive`` is off or there is
+    no history."""
+    if not adaptive:
+        return FixedInterval(poll_interval_seconds)
+    return AdaptiveSchedule(
+        history_seconds,
+        target_lag_seconds=poll_interval_seconds / 2,
+        fallback_interval=poll_interval_seconds,
+        min_interval=min(1.0, poll_interval_seconds),
+        max_interval=max(120.0, poll_interval_seconds),
+    )

@@ -8,9 +8,11 @@ count the time spent in requests, not only in sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dbtcloud_api.client import DEFAULT_RUN_INCLUDES, AsyncDbtCloudClient, DbtCloudClient
@@ -21,7 +23,8 @@ from dbtcloud_api.errors import (
     DbtCloudServerError,
     DbtCloudTransportError,
 )
-from dbtcloud_api.models import Run, RunStatus
+from dbtcloud_api.models import ModelResult, Run, RunStatus, parse_run_results
+from dbtcloud_api.polling import FixedInterval
 
 logger = logging.getLogger("dbtcloud_api.wait")
 
@@ -35,22 +38,6 @@ class PollSchedule(Protocol):
     def next_interval(self, run: Run, elapsed: float) -> float:
         """Seconds until the next poll, given the run as last seen and the seconds waited so far."""
         ...
-
-
-class FixedInterval:
-    """Poll every ``seconds`` (sub-second values are accepted, for tests)."""
-
-    def __init__(self, seconds: float) -> None:
-        if seconds <= 0:
-            raise ValueError(f"poll interval must be positive, got {seconds}")
-        self.seconds = float(seconds)
-
-    def next_interval(self, run: Run, elapsed: float) -> float:
-        """The same interval whatever the run."""
-        return self.seconds
-
-    def __repr__(self) -> str:
-        return f"FixedInterval({self.seconds})"
 
 
 class WaitTimedOut(DbtCloudError):
@@ -236,3 +223,63 @@ async def await_run(
                         log.warning("Could not read run %s's steps after it finished: %s", run_id, exc)
                 return run
         await asyncio.sleep(watcher.next_delay())
+
+
+@dataclass
+class WaitOutcome:
+    """How the wait for one run ended: the run as last seen, or a deadline, or an error that stopped the wait."""
+
+    run_id: int
+    run: Run | None
+    timed_out: bool = False
+    error: DbtCloudError | None = None
+    models: list[ModelResult] = field(default_factory=list)
+
+
+async def await_runs(
+    client: AsyncDbtCloudClient,
+    run_ids: Sequence[int],
+    *,
+    schedules: Callable[[int], PollSchedule],
+    max_wait_seconds: float = 7200,
+    on_timeout: str = "cancel",
+    fetch_results: bool = True,
+    not_found_grace_seconds: float = 0.0,
+    log: logging.Logger | logging.LoggerAdapter[Any] = logger,
+) -> list[WaitOutcome]:
+    """Wait for many runs on one event loop (no thread per run); one outcome per run, in order, never raising.
+
+    ``schedules(run_id)`` gives each run its poll schedule. Runs past the deadline are cancelled unless
+    ``on_timeout="leave"``; finished runs with artifacts get their per-model results.
+    """
+
+    async def one(run_id: int) -> WaitOutcome:
+        try:
+            run = await await_run(
+                client,
+                run_id,
+                max_wait_seconds=max_wait_seconds,
+                schedule=schedules(run_id),
+                not_found_grace_seconds=not_found_grace_seconds,
+                log=log,
+            )
+        except WaitTimedOut as exc:
+            outcome = WaitOutcome(run_id, exc.run, timed_out=True)
+            if on_timeout == "cancel":
+                try:
+                    outcome.run = await client.cancel_run(run_id)
+                except DbtCloudError as cancel_error:
+                    log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
+            return outcome
+        except DbtCloudError as exc:
+            return WaitOutcome(run_id, None, error=exc)
+        outcome = WaitOutcome(run_id, run)
+        if fetch_results and run.status in (RunStatus.SUCCESS, RunStatus.ERROR) and run.artifacts_saved is not False:
+            try:
+                raw = await client.get_run_artifact(run_id, "run_results.json")
+                outcome.models = parse_run_results(json.loads(raw))
+            except (DbtCloudError, ValueError) as exc:
+                log.warning("No per-model results for dbt Cloud run %s: %s", run_id, exc)
+        return outcome
+
+    return list(await asyncio.gather(*(one(run_id) for run_id in run_ids)))

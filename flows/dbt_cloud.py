@@ -104,14 +104,16 @@ class DbtCloudRunResult(BaseModel):
     models: list[ModelResult] = Field(default_factory=list)
 
 
-_OUTCOMES: dict[RunStatus, tuple[Outcome, type[DbtCloudRunError] | None]] = {
+OUTCOMES: dict[RunStatus, tuple[Outcome, type[DbtCloudRunError] | None]] = {
     RunStatus.SUCCESS: ("succeeded", None),
     RunStatus.ERROR: ("failed", DbtCloudRunFailed),
     RunStatus.CANCELLED: ("cancelled", DbtCloudRunCancelled),
 }
 
 
-def _result(run: Run, job_id: int, credentials: DbtCloudCredentials, models: list[ModelResult]) -> DbtCloudRunResult:
+def build_result(
+    run: Run, job_id: int, credentials: DbtCloudCredentials, models: list[ModelResult]
+) -> DbtCloudRunResult:
     duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
     queued = (run.started_at - run.created_at).total_seconds() if run.started_at and run.created_at else None
     return DbtCloudRunResult(
@@ -174,6 +176,11 @@ def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> No
         or [{"model": "(no run_results.json)", "type": "", "status": result.status, "seconds": None, "message": ""}],
         description=f"Models of dbt Cloud run {result.run_id}",
     )
+    emit_run_event(result, outcome)
+
+
+def emit_run_event(result: DbtCloudRunResult, outcome: Outcome) -> None:
+    """The event Automations route on: ``dbt-cloud.run.<outcome>`` on resource ``dbt-cloud.run.<run_id>``."""
     emit_event(
         event=f"dbt-cloud.run.{outcome}",
         resource={
@@ -196,7 +203,7 @@ def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> No
     )
 
 
-def _alert_body(result: DbtCloudRunResult, outcome: Outcome, run: Run | None, detail: str) -> str:
+def alert_body(result: DbtCloudRunResult, outcome: Outcome, run: Run | None, detail: str) -> str:
     lines = [
         f"dbt Cloud job {result.job_id}: run {result.run_id} {outcome} (status {result.status}).",
         f"Run: {result.url}",
@@ -214,27 +221,33 @@ def _alert_body(result: DbtCloudRunResult, outcome: Outcome, run: Run | None, de
     return "\n".join(lines)
 
 
-def _cancel_on_prefect_cancellation(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Cancelling the Prefect flow run cancels the dbt Cloud run it started (found by its idempotency key)."""
+def cancel_runs_of_flow_run(flow: Flow[..., Any], flow_run: FlowRun, job_ids: list[int]) -> None:
+    """Cancel the unfinished dbt Cloud runs a Prefect flow run started (found by the key in their cause)."""
     log = flow_run_logger(flow_run, flow)
     parameters = flow_run.parameters or {}
-    job_id = parameters.get("job_id")
-    if not isinstance(job_id, int):
-        return
     try:
         reference = parameters.get("credentials")
         if isinstance(reference, dict):
             creds = DbtCloudCredentials.model_validate(reference)
         else:
             creds = resolve_credentials(reference)
-        key = idempotency_key(job_id, str(flow_run.id))
         with creds.get_client() as client:
-            for run in client.find_runs_by_cause(job_id, key, max_runs=100):
-                if not run.is_terminal:
-                    client.cancel_run(run.id)
-                    log.warning("Prefect flow run cancelled: cancelled dbt Cloud run %s of job %s.", run.id, job_id)
+            for job_id in sorted(set(job_ids)):
+                # The key without its closing bracket also matches the keys of a job started several times.
+                marker = idempotency_key(job_id, str(flow_run.id)).rstrip("]")
+                for run in client.find_runs_by_cause(job_id, marker, max_runs=100):
+                    if not run.is_terminal:
+                        client.cancel_run(run.id)
+                        log.warning("Prefect flow run cancelled: cancelled dbt Cloud run %s of job %s.", run.id, job_id)
     except (DbtCloudError, ValueError) as exc:
-        log.error("Prefect flow run cancelled, but the dbt Cloud run could not be cancelled: %s", exc)
+        log.error("Prefect flow run cancelled, but the dbt Cloud runs could not be cancelled: %s", exc)
+
+
+def _cancel_on_prefect_cancellation(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Cancelling the Prefect flow run cancels the dbt Cloud run it started."""
+    job_id = (flow_run.parameters or {}).get("job_id")
+    if isinstance(job_id, int):
+        cancel_runs_of_flow_run(flow, flow_run, [job_id])
 
 
 @flow(name="run-dbt-cloud-job", on_cancellation=[_cancel_on_prefect_cancellation])
@@ -257,6 +270,7 @@ def run_dbt_cloud_job(
     gitlab_merge_request_id: int | None = None,
     non_native_pull_request_id: int | None = None,
     poll_interval_seconds: float = 30,
+    adaptive_polling: bool = True,
     max_wait_seconds: float = 7200,
     on_timeout: Literal["cancel", "leave"] = "cancel",
     if_running: Literal["trigger", "reuse", "fail"] = "trigger",
@@ -270,6 +284,9 @@ def run_dbt_cloud_job(
     (``DBT_CLOUD_CREDENTIALS_BLOCK``, or ``DBT_CLOUD_ACCOUNT_ID`` + ``DBT_CLOUD_API_TOKEN``).
     ``if_running``: "trigger" (dbt Cloud queues it), "reuse" (wait on the run already in flight), "fail".
     ``retry_failed_run_id`` reruns that failed run from its point of failure instead of starting a new run.
+    ``adaptive_polling`` (default on): poll around the durations of the job's recent successful runs, aiming at
+    the median detection lag of fixed polling every ``poll_interval_seconds`` with fewer calls; without history
+    it polls every ``poll_interval_seconds``.
     ``native_schedule``: what to do when the job's own dbt Cloud schedule is on (it would run the job a second
     time, outside this pipeline): "warn" (log how to turn it off), "fail" (refuse), "disable" (turn it off through
     the API and note in the job's description which Prefect deployment owns it).
@@ -313,6 +330,8 @@ def run_dbt_cloud_job(
             poll_interval_seconds=poll_interval_seconds,
             max_wait_seconds=max_wait_seconds,
             on_timeout=on_timeout,
+            job_id=job_id,
+            adaptive_polling=adaptive_polling,
         )
         timed_out = False
     except WaitTimedOut as exc:
@@ -335,7 +354,7 @@ def run_dbt_cloud_job(
             cause=None,
         )
     else:
-        result = _result(run, job_id, creds, models)
+        result = build_result(run, job_id, creds, models)
 
     if timed_out:
         outcome: Outcome = "timed-out"
@@ -346,7 +365,7 @@ def run_dbt_cloud_job(
         assert run is not None
         known = run.known_status
         outcome, error_cls = (
-            _OUTCOMES.get(known, ("failed", DbtCloudRunFailed)) if known else ("failed", DbtCloudRunFailed)
+            OUTCOMES.get(known, ("failed", DbtCloudRunFailed)) if known else ("failed", DbtCloudRunFailed)
         )
         detail = run.status_message or ""
     _publish(result, outcome, run)
@@ -363,7 +382,7 @@ def run_dbt_cloud_job(
     message = f"dbt Cloud run {result.run_id} of job {job_id} {outcome} (status {result.status}): {result.url}"
     if alert_blocks:
         send_alerts(
-            alert_blocks, f"dbt Cloud job {job_id} {outcome}", _alert_body(result, outcome, run, detail), secret=token
+            alert_blocks, f"dbt Cloud job {job_id} {outcome}", alert_body(result, outcome, run, detail), secret=token
         )
     log.error(message)
     raise error_cls(message, run_id=result.run_id, status=result.status, url=result.url, job_id=job_id)

@@ -5,11 +5,13 @@ Clients are built inside each task from the credentials block (a client is not a
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
 import json
 import uuid
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.blocks.core import Block
@@ -31,8 +33,10 @@ from dbtcloud_api import (
 )
 from dbtcloud_api.client import MAX_CAUSE_LENGTH, clip_cause
 from dbtcloud_api.errors import scrub
-from dbtcloud_api.wait import FixedInterval, PollSchedule, WaitTimedOut, wait_for_run
+from dbtcloud_api.polling import make_schedule
+from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
 
+T = TypeVar("T")
 IDEMPOTENCY_PREFIX = "dcg:"
 # How many times an ambiguous trigger is followed by a search and a new attempt before giving up.
 MAX_TRIGGER_ATTEMPTS = 3
@@ -183,19 +187,32 @@ def wait_for_dbt_cloud_run(
     max_wait_seconds: float = 7200,
     on_timeout: Literal["cancel", "leave"] = "cancel",
     schedule: PollSchedule | None = None,
+    job_id: int | None = None,
+    adaptive_polling: bool = True,
 ) -> Run:
     """Poll a run until it finishes: one task run for the whole wait, logging status changes and step progress.
 
+    With ``adaptive_polling`` and a ``job_id``, it reads the job's recent successful runs once and polls around
+    their durations (see ``dbtcloud_api.polling``); otherwise every ``poll_interval_seconds``.
     Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``.
     """
     log = get_run_logger()
     with credentials.get_client() as client:
+        if schedule is None:
+            history: list[float] = []
+            if adaptive_polling and job_id is not None:
+                try:
+                    history = client.job_history(job_id)
+                except DbtCloudError as exc:
+                    log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
+            schedule = make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
+            log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
         try:
             return wait_for_run(
                 client,
                 run_id,
                 max_wait_seconds=max_wait_seconds,
-                schedule=schedule or FixedInterval(poll_interval_seconds),
+                schedule=schedule,
                 not_found_grace_seconds=client.retry.not_found_grace_seconds,
                 log=log,
             )
@@ -209,6 +226,58 @@ def wait_for_dbt_cloud_run(
             else:
                 log.warning("Deadline of %g s passed: dbt Cloud run %s left running.", max_wait_seconds, run_id)
             raise
+
+
+@task(name="wait-for-dbt-cloud-runs", cache_policy=NO_CACHE)
+def wait_for_dbt_cloud_runs(
+    credentials: DbtCloudCredentials,
+    runs: dict[int, int],
+    poll_interval_seconds: float = 30,
+    max_wait_seconds: float = 7200,
+    on_timeout: Literal["cancel", "leave"] = "cancel",
+    adaptive_polling: bool = True,
+) -> list[WaitOutcome]:
+    """Wait for many runs (run ID → job ID) in one task, on one event loop: no thread and no task run per run.
+
+    Each job's history is read once. Returns one outcome per run, in order; never raises for a run's outcome.
+    """
+    log = get_run_logger()
+
+    async def main() -> list[WaitOutcome]:
+        async with credentials.get_async_client() as client:
+            histories: dict[int, list[float]] = {}
+            for job_id in sorted(set(runs.values())):
+                histories[job_id] = []
+                if adaptive_polling:
+                    try:
+                        histories[job_id] = await client.job_history(job_id)
+                    except DbtCloudError as exc:
+                        log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
+            schedules = {
+                job_id: make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
+                for job_id, history in histories.items()
+            }
+            return await await_runs(
+                client,
+                list(runs),
+                schedules=lambda run_id: schedules[runs[run_id]],
+                max_wait_seconds=max_wait_seconds,
+                on_timeout=on_timeout,
+                not_found_grace_seconds=client.retry.not_found_grace_seconds,
+                log=log,
+            )
+
+    return run_async(main())
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, in a fresh thread when this one already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @task(name="cancel-dbt-cloud-run", cache_policy=NO_CACHE)

@@ -1,0 +1,205 @@
+"""Soak under faults: many runs across many jobs, mixed outcomes, ~10% of requests faulted.
+
+Checks that every run ends in its true final state, that no job is triggered twice for one request, that no
+result is lost, that every failure is alerted with its run ID, that there is one audit row per successful load
+and none for a failure, and that the token appears in no output. Bounded in time; stops by itself.
+Full size: ``python -m bench.soak`` (200 runs, 20 jobs); the test suite runs a reduced size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blocks.dbt_cloud import DbtCloudCredentials
+from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
+from dbtcloud_api.emulator.state import Outcome
+from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
+from tasks.snowflake import LoadTarget, load_incremental
+
+TOKEN = "soak_tok_9f8e7d6c5b4a"
+ACCOUNT = 777
+_STATUS = {"success": "Success", "error": "Error", "cancelled": "Cancelled"}
+
+
+@dataclass
+class SoakReport:
+    """What the soak saw; ``violations`` is empty when every check held."""
+
+    runs: int
+    jobs: int
+    seconds: float = 0.0
+    requests: int = 0
+    faulted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    duplicate_triggers: int = 0
+    alerts: int = 0
+    audit_rows: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line of figures."""
+        share = self.faulted / self.requests if self.requests else 0.0
+        return (
+            f"{self.runs} runs / {self.jobs} jobs in {self.seconds:.1f} s: {self.requests} requests, "
+            f"{self.faulted} faulted ({share:.1%}), {self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.duplicate_triggers} duplicate triggers, {self.alerts} alerts, {self.audit_rows} audit rows, "
+            f"{len(self.violations)} violations"
+        )
+
+
+def _faults(rate: float) -> list[Fault]:
+    share = {"429": 0.4, "5xx": 0.3, "drop": 0.1, "slow": 0.1}
+    faults = [
+        Fault(kind="429", probability=rate * share["429"], retry_after="0.1"),
+        Fault(kind="5xx", status=503, probability=rate * share["5xx"]),
+        Fault(kind="drop", probability=rate * share["drop"]),
+        Fault(kind="slow", delay=0.2, probability=rate * share["slow"]),
+    ]
+    # Lost trigger responses: the run is created, the answer never arrives.
+    faults.append(Fault(kind="lost_response", method="POST", path=r"/run/$", probability=rate))
+    return faults
+
+
+def run_soak(
+    *,
+    runs: int = 200,
+    jobs: int = 20,
+    fault_rate: float = 0.10,
+    seed: int = 7,
+    alert_blocks: list[str] | None = None,
+    alert_texts: Any = None,
+    workdir: Path | None = None,
+    time_limit: float = 900.0,
+) -> SoakReport:
+    """Run the soak; ``alert_texts()`` returns the alerts received (the caller's webhook receiver)."""
+    rng = random.Random(seed)
+    patterns: list[list[Outcome]] = [
+        ["success", "success", "error", "success", "cancelled"],
+        ["success", "error", "success"],
+        ["success"],
+    ]
+    specs = [
+        JobSpec(
+            id=5000 + j,
+            queue_seconds=0.05,
+            start_seconds=0.05,
+            run_seconds=round(rng.uniform(0.2, 1.0), 2),
+            outcomes=patterns[j % len(patterns)],
+            models=["stg_orders", "orders"],
+        )
+        for j in range(jobs)
+    ]
+    emulator = Emulator(specs, account_id=ACCOUNT, token=TOKEN, seed=seed)
+    for fault in _faults(fault_rate):
+        emulator.add_fault(fault)
+    requested: list[int | DbtCloudJobRequest] = [5000 + (i % jobs) for i in range(runs)]
+    report = SoakReport(runs=runs, jobs=jobs)
+    started = time.monotonic()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="soak-"))
+    with EmulatorServer(emulator) as dbt, fakesnow_server(db_path=str(workdir)) as snow:
+        credentials = DbtCloudCredentials(account_id=ACCOUNT, api_token=TOKEN, access_url=dbt.url)
+        connector = fakesnow_connector(snow)
+        seed_demo_tables(connector, new_rows=3)
+        try:
+            results = run_dbt_cloud_jobs(
+                requested,
+                credentials,
+                poll_interval_seconds=0.2,
+                max_wait_seconds=time_limit,
+                alert_blocks=alert_blocks,
+            )
+            failures: list[dict[str, Any]] = []
+        except DbtCloudRunsFailed as exc:
+            results, failures = exc.results, exc.failures
+        # One load per successful run, each job into its own target table.
+        for result in sorted(results, key=lambda r: r.finished_at or r.run_id):
+            target = LoadTarget(
+                name=f"job{result.job_id}",
+                source_model="orders",
+                source_table="ANALYTICS.DBT_PROD.ORDERS",
+                target_table=f"ANALYTICS.MARTS.ORDERS_{result.job_id}",
+                key_columns=["ORDER_ID"],
+                watermark_column="UPDATED_AT",
+            )
+            with connector.get_connection() as connection:
+                connection.cursor().execute(
+                    f"CREATE TABLE IF NOT EXISTS ANALYTICS.MARTS.ORDERS_{result.job_id} "
+                    "(ORDER_ID NUMBER, CUSTOMER_ID NUMBER, AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ)"
+                )
+            assert result.finished_at is not None
+            load_incremental(
+                connector,
+                target,
+                dbt_run_id=result.run_id,
+                dbt_job_id=result.job_id,
+                dbt_account_id=ACCOUNT,
+                dbt_finished_at=result.finished_at,
+                models=result.models,
+                pipeline="soak",
+            )
+        with connector.get_connection() as connection:
+            cursor = connection.cursor()
+            cursor.execute("SELECT DBT_RUN_ID FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT")
+            audited = [int(row[0]) for row in cursor.fetchall()]
+    report.seconds = time.monotonic() - started
+    report.requests = len(emulator.requests)
+    report.faulted = sum(1 for r in emulator.requests if r.fault)
+    report.succeeded, report.failed = len(results), len(failures)
+    report.audit_rows = len(audited)
+    problems = report.violations
+
+    # Every requested run accounted for, and no job triggered more often than asked.
+    if len(results) + len(failures) != runs:
+        problems.append(f"lost results: {len(results)} + {len(failures)} != {runs}")
+    for spec in specs:
+        asked = requested.count(spec.id)
+        created = len(emulator.runs_of(spec.id))
+        if created != asked:
+            report.duplicate_triggers += max(0, created - asked)
+            problems.append(f"job {spec.id}: {created} runs created for {asked} requested")
+    # Every run ended in its true final state.
+    seen = {r.run_id: r.status for r in results} | {f["run_id"]: f["status"] for f in failures if f["run_id"]}
+    for run in emulator.runs.values():
+        truth = _STATUS["cancelled" if run.cancelled_at is not None else run.outcome]
+        if seen.get(run.id) != truth:
+            problems.append(f"run {run.id}: reported {seen.get(run.id)!r}, truly {truth!r}")
+    # Every failure alerted with its run ID; one audit row per success, none for a failure.
+    texts = [json.dumps(alert) for alert in (alert_texts() if alert_texts else [])]
+    report.alerts = len(texts)
+    if alert_blocks:
+        for failure in failures:
+            if not any(str(failure["run_id"]) in text for text in texts):
+                problems.append(f"failure of run {failure['run_id']} was not alerted")
+    if sorted(audited) != sorted(r.run_id for r in results):
+        problems.append(f"audit rows {sorted(audited)} != successful runs {sorted(r.run_id for r in results)}")
+    if any(TOKEN in text for text in texts) or any(TOKEN in json.dumps(r.body or {}) for r in emulator.requests):
+        problems.append("the token appeared in an alert or a request body")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Full-size soak from the command line; prints the figures."""
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--fault-rate", type=float, default=0.10)
+    args = parser.parse_args(argv)
+    report = run_soak(runs=args.runs, jobs=args.jobs, fault_rate=args.fault_rate)
+    print(report.summary())
+    for problem in report.violations:
+        print(f"  violation: {problem}")
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

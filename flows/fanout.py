@@ -1,0 +1,193 @@
+"""``run_dbt_cloud_jobs``: trigger many dbt Cloud jobs at once and wait for all their runs on one event loop.
+
+Per dbt run there is one trigger task run, plus one alert task run if it fails; all the waits share one task
+and one event loop (no thread per run), so the number of Prefect task runs per dbt run does not grow with the
+run's duration. Every client of the account in the process shares one rate limiter, and a 429 slows them all.
+The flow fails after every run has finished if any failed, naming each failed run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.flows import Flow
+from prefect.runtime import flow_run as runtime_flow_run
+from pydantic import BaseModel, Field
+
+from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbtcloud_api import run_url
+from flows.dbt_cloud import (
+    OUTCOMES,
+    DbtCloudRunResult,
+    Outcome,
+    alert_body,
+    build_result,
+    cancel_runs_of_flow_run,
+    emit_run_event,
+)
+from tasks.dbt_cloud import (
+    IDEMPOTENCY_PREFIX,
+    cause_with_key,
+    check_native_schedule,
+    send_alerts,
+    trigger_dbt_cloud_job,
+    wait_for_dbt_cloud_runs,
+)
+
+__all__ = ["DbtCloudJobRequest", "DbtCloudRunsFailed", "run_dbt_cloud_jobs"]
+
+
+class DbtCloudJobRequest(BaseModel):
+    """One job of a fan-out, with its own cause and trigger overrides (``steps_override``, ``git_branch``...)."""
+
+    job_id: int = Field(gt=0)
+    cause: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class DbtCloudRunsFailed(Exception):
+    """Some runs of a fan-out did not succeed; ``failures`` lists each (job, run, status, url) and ``results``
+    holds the runs that did succeed, so that nothing is lost."""
+
+    def __init__(
+        self, message: str, failures: list[dict[str, Any]], results: list[DbtCloudRunResult] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.results = results or []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.failures, self.results))
+
+
+def _cancel_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    jobs = (flow_run.parameters or {}).get("jobs") or []
+    job_ids = [item if isinstance(item, int) else int(item.get("job_id", 0)) for item in jobs]
+    cancel_runs_of_flow_run(flow, flow_run, [j for j in job_ids if j > 0])
+
+
+@flow(name="run-dbt-cloud-jobs", on_cancellation=[_cancel_hook])
+def run_dbt_cloud_jobs(
+    jobs: list[int | DbtCloudJobRequest],
+    credentials: DbtCloudCredentials | str | None = None,
+    *,
+    poll_interval_seconds: float = 30,
+    adaptive_polling: bool = True,
+    max_wait_seconds: float = 7200,
+    on_timeout: Literal["cancel", "leave"] = "cancel",
+    native_schedule: Literal["warn", "fail", "disable"] = "warn",
+    alert_blocks: list[str] | None = None,
+) -> list[DbtCloudRunResult]:
+    """Trigger every job concurrently, wait for all runs, and return their results in the order given.
+
+    Fails with ``DbtCloudRunsFailed`` after all runs finished if any did not succeed (each alerted).
+    """
+    log = get_run_logger()
+    if not jobs:
+        raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
+    requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
+    creds = resolve_credentials(credentials)
+    for job_id in sorted({r.job_id for r in requests}):
+        check_native_schedule(creds, job_id, native_schedule)
+
+    owner = runtime_flow_run.get_id() or "adhoc"
+    counts: dict[int, int] = {}
+    futures = []
+    for request in requests:
+        counts[request.job_id] = counts.get(request.job_id, 0) + 1
+        # A job asked for several times gets one key per occurrence: each is its own run, none is doubled.
+        suffix = f":{counts[request.job_id]}" if counts[request.job_id] > 1 else ""
+        key = f"[{IDEMPOTENCY_PREFIX}{owner}:{request.job_id}{suffix}]"
+        futures.append(
+            trigger_dbt_cloud_job.submit(
+                creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides
+            )
+        )
+    failures: list[dict[str, Any]] = []
+    started: dict[int, int] = {}
+    for request, future in zip(requests, futures, strict=True):
+        try:
+            started[future.result()] = request.job_id
+        except Exception as exc:
+            failures.append(
+                {
+                    "job_id": request.job_id,
+                    "run_id": None,
+                    "status": "not started",
+                    "url": None,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
+    log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
+
+    outcomes = wait_for_dbt_cloud_runs(
+        creds,
+        started,
+        poll_interval_seconds=poll_interval_seconds,
+        max_wait_seconds=max_wait_seconds,
+        on_timeout=on_timeout,
+        adaptive_polling=adaptive_polling,
+    )
+    results: list[DbtCloudRunResult] = []
+    token = creds.api_token.get_secret_value()
+    for outcome in outcomes:
+        job_id = started[outcome.run_id]
+        run = outcome.run
+        if run is None:
+            failures.append(
+                {
+                    "job_id": job_id,
+                    "run_id": outcome.run_id,
+                    "status": "Unknown",
+                    "url": run_url(creds.access_url, creds.account_id, outcome.run_id),
+                    "error": str(outcome.error) if outcome.error else "never read",
+                }
+            )
+            continue
+        result = build_result(run, job_id, creds, outcome.models)
+        kind: Outcome
+        if outcome.timed_out:
+            kind = "timed-out"
+        elif run.known_status is not None:
+            kind = OUTCOMES[run.known_status][0]
+        else:
+            kind = "failed"
+        emit_run_event(result, kind)
+        if kind == "succeeded":
+            results.append(result)
+            continue
+        failures.append({"job_id": job_id, "run_id": run.id, "status": result.status, "url": result.url, "error": kind})
+        if alert_blocks:
+            detail = run.status_message or ("No terminal status before the deadline." if outcome.timed_out else "")
+            send_alerts(
+                alert_blocks, f"dbt Cloud job {job_id} {kind}", alert_body(result, kind, run, detail), secret=token
+            )
+
+    create_table_artifact(
+        key="dbt-cloud-fan-out",
+        table=[
+            {"job": r.job_id, "run": r.run_id, "status": r.status, "finished_at": str(r.finished_at), "url": r.url}
+            for r in results
+        ]
+        + [
+            {"job": f["job_id"], "run": f["run_id"], "status": f["status"], "finished_at": "", "url": f["url"] or ""}
+            for f in failures
+        ],
+        description=f"{len(results)} succeeded, {len(failures)} failed",
+    )
+    order = {run_id: index for index, run_id in enumerate(started)}
+    results.sort(key=lambda r: order[r.run_id])
+    if failures:
+        named = "; ".join(
+            f"job {f['job_id']}: run {f['run_id']} {f['status']}"
+            + (f" ({f['url']})" if f["url"] else "")
+            + (f" - {f['error']}" if f["status"] in ("not started", "Unknown") else "")
+            for f in failures
+        )
+        raise DbtCloudRunsFailed(
+            f"{len(failures)} of {len(requests)} dbt Cloud run(s) did not succeed: {named}", failures, results
+        )
+    return results

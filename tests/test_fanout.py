@@ -1,0 +1,73 @@
+"""The fan-out flow: many jobs at once, one event loop, a constant number of task runs per dbt run; the soak."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from bench.soak import TOKEN as SOAK_TOKEN
+from bench.soak import run_soak
+from dbtcloud_api.emulator import EmulatorServer
+from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
+from tests.conftest import TOKEN, WebhookReceiver
+from tests.test_flow import FAST, creds, prefect_texts, saved_webhook
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def task_runs_of(flow_run_id: object) -> list[str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
+        )
+    return sorted(r.name.rsplit("-", 1)[0] for r in runs)
+
+
+def test_fan_out_mixed_outcomes(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+    block = saved_webhook(webhook, "fanout-alerts")
+    jobs: list[int | DbtCloudJobRequest] = [11, 11, 12, DbtCloudJobRequest(job_id=13, cause="with a cause")]
+    with pytest.raises(DbtCloudRunsFailed) as info:
+        run_dbt_cloud_jobs(jobs, creds(emulator), alert_blocks=[block], **FAST)
+    failed_run = emulator.emulator.runs_of(12)[0]
+    assert [f["run_id"] for f in info.value.failures] == [failed_run.id]
+    assert f"job 12: run {failed_run.id} Error" in str(info.value)
+    assert sorted(r.job_id for r in info.value.results) == [11, 11, 13]
+    assert emulator.emulator.trigger_count == {11: 2, 12: 1, 13: 1}
+    assert len(webhook.received) == 1 and str(failed_run.id) in webhook.received[0]["body"]
+    causes = {run.cause for run in emulator.emulator.runs.values()}
+    assert len(causes) == 4 and any(c.startswith("with a cause [dcg:") for c in causes)
+
+
+def test_task_runs_per_dbt_run_do_not_grow_with_duration(emulator: EmulatorServer) -> None:
+    counts = []
+    for seconds in (0.2, 2.5):
+        for job in (11, 13):
+            emulator.emulator.set_job(job, run_seconds=seconds)
+        state = run_dbt_cloud_jobs([11, 13, 11], creds(emulator), return_state=True, **FAST)
+        assert state.is_completed()
+        results = state.result()
+        assert [r.job_id for r in results] == [11, 13, 11] and all(r.status == "Success" for r in results)
+        counts.append(task_runs_of(state.state_details.flow_run_id))
+    # Per fan-out of 3 runs: 3 triggers, 2 schedule checks (one per job), 1 wait for all; whatever the duration.
+    assert counts[0] == counts[1]
+    assert counts[0].count("trigger-dbt-cloud-job") == 3 and counts[0].count("wait-for-dbt-cloud-runs") == 1
+
+
+def test_soak_under_faults_reduced(webhook: WebhookReceiver) -> None:
+    block = saved_webhook(webhook, "soak-alerts")
+    report = run_soak(
+        runs=30,
+        jobs=6,
+        fault_rate=0.10,
+        seed=11,
+        alert_blocks=[block],
+        alert_texts=lambda: webhook.received,
+        time_limit=240,
+    )
+    assert report.violations == [], report.summary()
+    assert report.faulted > 0 and report.failed > 0 and report.succeeded > 0
+    assert report.duplicate_triggers == 0 and report.audit_rows == report.succeeded
+    assert report.alerts == report.failed
+    texts = prefect_texts()
+    assert SOAK_TOKEN not in texts and TOKEN not in texts

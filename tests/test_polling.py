@@ -1,0 +1,111 @@
+"""The adaptive poll schedule and the shared rate limiter."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from dbtcloud_api import DbtCloudClient, Run, RunStatus
+from dbtcloud_api.emulator import EmulatorServer, Fault
+from dbtcloud_api.polling import AdaptiveSchedule, DurationModel, FixedInterval, make_schedule
+from dbtcloud_api.ratelimit import RateLimiter, shared_limiter
+from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+HISTORY = [600.0, 620.0, 580.0, 640.0, 610.0, 590.0]
+
+
+def run_at(status: RunStatus, age: float | None, steps: list[dict[str, Any]] | None = None) -> Run:
+    started = NOW - timedelta(seconds=age) if age is not None else None
+    return Run.model_validate(
+        {"id": 1, "account_id": 1, "status": int(status), "started_at": started, "run_steps": steps or []}
+    )
+
+
+def schedule(**options: Any) -> AdaptiveSchedule:
+    return AdaptiveSchedule(HISTORY, clock=lambda: NOW.timestamp(), **options)
+
+
+def test_without_history_it_is_fixed_polling() -> None:
+    for history in ([], [600.0, 610.0]):
+        plan = AdaptiveSchedule(history, fallback_interval=30)
+        assert plan.model is None
+        assert plan.next_interval(run_at(RunStatus.RUNNING, 100), 100) == 30
+    assert make_schedule(HISTORY, 10, adaptive=False).next_interval(run_at(RunStatus.RUNNING, 1), 1) == 10
+    assert isinstance(make_schedule(HISTORY, 10, adaptive=False), FixedInterval)
+
+
+def test_sleeps_until_the_likely_finish_band_then_polls_densely_then_backs_off() -> None:
+    plan = schedule(target_lag_seconds=5, max_interval=120)
+    assert 500 < plan.band_start < 600 < plan.band_end < 700
+    early = plan.next_interval(run_at(RunStatus.RUNNING, 10), 10)
+    assert early == 120  # far from the band: the cap
+    near = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 30), 0)
+    assert near == pytest.approx(30, abs=0.01)  # wakes at the band's start
+    inside = plan.next_interval(run_at(RunStatus.RUNNING, 605), 0)
+    assert inside == pytest.approx(8.0)  # 1.6 x the target lag
+    later = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_end + 200), 0)
+    much_later = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_end + 2000), 0)
+    assert inside < later < much_later <= 120
+
+
+def test_queueing_is_tracked_apart_from_running() -> None:
+    plan = schedule(target_lag_seconds=5, max_interval=1000)
+    queued = plan.next_interval(run_at(RunStatus.QUEUED, None), 5000)  # long queue: not counted as run time
+    assert queued == pytest.approx(plan.earliest) and queued < min(HISTORY)
+
+
+def test_a_failed_step_means_poll_now() -> None:
+    plan = schedule(min_interval=1)
+    failed = [{"index": 4, "status": 20, "name": "Invoke dbt with `dbt build`"}]
+    assert plan.next_interval(run_at(RunStatus.RUNNING, 10, failed), 10) == 1
+
+
+def test_duration_model() -> None:
+    model = DurationModel.fit(HISTORY)
+    assert model is not None and model.count == 6
+    assert model.quantile(0.5) == pytest.approx(606, rel=0.02)
+    assert model.quantile(0.1) < model.quantile(0.9)
+    assert DurationModel.fit([5.0]) is None
+
+
+def test_rate_limiter_spaces_requests_and_honours_penalties() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=600, burst=2, clock=lambda: now[0])  # one every 0.1 s, bursts of 2
+    assert [round(limiter.reserve(), 3) for _ in range(4)] == [0.0, 0.0, 0.1, 0.2]
+    now[0] = 10.0
+    limiter.penalize(3.0)
+    assert limiter.reserve() == pytest.approx(3.0)
+    assert limiter.penalties == 1
+
+
+def test_a_429_slows_every_client_of_the_account(emulator: EmulatorServer) -> None:
+    limiter = RateLimiter(per_minute=60_000)
+    emulator.emulator.add_fault(Fault(kind="429", retry_after="0.6", times=1, path=r"/jobs/11/$"))
+    with (
+        DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY, rate_limiter=limiter) as first,
+        DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY, rate_limiter=limiter) as second,
+    ):
+        waited: dict[str, float] = {}
+
+        def other() -> None:
+            time.sleep(0.2)  # after the first client's 429
+            started = time.monotonic()
+            second.get_job(12)
+            waited["second"] = time.monotonic() - started
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        first.get_job(11)
+        thread.join()
+    assert waited["second"] >= 0.3  # held back by the other client's 429, not by its own
+    assert limiter.penalties == 1
+
+
+def test_shared_limiter_is_one_per_account() -> None:
+    a = shared_limiter("https://x.example", 1)
+    assert shared_limiter("https://x.example", 1) is a and shared_limiter("https://x.example", 2) is not a
