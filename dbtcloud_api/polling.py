@@ -4,8 +4,9 @@ The schedule learns from the job's recent successful runs (their durations, star
 log-normal to them, and polls:
 - while the run is queued or starting: at most every ``q(0.02)`` of the run time (a run that starts right
   after a poll cannot finish sooner), capped by ``max_interval``;
-- while running, before the likely-finish band: it sleeps until the band begins (capped by ``max_interval``);
-- inside the band (the central ``band`` quantiles of the predicted duration): every ``2 * target_lag * 0.8``
+- while running, before the likely-finish band: it halves the distance to the band at each poll (capped by
+  ``max_interval``), so that a run ending early is not seen late;
+- inside the band (the central ``band`` quantiles of the predicted duration): every ``1.7 * target_lag``
   seconds, so that a run ending there is seen within ``target_lag`` seconds on average;
 - past the band: backing off linearly, to ``max_interval`` at most;
 - as soon as a step has failed: at ``min_interval`` (the run ends in Error moments later).
@@ -98,7 +99,7 @@ class AdaptiveSchedule:
             self.band_start = self.model.quantile(band[0])
             self.band_end = self.model.quantile(band[1])
             self.earliest = self.model.quantile(0.02)
-        self.band_interval = 1.6 * target_lag_seconds
+        self.band_interval = 1.7 * target_lag_seconds
 
     def __repr__(self) -> str:
         if self.model is None:
@@ -121,7 +122,8 @@ class AdaptiveSchedule:
             return self._clamp(self.earliest)
         age = max(0.0, self.clock() - run.started_at.timestamp())
         if age < self.band_start:
-            return self._clamp(self.band_start - age)
+            # Halve the distance to the band each time: few calls, yet a run ending early is not seen late.
+            return self._clamp(max(self.band_interval, (self.band_start - age) / 2))
         if age <= self.band_end:
             return self._clamp(self.band_interval)
         width = max(self.band_end - self.band_start, self.band_interval)

@@ -45,9 +45,11 @@ def test_sleeps_until_the_likely_finish_band_then_polls_densely_then_backs_off()
     early = plan.next_interval(run_at(RunStatus.RUNNING, 10), 10)
     assert early == 120  # far from the band: the cap
     near = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 30), 0)
-    assert near == pytest.approx(30, abs=0.01)  # wakes at the band's start
+    assert near == pytest.approx(15, abs=0.01)  # halves the distance to the band's start
+    closer = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 2), 0)
+    assert closer == pytest.approx(8.5)  # never finer than inside the band
     inside = plan.next_interval(run_at(RunStatus.RUNNING, 605), 0)
-    assert inside == pytest.approx(8.0)  # 1.6 x the target lag
+    assert inside == pytest.approx(8.5)  # 1.7 x the target lag
     later = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_end + 200), 0)
     much_later = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_end + 2000), 0)
     assert inside < later < much_later <= 120
