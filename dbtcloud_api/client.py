@@ -222,7 +222,11 @@ class _RetryState:
             raise DbtCloudBadRequestError(message, field_errors=field_errors, **kwargs)
         if status == 404:
             delay = self.policy.backoff(self.attempt, self.rng)
-            if self.elapsed() < call.not_found_grace and self._within_budget(delay):
+            # Bounded by the grace window (and the total budget), not by the attempt count.
+            if (
+                self.elapsed() + delay < call.not_found_grace
+                and self.elapsed() + delay <= self.policy.max_elapsed_seconds
+            ):
                 logger.info("%s: 404 for a run created moments ago; retrying in %.2f s", call.label, delay)
                 return delay
             raise DbtCloudNotFoundError(f"{message}. Check the account ID and the job or run ID.", **kwargs)
@@ -762,12 +766,26 @@ class DbtCloudClient(_Core):
 
 
 class AsyncDbtCloudClient(_Core):
-    """Asyncio client with the same methods as :class:`DbtCloudClient`. Use ``async with`` or :meth:`aclose`."""
+    """Asyncio client with the same methods as :class:`DbtCloudClient`. Use ``async with`` or :meth:`aclose`.
 
-    def __init__(self, *args: Any, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
+    At most ``max_concurrency`` requests are in flight at once (the connection pool's size): many waits share
+    one client without queueing inside the pool, whose bookkeeping grows with the queue.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        http_client: httpx.AsyncClient | None = None,
+        max_concurrency: int = 10,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        if max_concurrency < 1:
+            raise DbtCloudConfigError("max_concurrency must be at least 1.")
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(**self._http_kwargs())
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._http = http_client or httpx.AsyncClient(**self._http_kwargs(), limits=limits)
+        self._slots = asyncio.Semaphore(max_concurrency)
 
     async def __aenter__(self) -> AsyncDbtCloudClient:
         return self
@@ -787,7 +805,8 @@ class AsyncDbtCloudClient(_Core):
             if self.rate_limiter is not None:
                 await self.rate_limiter.acquire()
             try:
-                response = await self._http.request(**self._request(call))
+                async with self._slots:
+                    response = await self._http.request(**self._request(call))
             except httpx.TransportError as exc:
                 delay = state.on_transport_error(exc)
             else:

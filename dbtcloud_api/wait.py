@@ -234,6 +234,7 @@ class WaitOutcome:
     timed_out: bool = False
     error: DbtCloudError | None = None
     models: list[ModelResult] = field(default_factory=list)
+    detected_at: float | None = None  # wall-clock time of the poll that saw the terminal status
 
 
 async def await_runs(
@@ -273,7 +274,7 @@ async def await_runs(
             return outcome
         except DbtCloudError as exc:
             return WaitOutcome(run_id, None, error=exc)
-        outcome = WaitOutcome(run_id, run)
+        outcome = WaitOutcome(run_id, run, detected_at=time.time())
         if fetch_results and run.status in (RunStatus.SUCCESS, RunStatus.ERROR) and run.artifacts_saved is not False:
             try:
                 raw = await client.get_run_artifact(run_id, "run_results.json")

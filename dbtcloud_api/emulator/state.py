@@ -216,6 +216,7 @@ class Emulator:
         self.jobs: dict[int, JobSpec] = {}
         self.job_objects: dict[int, dict[str, Any]] = {}
         self.runs: dict[int, _Run] = {}
+        self._by_job: dict[int, list[_Run]] = {}
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
         self.trigger_count: dict[int, int] = {}
@@ -313,7 +314,7 @@ class Emulator:
     def runs_of(self, job_id: int) -> list[_Run]:
         """Runs of one job, oldest first (including the history runs)."""
         with self._lock:
-            return [run for run in self.runs.values() if run.job_id == job_id]
+            return list(self._by_job.get(job_id, []))
 
     def cancel(self, run_id: int) -> None:
         """Cancel a run from outside (as a user would in the dbt Cloud UI)."""
@@ -340,6 +341,7 @@ class Emulator:
         self._next_run_id += 1
         self._next_trigger_id += 1
         self.runs[run.id] = run
+        self._by_job.setdefault(spec.id, []).append(run)
         self._replan(spec.id, now)
         return run
 
@@ -353,7 +355,7 @@ class Emulator:
     def _replan(self, job_id: int, now: float) -> None:
         """Lay out the job's runs one at a time: a run waits for the previous one to end (as in dbt Cloud)."""
         slot_free = 0.0
-        for run in sorted((r for r in self.runs.values() if r.job_id == job_id), key=lambda r: r.id):
+        for run in self._by_job.get(job_id, []):  # in creation order, which is ID order
             if run.cancelled_at is not None and run.cancelled_at <= now and run.dequeued > run.cancelled_at:
                 continue  # cancelled while queued: never held the slot
             if run.dequeued and run.dequeued <= now:
@@ -830,10 +832,8 @@ class Emulator:
             return _error(
                 400, "The request was invalid.", {"limit": ["Ensure this value is less than or equal to 100."]}
             )
-        runs = list(self.runs.values())
         job = one("job_definition_id")
-        if job is not None:
-            runs = [run for run in runs if run.job_id == int(job)]
+        runs = list(self.runs.values()) if job is None else list(self._by_job.get(int(job), []))
         status = one("status")
         if status is not None:
             runs = [run for run in runs if int(run.status_at(now)) == int(status)]
