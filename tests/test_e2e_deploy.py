@@ -4,11 +4,13 @@ worker, and runs of the ETL deployment against the emulator and a fakesnow serve
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Scheduled
 
 from blocks.dbt_cloud import DbtCloudCredentials
 from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
@@ -89,19 +92,6 @@ def server_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
             server.kill()
 
 
-def run_deployment(env: dict[str, str], name: str, parameters: dict[str, Any] | None = None) -> Any:
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(name)
-        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {})
-        deadline = time.monotonic() + 240
-        while True:
-            flow_run = client.read_flow_run(flow_run.id)
-            if flow_run.state is not None and flow_run.state.is_final():
-                return flow_run
-            assert time.monotonic() < deadline, f"flow run stuck in {flow_run.state}"
-            time.sleep(1)
-
-
 def query(connector: Any, statement: str) -> list[tuple[Any, ...]]:
     with connector.get_connection() as connection:
         cursor = connection.cursor()
@@ -109,7 +99,69 @@ def query(connector: Any, statement: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def test_deploy_all_and_a_worker_runs_the_etl(server_env: dict[str, str], tmp_path: Path) -> None:
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (the flow run may run in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, victims = [pid], []
+    while todo:
+        current = todo.pop()
+        victims.append(current)
+        todo.extend(children.get(current, []))
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Stack:
+    """The deployed project: server env, emulator, fakesnow connector, the worker's log."""
+
+    env: dict[str, str]
+    emulator: Emulator
+    connector: Any
+    workdir: Path
+    worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self) -> None:
+        log = (self.workdir / "worker.log").open("a")
+        # Its own session, so that a test can kill the worker and its flow run processes at once (a crash).
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "dbt-cloud-gate"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop_worker(self, crash: bool = False) -> None:
+        if self.worker is None:
+            return
+        if crash:
+            kill_tree(self.worker.pid)
+        else:
+            self.worker.terminate()
+        try:
+            self.worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker = None
+
+    def worker_log(self) -> str:
+        return (self.workdir / "worker.log").read_text()[-12000:]
+
+
+@pytest.fixture(scope="module")
+def stack(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("e2e")
     jobs = [
         JobSpec(id=21, run_seconds=1.0, queue_seconds=0.1, start_seconds=0.1, models=["stg", "orders", "customers"]),
         JobSpec(
@@ -121,9 +173,10 @@ def test_deploy_all_and_a_worker_runs_the_etl(server_env: dict[str, str], tmp_pa
             models=["stg", "orders", "customers"],
             failing_model="orders",
         ),
+        JobSpec(id=23, run_seconds=8.0, queue_seconds=0.1, start_seconds=0.1, models=["stg", "orders"]),
     ]
     emulator = Emulator(jobs, account_id=ACCOUNT, token=TOKEN)
-    with EmulatorServer(emulator) as dbt, fakesnow_server(db_path=str(tmp_path)) as snow:
+    with EmulatorServer(emulator) as dbt, fakesnow_server(db_path=str(workdir)) as snow:
         connector = fakesnow_connector(snow)
         seed_demo_tables(connector, new_rows=5)
         with temporary_settings({PREFECT_API_URL: server_env["PREFECT_API_URL"]}):
@@ -138,42 +191,108 @@ def test_deploy_all_and_a_worker_runs_the_etl(server_env: dict[str, str], tmp_pa
         cli(server_env, "work-pool", "create", "dbt-cloud-gate", "--type", "process")
         deployed = cli(server_env, "--no-prompt", "deploy", "--all")
         assert "nightly-etl" in deployed and "dbt-cloud-job" in deployed
-        worker_log = (tmp_path / "worker.log").open("w")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "dbt-cloud-gate"],
-            env=server_env,
-            cwd=ROOT,
-            stdout=worker_log,
-            stderr=subprocess.STDOUT,
-        )
+        built = Stack(server_env, emulator, connector, workdir)
+        built.start_worker()
         try:
-            ok = run_deployment(server_env, "dbt-cloud-etl/nightly-etl", {"poll_interval_seconds": 0.2})
-            assert ok.state.type.value == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
-            run = emulator.runs_of(21)[0]
-            assert query(connector, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == [(5,)]
-            audit = query(
-                connector,
-                "SELECT TARGET, DBT_RUN_ID, DBT_FINISHED_AT, ROWS_LOADED, PREFECT_FLOW_RUN_ID "
-                "FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT ORDER BY TARGET",
-            )
-            finished = datetime.fromtimestamp(run.finished, UTC).replace(tzinfo=None)
-            assert [(row[1], row[2], row[4]) for row in audit] == [(run.id, finished, str(ok.id))] * 2
-            assert {row[0]: row[3] for row in audit} == {
-                '"ANALYTICS"."MARTS"."CUSTOMERS"': 5,
-                '"ANALYTICS"."MARTS"."ORDERS"': 5,
-            }
-
-            seed_demo_tables(connector, new_rows=3)
-            failed = run_deployment(
-                server_env, "dbt-cloud-etl/nightly-etl", {"job_id": 22, "poll_interval_seconds": 0.2}
-            )
-            assert failed.state.type.value == "FAILED"
-            assert len(emulator.runs_of(22)) == 1
-            assert query(connector, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == [(5,)]
-            assert len(query(connector, "SELECT * FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT")) == 2
+            yield built
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            built.stop_worker()
+
+
+def start_deployment(env: dict[str, str], name: str, parameters: dict[str, Any]) -> Any:
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        return client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+
+
+def wait_final(env: dict[str, str], flow_run_id: Any, timeout: float = 240) -> Any:
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            assert time.monotonic() < deadline, f"flow run stuck in {flow_run.state}"
+            time.sleep(0.5)
+
+
+def wait_running(emulator: Emulator, job_id: int, known: int, timeout: float = 120) -> Any:
+    """The first run of ``job_id`` beyond the ``known`` ones, once it is running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = emulator.runs_of(job_id)
+        if len(runs) > known and emulator.clock() >= runs[known].started:
+            return runs[known]
+        time.sleep(0.2)
+    raise AssertionError(f"no run of job {job_id} started")
+
+
+def test_deploy_all_and_a_worker_runs_the_etl(stack: Stack) -> None:
+    env, emulator, connector = stack.env, stack.emulator, stack.connector
+    ok = wait_final(env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"poll_interval_seconds": 0.2}).id)
+    assert ok.state.type.value == "COMPLETED", stack.worker_log()
+    run = emulator.runs_of(21)[0]
+    assert query(connector, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == [(5,)]
+    audit = query(
+        connector,
+        "SELECT TARGET, DBT_RUN_ID, DBT_FINISHED_AT, ROWS_LOADED, PREFECT_FLOW_RUN_ID "
+        "FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT ORDER BY TARGET",
+    )
+    finished = datetime.fromtimestamp(run.finished, UTC).replace(tzinfo=None)
+    assert [(row[1], row[2], row[4]) for row in audit] == [(run.id, finished, str(ok.id))] * 2
+    assert {row[0]: row[3] for row in audit} == {
+        '"ANALYTICS"."MARTS"."CUSTOMERS"': 5,
+        '"ANALYTICS"."MARTS"."ORDERS"': 5,
+    }
+
+    seed_demo_tables(connector, new_rows=3)
+    failed = wait_final(
+        env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"job_id": 22, "poll_interval_seconds": 0.2}).id
+    )
+    assert failed.state.type.value == "FAILED"
+    assert len(emulator.runs_of(22)) == 1
+    assert query(connector, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == [(5,)]
+    assert len(query(connector, "SELECT * FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT")) == 2
+
+
+def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None:
+    before = len(stack.emulator.runs_of(23))
+    flow_run = start_deployment(
+        stack.env,
+        "run-dbt-cloud-job/dbt-cloud-job",
+        {"job_id": 23, "poll_interval_seconds": 0.2, "if_running": "trigger"},
+    )
+    dbt_run = wait_running(stack.emulator, 23, before)
+    assert len(stack.emulator.runs_of(23)) == before + 1
+    cli(stack.env, "flow-run", "cancel", str(flow_run.id))
+    final = wait_final(stack.env, flow_run.id)
+    assert final.state.type.value == "CANCELLED", stack.worker_log()
+    deadline = time.monotonic() + 30
+    while dbt_run.cancelled_at is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert dbt_run.cancelled_at is not None, stack.worker_log()
+
+
+def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> None:
+    before = len(stack.emulator.runs_of(23))
+    flow_run = start_deployment(
+        stack.env,
+        "run-dbt-cloud-job/dbt-cloud-job",
+        {"job_id": 23, "poll_interval_seconds": 0.2, "if_running": "trigger"},
+    )
+    dbt_run = wait_running(stack.emulator, 23, before)
+    stack.stop_worker(crash=True)  # the worker and the flow run's process die mid-wait
+    with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+        assert state.type.value == "RUNNING", (state, [(s.name, s.message) for s in client.read_flow_run_states(flow_run.id)])
+        # A retry of the flow run, as from the UI: the same flow run is scheduled again.
+        client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
+    stack.start_worker()
+    final = wait_final(stack.env, flow_run.id)
+    assert final.state.type.value == "COMPLETED", stack.worker_log()
+    assert final.run_count >= 2
+    runs = stack.emulator.runs_of(23)
+    assert len(runs) == before + 1 and runs[-1].id == dbt_run.id  # no second dbt run
+    with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        result = client.read_flow_run(flow_run.id).state
+    assert result is not None and result.is_completed()
