@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
 from blocks.dbt_cloud import DbtCloudCredentials
 from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
 from dbtcloud_api.emulator.state import Outcome
-from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from flows.embedded import WebhookReceiver, fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
 from tasks.snowflake import LoadTarget, load_incremental
 
@@ -194,7 +196,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--fault-rate", type=float, default=0.10)
     args = parser.parse_args(argv)
-    report = run_soak(runs=args.runs, jobs=args.jobs, fault_rate=args.fault_rate)
+    receiver = WebhookReceiver()
+    try:
+        CustomWebhookNotificationBlock(
+            name="soak",
+            url=receiver.url,
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            allow_private_urls=True,
+        ).save("soak-alerts", overwrite=True)
+        report = run_soak(
+            runs=args.runs,
+            jobs=args.jobs,
+            fault_rate=args.fault_rate,
+            alert_blocks=["custom-webhook/soak-alerts"],
+            alert_texts=lambda: receiver.received,
+        )
+    finally:
+        receiver.close()
     print(report.summary())
     for problem in report.violations:
         print(f"  violation: {problem}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
@@ -100,3 +102,35 @@ def seed_demo_tables(connector: SnowflakeConnector, new_rows: int = 3, now: date
                 f"INSERT INTO {DEMO_DATABASE}.DBT_PROD.CUSTOMERS VALUES (%(id)s, %(name)s, %(at)s)",
                 {"id": (start + index) % 5 + 1, "name": f"customer {(start + index) % 5 + 1}", "at": stamp},
             )
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint that records every POST body: where alert blocks send in tests and the soak."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    received.append(json.loads(raw))
+                except ValueError:
+                    received.append({"raw": raw.decode(errors="replace")})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 # Before Prefect is imported anywhere: a private PREFECT_HOME (results, local storage) and no telemetry.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dcg-prefect-home-")
@@ -23,6 +19,7 @@ import pytest  # noqa: E402
 from dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
 from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec  # noqa: E402
 from dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator  # noqa: E402
+from flows.embedded import WebhookReceiver  # noqa: E402
 
 TOKEN = "tok_sEcReT_0123456789abcdef"
 ACCOUNT = 4242
@@ -97,37 +94,6 @@ def prefect_harness() -> Iterator[None]:
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
-
-
-class WebhookReceiver:
-    """A local HTTP endpoint that records every POST body (the target of alert blocks in tests)."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                try:
-                    received.append(json.loads(raw))
-                except ValueError:
-                    received.append({"raw": raw.decode(errors="replace")})
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture

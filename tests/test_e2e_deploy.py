@@ -284,7 +284,10 @@ def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> 
     stack.stop_worker(crash=True)  # the worker and the flow run's process die mid-wait
     with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
-        assert state.type.value == "RUNNING", (state, [(s.name, s.message) for s in client.read_flow_run_states(flow_run.id)])
+        assert state.type.value == "RUNNING", (
+            state,
+            [(s.name, s.message) for s in client.read_flow_run_states(flow_run.id)],
+        )
         # A retry of the flow run, as from the UI: the same flow run is scheduled again.
         client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
     stack.start_worker()

@@ -15,30 +15,15 @@ from prefect_snowflake import SnowflakeConnector
 from dbtcloud_api import DbtCloudClient
 from dbtcloud_api.emulator import EmulatorServer
 from flows.dbt_cloud import DbtCloudNativeScheduleOn, DbtCloudRunFailed, run_dbt_cloud_job
+from flows.demo import DEMO_TARGETS
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.etl import EtlFailed, EtlPipeline, dbt_cloud_etl, dbt_cloud_etl_many
-from tasks.snowflake import LoadTarget
 from tests.conftest import ACCOUNT, TOKEN, WebhookReceiver
 from tests.test_flow import FAST, creds, saved_webhook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-ORDERS = LoadTarget(
-    name="orders",
-    source_model="orders",
-    source_table="ANALYTICS.DBT_PROD.ORDERS",
-    target_table="ANALYTICS.MARTS.ORDERS",
-    key_columns=["ORDER_ID"],
-    watermark_column="UPDATED_AT",
-)
-CUSTOMERS = LoadTarget(
-    name="customers",
-    source_model="customers",
-    source_table="ANALYTICS.DBT_PROD.CUSTOMERS",
-    target_table="ANALYTICS.MARTS.CUSTOMERS",
-    key_columns=["CUSTOMER_ID"],
-    watermark_column="UPDATED_AT",
-)
+ORDERS, CUSTOMERS = DEMO_TARGETS  # the quickstart's targets: orders and customers
 
 
 @pytest.fixture
