@@ -223,10 +223,8 @@ class _RetryState:
         if status == 404:
             delay = self.policy.backoff(self.attempt, self.rng)
             # Bounded by the grace window (and the total budget), not by the attempt count.
-            if (
-                self.elapsed() + delay < call.not_found_grace
-                and self.elapsed() + delay <= self.policy.max_elapsed_seconds
-            ):
+            within_grace = self.elapsed() < call.not_found_grace
+            if within_grace and self.elapsed() + delay <= self.policy.max_elapsed_seconds:
                 logger.info("%s: 404 for a run created moments ago; retrying in %.2f s", call.label, delay)
                 return delay
             raise DbtCloudNotFoundError(f"{message}. Check the account ID and the job or run ID.", **kwargs)
@@ -586,16 +584,16 @@ class _Core:
             kind="start_run",
         )
 
-    def list_artifacts_call(self, run_id: int, step: int | None) -> _Call[list[str]]:
+    def list_artifacts_call(self, run_id: int) -> _Call[list[str]]:
+        # The spec gives this endpoint no ``step`` parameter (only the download has one).
         _check_id("run_id", run_id)
-        params = [("step", str(step))] if step is not None else []
 
         def to_list(data: Any) -> list[str]:
             if not isinstance(data, list):
                 raise ValueError("artifact list is not a list")
             return [str(item) for item in data]
 
-        return self._build("GET", f"runs/{run_id}/artifacts/", to_list, params=params)
+        return self._build("GET", f"runs/{run_id}/artifacts/", to_list)
 
     def get_artifact_call(self, run_id: int, path: str, step: int | None) -> _Call[bytes]:
         _check_id("run_id", run_id)
@@ -748,9 +746,9 @@ class DbtCloudClient(_Core):
         """Retry a failed run from its point of failure; returns the new run."""
         return self._execute(self.retry_call(run_id))
 
-    def list_run_artifacts(self, run_id: int, step: int | None = None) -> list[str]:
+    def list_run_artifacts(self, run_id: int) -> list[str]:
         """Paths of the artifacts a run saved."""
-        return self._execute(self.list_artifacts_call(run_id, step))
+        return self._execute(self.list_artifacts_call(run_id))
 
     def get_run_artifact(self, run_id: int, path: str, step: int | None = None) -> bytes:
         """The raw bytes of one artifact (``run_results.json``, ``manifest.json``...)."""
@@ -902,9 +900,9 @@ class AsyncDbtCloudClient(_Core):
         """Retry a failed run from its point of failure; returns the new run."""
         return await self._execute(self.retry_call(run_id))
 
-    async def list_run_artifacts(self, run_id: int, step: int | None = None) -> list[str]:
+    async def list_run_artifacts(self, run_id: int) -> list[str]:
         """Paths of the artifacts a run saved."""
-        return await self._execute(self.list_artifacts_call(run_id, step))
+        return await self._execute(self.list_artifacts_call(run_id))
 
     async def get_run_artifact(self, run_id: int, path: str, step: int | None = None) -> bytes:
         """The raw bytes of one artifact."""

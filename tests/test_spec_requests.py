@@ -29,7 +29,7 @@ def _built_requests() -> list[httpx.Request]:
         client.list_runs_call(None, None, None, 1, 0, ()),
         client.cancel_call(5),
         client.retry_call(5),
-        client.list_artifacts_call(5, None),
+        client.list_artifacts_call(5),
         client.get_artifact_call(5, "run_results.json", None),
         client.get_artifact_call(5, "run/jaffle_shop/data/raw_orders.csv", 2),
         client.get_job_call(7),
