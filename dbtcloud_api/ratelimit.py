@@ -1,7 +1,7 @@
 """A per-account request rate limiter shared by every client (sync and async) in a process.
 
-A GCRA token bucket: requests are spaced ``60 / per_minute`` seconds apart on average, with bursts of up to
-``burst``. A 429 from dbt Cloud calls :meth:`RateLimiter.penalize`, which holds back every request on the
+A GCRA token bucket: requests are spaced evenly, with bursts of up to ``burst``, and no rolling minute holds more
+than ``per_minute`` of them. A 429 from dbt Cloud calls :meth:`RateLimiter.penalize`, which holds back every request on the
 account, not only the one that got it. Thread-safe; waits happen outside the lock.
 """
 
@@ -26,7 +26,11 @@ class RateLimiter:
         if per_minute <= 0 or burst < 1:
             raise ValueError("per_minute must be positive and burst at least 1")
         self.per_minute = per_minute
-        self.interval = 60.0 / per_minute
+        # A burst is paid for by a slightly longer spacing, so that no rolling minute holds more than
+        # ``per_minute`` requests (bursts + the steady rate), with 1% to spare for timing jitter.
+        burst = max(1, min(burst, int(per_minute // 10)))
+        self.burst = burst
+        self.interval = 60.0 / (per_minute - burst + 1) * 1.01 if per_minute > burst else 60.0 / per_minute
         self.tolerance = self.interval * (burst - 1)
         self.clock = clock
         self._lock = threading.Lock()

@@ -77,8 +77,10 @@ def test_duration_model() -> None:
 
 def test_rate_limiter_spaces_requests_and_honours_penalties() -> None:
     now = [0.0]
-    limiter = RateLimiter(per_minute=600, burst=2, clock=lambda: now[0])  # one every 0.1 s, bursts of 2
-    assert [round(limiter.reserve(), 3) for _ in range(4)] == [0.0, 0.0, 0.1, 0.2]
+    limiter = RateLimiter(per_minute=600, burst=2, clock=lambda: now[0])  # about one every 0.1 s, bursts of 2
+    step = limiter.interval
+    assert 0.1 < step < 0.102
+    assert [round(limiter.reserve(), 6) for _ in range(4)] == [0.0, 0.0, round(step, 6), round(2 * step, 6)]
     now[0] = 10.0
     limiter.penalize(3.0)
     assert limiter.reserve() == pytest.approx(3.0)
@@ -113,3 +115,19 @@ def test_a_429_slows_every_client_of_the_account(emulator: EmulatorServer) -> No
 def test_shared_limiter_is_one_per_account() -> None:
     a = shared_limiter("https://x.example", 1)
     assert shared_limiter("https://x.example", 1) is a and shared_limiter("https://x.example", 2) is not a
+
+
+@pytest.mark.parametrize(("per_minute", "burst"), [(1000, 20), (5000, 20), (60, 5), (30, 20)])
+def test_no_rolling_minute_exceeds_the_limit(per_minute: float, burst: int) -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=per_minute, burst=burst, clock=lambda: now[0])
+    sent: list[float] = []
+    for _ in range(int(per_minute * 3)):  # a sustained overload: everyone asks at once, then sends on time
+        sent.append(now[0] + limiter.reserve())
+    sent.sort()
+    window_start = 0
+    for index, moment in enumerate(sent):
+        while sent[window_start] <= moment - 60:
+            window_start += 1
+        assert index - window_start + 1 <= per_minute
+    assert len(sent) / (sent[-1] / 60) > per_minute * 0.95  # and the limit is used, not wasted
