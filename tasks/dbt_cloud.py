@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import json
+import logging
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
@@ -31,7 +32,7 @@ from dbtcloud_api import (
     RunStatus,
     parse_run_results,
 )
-from dbtcloud_api.client import MAX_CAUSE_LENGTH, clip_cause
+from dbtcloud_api.client import MAX_CAUSE_LENGTH
 from dbtcloud_api.errors import scrub
 from dbtcloud_api.polling import make_schedule
 from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
@@ -102,7 +103,15 @@ def cause_with_key(cause: str | None, key: str) -> str:
     text = (cause or "").strip() or f"Triggered by Prefect flow run {runtime_flow_run.get_name() or 'outside a flow'}"
     room = MAX_CAUSE_LENGTH - len(key) - 1
     if len(text) > room:
-        text = clip_cause(text)[:room]
+        logging.getLogger("dbtcloud_api").warning(
+            "The run cause is %d characters; it was cut to %d to leave room for the %d-character idempotency key "
+            "within dbt Cloud's %d.",
+            len(text),
+            room,
+            len(key),
+            MAX_CAUSE_LENGTH,
+        )
+        text = text[:room]
     return f"{text} {key}"
 
 

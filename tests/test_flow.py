@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -380,3 +381,11 @@ def test_block_registers_with_the_prefect_cli() -> None:
     from importlib.metadata import entry_points
 
     assert [e.value for e in entry_points(group="prefect.collections") if e.name == "dbt_cloud_gate"] == ["blocks"]
+
+
+def test_long_cause_keeps_the_key_within_255(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dbtcloud_api")
+    result = run_dbt_cloud_job(11, creds(emulator), cause="c" * 300, **FAST)
+    cause = emulator.emulator.runs[result.run_id].cause
+    assert len(cause) == 255 and cause.endswith(":11]") and "[dcg:" in cause
+    assert "to leave room for the" in caplog.text
