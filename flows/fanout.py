@@ -1,7 +1,7 @@
 """``run_dbt_cloud_jobs``: trigger many dbt Cloud jobs at once and wait for all their runs on one event loop.
 
-Per dbt run there is one trigger task run, plus one alert task run if it fails; all the waits share one task
-and one event loop (no thread per run), so the number of Prefect task runs per dbt run does not grow with the
+Per dbt run there is one trigger task run, plus one alert task run if it fails; one task checks every job's
+own schedule, and all the waits share one task and one event loop (no thread per run), so the number of Prefect task runs per dbt run does not grow with the
 run's duration. Every client of the account in the process shares one rate limiter, and a 429 slows them all.
 The flow fails after every run has finished if any failed, naming each failed run.
 """
@@ -90,8 +90,7 @@ def run_dbt_cloud_jobs(
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
-    for job_id in sorted({r.job_id for r in requests}):
-        check_native_schedule(creds, job_id, native_schedule)
+    check_native_schedule(creds, [r.job_id for r in requests], native_schedule)
 
     owner = runtime_flow_run.get_id() or "adhoc"
     counts: dict[int, int] = {}

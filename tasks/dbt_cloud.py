@@ -32,7 +32,7 @@ from dbtcloud_api import (
     RunStatus,
     parse_run_results,
 )
-from dbtcloud_api.client import MAX_CAUSE_LENGTH
+from dbtcloud_api.client import MAX_CAUSE_LENGTH, DbtCloudClient
 from dbtcloud_api.errors import scrub
 from dbtcloud_api.polling import make_schedule
 from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
@@ -51,45 +51,54 @@ class DbtCloudNativeScheduleOn(DbtCloudError):
     """``native_schedule="fail"`` and the job's own dbt Cloud schedule is on."""
 
 
-@task(name="check-dbt-cloud-job-schedule", cache_policy=NO_CACHE)
-def check_native_schedule(
-    credentials: DbtCloudCredentials, job_id: int, policy: Literal["warn", "fail", "disable"] = "warn"
-) -> bool:
-    """Apply the policy for a job whose own dbt Cloud schedule is on; returns whether it is on (before the policy).
+def _apply_schedule_policy(
+    client: DbtCloudClient, job_id: int, policy: str, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> str | None:
+    """Apply the policy to one job; returns a refusal message under "fail" when its schedule is on, else None."""
+    job = client.get_job(job_id)
+    if not job.schedule_enabled:
+        return None
+    where = f"dbt Cloud job {job_id} ({job.name!r}) has its own dbt Cloud schedule on ({job.cron_humanized or 'cron'})"
+    if policy == "fail":
+        return where
+    if policy == "warn":
+        log.warning(
+            "%s: it also runs outside this pipeline. Turn off 'Run on schedule' in the job's triggers in dbt "
+            "Cloud, or run with native_schedule='disable'.",
+            where,
+        )
+        return None
+    owner = runtime_deployment.get_name() or runtime_flow_run.get_flow_name() or "a Prefect flow"
+    job.triggers.schedule = False
+    note = f"Schedule owned by Prefect deployment {owner} (dbt-cloud-gate); dbt Cloud schedule turned off."
+    description = (job.description or "").strip()
+    if note not in description:
+        job.description = f"{description}\n{note}".strip()
+    client.update_job(job)
+    log.warning("%s: turned it off (native_schedule='disable'); the job now runs only from %s.", where, owner)
+    return None
 
-    The pipeline owns the schedule: a job left scheduled in dbt Cloud runs twice.
+
+@task(name="check-dbt-cloud-job-schedules", cache_policy=NO_CACHE)
+def check_native_schedule(
+    credentials: DbtCloudCredentials, job_ids: int | Sequence[int], policy: Literal["warn", "fail", "disable"] = "warn"
+) -> None:
+    """Apply the policy to every job whose own dbt Cloud schedule is on (one task run for all the jobs).
+
+    The pipeline owns the schedule: a job left scheduled in dbt Cloud runs twice. Under "fail" it refuses before
+    anything is triggered, naming every such job.
     """
     if policy not in ("warn", "fail", "disable"):
         raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {policy!r}.")
     log = get_run_logger()
+    ids = [job_ids] if isinstance(job_ids, int) else sorted(set(job_ids))
     with credentials.get_client() as client:
-        job = client.get_job(job_id)
-        if not job.schedule_enabled:
-            return False
-        where = (
-            f"dbt Cloud job {job_id} ({job.name!r}) has its own dbt Cloud schedule on ({job.cron_humanized or 'cron'})"
+        refused = [message for job_id in ids if (message := _apply_schedule_policy(client, job_id, policy, log))]
+    if refused:
+        raise DbtCloudNativeScheduleOn(
+            f"{'; '.join(refused)}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
+            "triggers in dbt Cloud, or run with native_schedule='disable' to turn it off from here."
         )
-        if policy == "fail":
-            raise DbtCloudNativeScheduleOn(
-                f"{where}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
-                "triggers in dbt Cloud, or run with native_schedule='disable' to turn it off from here."
-            )
-        if policy == "warn":
-            log.warning(
-                "%s: it also runs outside this pipeline. Turn off 'Run on schedule' in the job's triggers in dbt "
-                "Cloud, or run with native_schedule='disable'.",
-                where,
-            )
-            return True
-        owner = runtime_deployment.get_name() or runtime_flow_run.get_flow_name() or "a Prefect flow"
-        job.triggers.schedule = False
-        note = f"Schedule owned by Prefect deployment {owner} (dbt-cloud-gate); dbt Cloud schedule turned off."
-        description = (job.description or "").strip()
-        if note not in description:
-            job.description = f"{description}\n{note}".strip()
-        client.update_job(job)
-        log.warning("%s: turned it off (native_schedule='disable'); the job now runs only from %s.", where, owner)
-        return True
 
 
 def idempotency_key(job_id: int, flow_run_id: str | None = None) -> str:

@@ -9,6 +9,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from bench.soak import TOKEN as SOAK_TOKEN
 from bench.soak import run_soak
 from dbtcloud_api.emulator import EmulatorServer
+from flows.dbt_cloud import DbtCloudNativeScheduleOn
 from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
 from tests.conftest import TOKEN, WebhookReceiver
 from tests.test_flow import FAST, creds, prefect_texts, saved_webhook
@@ -49,9 +50,10 @@ def test_task_runs_per_dbt_run_do_not_grow_with_duration(emulator: EmulatorServe
         results = state.result()
         assert [r.job_id for r in results] == [11, 13, 11] and all(r.status == "Success" for r in results)
         counts.append(task_runs_of(state.state_details.flow_run_id))
-    # Per fan-out of 3 runs: 3 triggers, 2 schedule checks (one per job), 1 wait for all; whatever the duration.
+    # Per fan-out of 3 runs: 3 triggers, 1 schedule check for all jobs, 1 wait for all; whatever the duration.
     assert counts[0] == counts[1]
     assert counts[0].count("trigger-dbt-cloud-job") == 3 and counts[0].count("wait-for-dbt-cloud-runs") == 1
+    assert counts[0].count("check-dbt-cloud-job-schedules") == 1 and len(counts[0]) == 5
 
 
 def test_soak_under_faults_reduced(webhook: WebhookReceiver) -> None:
@@ -71,3 +73,9 @@ def test_soak_under_faults_reduced(webhook: WebhookReceiver) -> None:
     assert report.alerts == report.failed
     texts = prefect_texts()
     assert SOAK_TOKEN not in texts and TOKEN not in texts
+
+
+def test_fan_out_refuses_before_triggering_when_a_job_is_scheduled_in_dbt_cloud(emulator: EmulatorServer) -> None:
+    with pytest.raises(DbtCloudNativeScheduleOn, match=r"job 13 \('scheduled'\)"):
+        run_dbt_cloud_jobs([11, 13, 11], creds(emulator), native_schedule="fail", **FAST)
+    assert emulator.emulator.trigger_count == {}
