@@ -13,12 +13,15 @@ import logging
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import NotificationBlock
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.context import TaskRunContext
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -234,6 +237,13 @@ def wait_for_dbt_cloud_run(
                 not_found_grace_seconds=client.retry.not_found_grace_seconds,
                 log=log,
             )
+        except TerminationSignal:
+            # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook
+            # may be skipped when the process exits quickly, so cancel the dbt Cloud run here too; a stop that is
+            # not a cancellation leaves it running, for a retry to resume.
+            if _prefect_cancellation_requested():
+                _cancel_quietly(client, [run_id], log)
+            raise
         except WaitTimedOut as exc:
             if on_timeout == "cancel":
                 try:
@@ -285,7 +295,39 @@ def wait_for_dbt_cloud_runs(
                 log=log,
             )
 
-    return run_async(main())
+    try:
+        return run_async(main())
+    except TerminationSignal:
+        if _prefect_cancellation_requested():
+            with credentials.get_client() as client:
+                _cancel_quietly(client, list(runs), log)
+        raise
+
+
+def _prefect_cancellation_requested() -> bool:
+    """Whether this task's flow run is being cancelled in Prefect (its state is Cancelling or Cancelled)."""
+    flow_run_id = runtime_flow_run.get_id()
+    if not flow_run_id:
+        return False
+    try:
+        with get_client(sync_client=True) as prefect:
+            state = prefect.read_flow_run(UUID(flow_run_id)).state
+    except Exception:  # no API at hand: do not guess
+        return False
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+
+def _cancel_quietly(
+    client: DbtCloudClient, run_ids: list[int], log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id, ())
+            if not run.is_terminal:
+                client.cancel_run(run_id)
+                log.warning("Prefect flow run cancelled: cancelled dbt Cloud run %s.", run_id)
+        except DbtCloudError as exc:
+            log.error("Prefect flow run cancelled, but dbt Cloud run %s could not be cancelled: %s", run_id, exc)
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
