@@ -106,8 +106,10 @@ def test_etl_refuses_a_target_whose_model_did_not_build(
 def test_fan_out_runs_concurrently_and_names_each_failure(
     emulator: EmulatorServer, snowflake: SnowflakeConnector
 ) -> None:
-    emulator.emulator.set_job(11, run_seconds=4.0)
-    emulator.emulator.set_job(12, run_seconds=4.0)
+    # Long enough that the runs overlap although subflows start seconds apart on a loaded 2-core machine
+    # (6.6 s apart seen in CI); run one after the other, they could not overlap at all.
+    emulator.emulator.set_job(11, run_seconds=12.0)
+    emulator.emulator.set_job(12, run_seconds=12.0)
     pipelines = [
         EtlPipeline(job_id=11, targets=[ORDERS], name="good"),
         EtlPipeline(job_id=12, targets=[ORDERS], name="bad"),
@@ -118,7 +120,6 @@ def test_fan_out_runs_concurrently_and_names_each_failure(
     good_run = emulator.emulator.runs_of(11)[0]
     assert f"bad: dbt Cloud run {bad_run.id} Error" in str(info.value) and "good" not in str(info.value)
     assert [row[3] for row in audit(snowflake)] == [good_run.id]
-    # Both dbt runs were in flight at the same time (run one after the other, they could not overlap).
     assert bad_run.created < good_run.finished and good_run.created < bad_run.finished
 
 
