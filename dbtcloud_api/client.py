@@ -37,7 +37,6 @@ from dbtcloud_api.errors import (
     DbtCloudAuthError,
     DbtCloudBadRequestError,
     DbtCloudConfigError,
-    DbtCloudError,
     DbtCloudNotFoundError,
     DbtCloudRateLimitError,
     DbtCloudResponseError,
@@ -474,11 +473,6 @@ class _Core:
     def _retry_state(self, call: _Call[Any]) -> _RetryState:
         return _RetryState(call, self.retry, self._rng, self._token)
 
-    def _scrubbed(self, exc: DbtCloudError) -> DbtCloudError:
-        exc.message = scrub(exc.message, self._token)
-        exc.args = (exc.message,)
-        return exc
-
     # -- request builders --------------------------------------------------------------------------------
 
     def _build(self, method: str, suffix: str, model: Callable[[Any], T], **options: Any) -> _Call[T]:
@@ -618,10 +612,6 @@ class _Core:
         return self._build("POST", f"jobs/{job_id}/", Job.model_validate, json_body=body, kind="write")
 
 
-def _finish(call: _Call[T], response: httpx.Response) -> T:
-    return call.parse(response)
-
-
 class DbtCloudClient(_Core):
     """Blocking client. Use as a context manager, or call :meth:`close`."""
 
@@ -654,7 +644,7 @@ class DbtCloudClient(_Core):
                 delay = state.on_transport_error(exc)
             else:
                 if response.is_success:
-                    return _finish(call, response)
+                    return call.parse(response)
                 if response.status_code == 429 and self.rate_limiter is not None:
                     self.rate_limiter.penalize(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
                 delay = state.on_response(response)
@@ -809,7 +799,7 @@ class AsyncDbtCloudClient(_Core):
                 delay = state.on_transport_error(exc)
             else:
                 if response.is_success:
-                    return _finish(call, response)
+                    return call.parse(response)
                 if response.status_code == 429 and self.rate_limiter is not None:
                     self.rate_limiter.penalize(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
                 delay = state.on_response(response)

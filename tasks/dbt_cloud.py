@@ -32,11 +32,11 @@ from dbtcloud_api import (
     DbtCloudError,
     ModelResult,
     Run,
-    RunStatus,
     parse_run_results,
 )
 from dbtcloud_api.client import MAX_CAUSE_LENGTH, DbtCloudClient
 from dbtcloud_api.errors import scrub
+from dbtcloud_api.models import ACTIVE_STATUSES
 from dbtcloud_api.polling import make_schedule
 from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
 
@@ -180,7 +180,7 @@ def find_run_in_flight(credentials: DbtCloudCredentials, job_id: int) -> Run | N
     with credentials.get_client() as client:
         page = client.list_runs(
             job_definition_id=job_id,
-            status_in=[RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING],
+            status_in=sorted(ACTIVE_STATUSES),
             order_by="-id",
             limit=1,
         )

@@ -255,14 +255,20 @@ def test_deploy_all_and_a_worker_runs_the_etl(stack: Stack) -> None:
     assert len(query(connector, "SELECT * FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT")) == 2
 
 
-def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None:
-    before = len(stack.emulator.runs_of(23))
+def start_slow_job_and_wait_running(stack: Stack) -> tuple[Any, Any]:
+    """Start the dbt-cloud-job deployment on the 8 s job 23; returns (flow run, dbt run) once the dbt run runs."""
+    known = len(stack.emulator.runs_of(23))
     flow_run = start_deployment(
         stack.env,
         "run-dbt-cloud-job/dbt-cloud-job",
         {"job_id": 23, "poll_interval_seconds": 0.2, "if_running": "trigger"},
     )
-    dbt_run = wait_running(stack.emulator, 23, before)
+    return flow_run, wait_running(stack.emulator, 23, known)
+
+
+def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None:
+    before = len(stack.emulator.runs_of(23))
+    flow_run, dbt_run = start_slow_job_and_wait_running(stack)
     assert len(stack.emulator.runs_of(23)) == before + 1
     cli(stack.env, "flow-run", "cancel", str(flow_run.id))
     final = wait_final(stack.env, flow_run.id)
@@ -275,12 +281,7 @@ def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None
 
 def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> None:
     before = len(stack.emulator.runs_of(23))
-    flow_run = start_deployment(
-        stack.env,
-        "run-dbt-cloud-job/dbt-cloud-job",
-        {"job_id": 23, "poll_interval_seconds": 0.2, "if_running": "trigger"},
-    )
-    dbt_run = wait_running(stack.emulator, 23, before)
+    flow_run, dbt_run = start_slow_job_and_wait_running(stack)
     stack.stop_worker(crash=True)  # the worker and the flow run's process die mid-wait
     with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state

@@ -8,7 +8,6 @@ processed (a lost trigger response), is a plain ``close()`` here and impossible 
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -102,12 +101,3 @@ class EmulatorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def admin_json(url: str) -> Any:
-    """GET an admin endpoint of a running emulator (for processes that do not hold the object)."""
-    import httpx
-
-    response = httpx.get(url, timeout=10)
-    response.raise_for_status()
-    return json.loads(response.content)["data"]
