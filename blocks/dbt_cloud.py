@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, PositiveInt, SecretStr, field_validator
+from pydantic import ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
+from dbtcloud_api.client import check_id, validate_api_token
 from dbtcloud_api.ratelimit import shared_limiter
 from dbtcloud_api.urls import DEFAULT_ACCESS_URL
+
+
+def _checked_token(value: SecretStr | None) -> SecretStr | None:
+    # The error names the bad character's kind and position, never the token.
+    return None if value is None else SecretStr(validate_api_token(value.get_secret_value()))
 
 
 class DbtCloudCredentials(Block):
@@ -41,6 +47,9 @@ with credentials.get_client() as client:
 ```
 """
 
+    # A validation error must not echo the token it refused (pydantic shows the input by default).
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     account_id: PositiveInt = Field(..., title="Account ID", description="The numeric ID of the dbt Cloud account.")
     api_token: SecretStr = Field(
         ..., title="API token", description="A dbt Cloud service token (or personal access token)."
@@ -58,10 +67,13 @@ with credentials.get_client() as client:
 
     @field_validator("api_token")
     @classmethod
-    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("the API token is empty")
-        return value
+    def _token_fits_a_header(cls, value: SecretStr) -> SecretStr:
+        return SecretStr(validate_api_token(value.get_secret_value()))
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id_is_an_id(cls, value: int) -> int:
+        return check_id("account_id", value)
 
     def get_client(self, **options: Any) -> DbtCloudClient:
         """A blocking client for this account (close it, or use it as a context manager).
@@ -82,12 +94,29 @@ class DbtCloudSettings(BaseSettings):
     """Credentials from the environment: ``DBT_CLOUD_ACCOUNT_ID``, ``DBT_CLOUD_API_TOKEN``, ``DBT_CLOUD_ACCESS_URL``,
     or ``DBT_CLOUD_CREDENTIALS_BLOCK``, the name of a saved :class:`DbtCloudCredentials` block."""
 
-    model_config = SettingsConfigDict(env_prefix="DBT_CLOUD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DBT_CLOUD_", extra="ignore", hide_input_in_errors=True)
 
     account_id: int | None = None
     api_token: SecretStr | None = None
     access_url: str = DEFAULT_ACCESS_URL
     credentials_block: str | None = None
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None  # an empty variable counts as unset
+        return _checked_token(value)
+
+    @field_validator("access_url")
+    @classmethod
+    def _normalize_url(cls, value: str) -> str:
+        return normalize_access_url(value)
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id_is_an_id(cls, value: int | None) -> int | None:
+        return None if value is None else check_id("DBT_CLOUD_ACCOUNT_ID", value)
 
 
 def resolve_credentials(credentials: DbtCloudCredentials | str | None = None) -> DbtCloudCredentials:
@@ -100,7 +129,10 @@ def resolve_credentials(credentials: DbtCloudCredentials | str | None = None) ->
         return credentials
     if isinstance(credentials, str):
         return _load_block(credentials, "the credentials parameter")
-    settings = DbtCloudSettings()
+    try:
+        settings = DbtCloudSettings()
+    except ValidationError as exc:
+        raise DbtCloudConfigError(f"The DBT_CLOUD_* environment settings are invalid: {_problems(exc)}") from None
     if settings.credentials_block:
         return _load_block(settings.credentials_block, "DBT_CLOUD_CREDENTIALS_BLOCK")
     missing = [
@@ -114,13 +146,21 @@ def resolve_credentials(credentials: DbtCloudCredentials | str | None = None) ->
             f"`credentials`, set DBT_CLOUD_CREDENTIALS_BLOCK to a saved block's name, or set {' and '.join(missing)}"
             f"{' (DBT_CLOUD_ACCOUNT_ID is set)' if settings.account_id and len(missing) == 1 else ''}."
         )
-    assert settings.account_id is not None and settings.api_token is not None
+    if settings.account_id is None or settings.api_token is None:  # pragma: no cover - `missing` said so above
+        raise DbtCloudConfigError("DBT_CLOUD_ACCOUNT_ID and DBT_CLOUD_API_TOKEN must both be set.")
     try:
         return DbtCloudCredentials(
             account_id=settings.account_id, api_token=settings.api_token, access_url=settings.access_url
         )
-    except ValueError as exc:
-        raise DbtCloudConfigError(f"The DBT_CLOUD_* environment settings are invalid: {exc}") from None
+    except ValidationError as exc:
+        raise DbtCloudConfigError(f"The DBT_CLOUD_* environment settings are invalid: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """The problems of a validation error, one per field, without the input values (a token among them)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}" for error in exc.errors()
+    )
 
 
 def _load_block(name: str, where: str) -> DbtCloudCredentials:

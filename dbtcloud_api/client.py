@@ -10,25 +10,37 @@ Retry rules:
 - 400, 401 and 403 are never retried; 404 is retried only inside a short grace window on a run this client
   (or the caller) knows was just created;
 - a request that starts a run (trigger, retry) is retried only when it certainly did not reach dbt Cloud
-  (connection refused, pool timeout, 429); any other failure raises ``DbtCloudAmbiguousTriggerError``.
+  (connection refused, pool timeout, 429); any other failure raises ``DbtCloudAmbiguousTriggerError``;
+- a 2xx answer that is not the dbt Cloud envelope (an HTML page, other JSON) or that carries another run than
+  the one asked for is retried a few times on reads (``RetryPolicy.max_unreadable_attempts``), then raises a
+  ``DbtCloudResponseError``; on a trigger it is ambiguous, as above;
+- what cannot heal (a request this machine cannot even encode) is never retried.
+
+Deadlines: every attempt ends within ``Timeouts.total`` seconds, whatever the server does (slow answers,
+answers trickled a byte at a time), and every call made inside ``request_deadline(at)`` ends by ``at``, retries
+and their sleeps included (``DbtCloudDeadlineExceeded``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import json
 import logging
+import math
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
+import httpcore
 import httpx
 
 from dbtcloud_api.errors import (
@@ -37,9 +49,11 @@ from dbtcloud_api.errors import (
     DbtCloudAuthError,
     DbtCloudBadRequestError,
     DbtCloudConfigError,
+    DbtCloudDeadlineExceeded,
     DbtCloudNotFoundError,
     DbtCloudRateLimitError,
     DbtCloudResponseError,
+    DbtCloudRunMismatchError,
     DbtCloudServerError,
     DbtCloudTransportError,
     scrub,
@@ -47,18 +61,23 @@ from dbtcloud_api.errors import (
 from dbtcloud_api.models import Job, Run, RunPage, RunStatus
 from dbtcloud_api.polling import durations_from_runs
 from dbtcloud_api.ratelimit import RateLimiter
-from dbtcloud_api.urls import DEFAULT_ACCESS_URL, normalize_access_url
+from dbtcloud_api.urls import DEFAULT_ACCESS_URL, describe_character, normalize_access_url
 
 logger = logging.getLogger("dbtcloud_api")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_CAUSE_LENGTH = 255
 MAX_PAGE_SIZE = 100
+MAX_ID = 2**63 - 1  # dbt Cloud IDs are 64-bit signed integers
 DEFAULT_RUN_INCLUDES: tuple[str, ...] = ("run_steps", "job", "trigger")
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Failures that prove the request never left this machine: safe to resend even when it starts a run.
 _NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Failures of this machine to even write the request (an illegal header value, an unknown scheme): sending it
+# again fails the same way, so they are never retried.
+_CANNOT_HEAL_ERRORS = (httpx.LocalProtocolError, httpx.UnsupportedProtocol)
 
 CallKind = Literal["read", "write", "start_run"]
 
@@ -73,23 +92,53 @@ def _package_version() -> str:
 USER_AGENT = f"dbt-cloud-gate/{_package_version()} (+python-httpx)"
 
 
+def _check_seconds(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
+    """Refuse what is not a finite, positive (or zero) number of seconds: NaN and infinity included."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DbtCloudConfigError(f"{owner}.{name} must be a finite number of seconds, got {value!r}.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise DbtCloudConfigError(
+            f"{owner}.{name} must be {'0 or more' if allow_zero else 'positive'} seconds, got {value!r}."
+        )
+
+
 @dataclass(frozen=True)
 class Timeouts:
-    """Finite timeouts, in seconds, for every request."""
+    """Finite timeouts, in seconds, for every request.
+
+    ``connect``, ``read``, ``write`` and ``pool`` bound each phase (``read`` each read from the socket);
+    ``total`` bounds one attempt as a whole, however the server spreads its answer (a body trickled a byte
+    at a time still ends there).
+    """
 
     connect: float = 10.0
     read: float = 30.0
     write: float = 30.0
     pool: float = 30.0
+    total: float = 120.0
 
-    def to_httpx(self) -> httpx.Timeout:
-        """The equivalent ``httpx.Timeout``."""
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            _check_seconds("Timeouts", item.name, getattr(self, item.name))
+
+    def to_httpx(self, left: float | None = None) -> httpx.Timeout:
+        """The equivalent ``httpx.Timeout``, each phase capped to ``left`` seconds when given."""
+        cap = math.inf if left is None else max(left, 0.001)
+        return httpx.Timeout(
+            connect=min(self.connect, cap),
+            read=min(self.read, cap),
+            write=min(self.write, cap),
+            pool=min(self.pool, cap),
+        )
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to retry what is safe to retry."""
+    """How often and how long to retry what is safe to retry.
+
+    ``max_unreadable_attempts`` bounds the attempts of a read answered 2xx with a body that is not dbt Cloud's
+    (an HTML page from a proxy, other JSON, another run): it may be transient, but not for long.
+    """
 
     max_attempts: int = 6
     max_elapsed_seconds: float = 120.0
@@ -97,20 +146,144 @@ class RetryPolicy:
     backoff_max_seconds: float = 30.0
     max_retry_after_seconds: float = 120.0
     not_found_grace_seconds: float = 15.0
+    max_unreadable_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise DbtCloudConfigError("RetryPolicy.max_attempts must be at least 1.")
-        if self.max_elapsed_seconds <= 0 or self.backoff_initial_seconds < 0:
-            raise DbtCloudConfigError("RetryPolicy times must be positive.")
+        for name in ("max_attempts", "max_unreadable_attempts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DbtCloudConfigError(f"RetryPolicy.{name} must be an integer of at least 1, got {value!r}.")
+        _check_seconds("RetryPolicy", "max_elapsed_seconds", self.max_elapsed_seconds)
+        for name in (
+            "backoff_initial_seconds",
+            "backoff_max_seconds",
+            "max_retry_after_seconds",
+            "not_found_grace_seconds",
+        ):
+            _check_seconds("RetryPolicy", name, getattr(self, name), allow_zero=True)
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number ``attempt`` (1-based): exponential, capped, with equal jitter."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * (2 ** (attempt - 1)))
+        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * (2 ** min(attempt - 1, 60)))
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+# The deadline (``time.monotonic()``) of the calls made in this context, and of the attempt being sent.
+_CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("dbtcloud_call_deadline", default=None)
+_ATTEMPT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dbtcloud_attempt_deadline", default=None
+)
+
+
+def check_deadline(at: float | None) -> float | None:
+    """``at`` if it is a usable ``time.monotonic()`` deadline (or ``None``); refuses NaN and infinity."""
+    if at is None:
+        return None
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise DbtCloudConfigError(f"A deadline must be a finite time.monotonic() value, got {at!r}.")
+    return float(at)
+
+
+@contextmanager
+def request_deadline(at: float | None) -> Iterator[float | None]:
+    """Every dbt Cloud call made inside this block ends by ``at`` (a ``time.monotonic()`` time).
+
+    Each attempt's timeouts are capped to the time left, no retry sleeps past ``at``, and a call still
+    unanswered at ``at`` raises ``DbtCloudDeadlineExceeded`` (``DbtCloudAmbiguousTriggerError`` for a request
+    that may have started a run). Nested blocks keep the earlier deadline. Works for threads and asyncio tasks
+    alike (a context variable); yields the deadline in force.
+    """
+    at = check_deadline(at)
+    current = _CALL_DEADLINE.get()
+    effective = at if current is None else current if at is None else min(current, at)
+    token = _CALL_DEADLINE.set(effective)
+    try:
+        yield effective
+    finally:
+        _CALL_DEADLINE.reset(token)
+
+
+def _capped(timeout: float | None, error: type[Exception]) -> float | None:
+    """A socket operation's timeout, capped to what is left of the current attempt; raises past it."""
+    deadline = _ATTEMPT_DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write ends by the attempt's deadline (see ``_capped``).
+
+    httpx's own timeouts bound each read; a server trickling its answer a byte at a time would pass them
+    all. Capping each socket operation to the time left bounds the whole answer, headers included.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _capped(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _capped(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _capped(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """The default network backend, its streams wrapped in :class:`_DeadlineStream`."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _capped(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, _capped(timeout, httpcore.ConnectTimeout), socket_options)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(limits: httpx.Limits | None = None) -> httpx.HTTPTransport:
+    """httpx's transport, with every socket operation bounded by the attempt's deadline."""
+    transport = httpx.HTTPTransport(limits=limits or httpx.Limits())
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend):
+        # httpx takes no network backend argument; without this hook each read is still capped to the time
+        # left, but an answer trickled a byte at a time would not end at the deadline.
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return transport
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -154,16 +327,40 @@ class _Call(Generic[T]):
 class _RetryState:
     """Decides, after each attempt of a call, whether to retry (and after how long) or to raise."""
 
-    def __init__(self, call: _Call[Any], policy: RetryPolicy, rng: random.Random, token: str) -> None:
+    def __init__(
+        self, call: _Call[Any], policy: RetryPolicy, rng: random.Random, token: str, timeouts: Timeouts
+    ) -> None:
         self.call = call
         self.policy = policy
         self.rng = rng
         self.token = token
+        self.timeouts = timeouts
         self.attempt = 0
+        self.unreadable = 0
         self.started = time.monotonic()
+        self.deadline = _CALL_DEADLINE.get()
+        self.attempt_deadline: float | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def begin_attempt(self) -> float:
+        """Count an attempt; returns its deadline (the call's deadline or ``Timeouts.total`` from now)."""
+        self.attempt += 1
+        now = time.monotonic()
+        at = now + self.timeouts.total
+        if self.deadline is not None:
+            if self.deadline <= now:
+                self.on_deadline("no time left to send it", not_sent=True)
+            at = min(at, self.deadline)
+        self.attempt_deadline = at
+        return at
+
+    def cut_by_deadline(self) -> bool:
+        """Whether the attempt that just failed ran into the caller's deadline (not only ``Timeouts.total``)."""
+        if self.deadline is None:
+            return False
+        return time.monotonic() >= self.deadline - 0.05
 
     def _error_kwargs(self, status: int | None = None, user_message: str | None = None) -> dict[str, Any]:
         return {
@@ -173,11 +370,43 @@ class _RetryState:
             "user_message": user_message,
         }
 
+    def _before_deadline(self, delay: float) -> bool:
+        return self.deadline is None or time.monotonic() + delay < self.deadline
+
     def _within_budget(self, delay: float) -> bool:
-        return self.attempt < self.policy.max_attempts and self.elapsed() + delay <= self.policy.max_elapsed_seconds
+        return (
+            self.attempt < self.policy.max_attempts
+            and self.elapsed() + delay <= self.policy.max_elapsed_seconds
+            and self._before_deadline(delay)
+        )
 
     def _exhausted(self) -> str:
         return f" (gave up after {self.attempt} attempt(s) over {self.elapsed():.1f} s)" if self.attempt > 1 else ""
+
+    def _ambiguous(self, what: str, **kwargs: Any) -> DbtCloudAmbiguousTriggerError:
+        call = self.call
+        return DbtCloudAmbiguousTriggerError(
+            scrub(
+                f"{call.label} {what}; a run may or may not have been started. Look for a run carrying the same "
+                "cause before triggering again.",
+                self.token,
+            ),
+            job_id=call.job_id,
+            cause=call.cause,
+            **(kwargs or self._error_kwargs()),
+        )
+
+    def on_deadline(self, detail: str, *, not_sent: bool) -> None:
+        """The caller's deadline passed: raise, as ambiguous if a run may have been started."""
+        if self.call.kind == "start_run" and not not_sent:
+            raise self._ambiguous(f"had no answer by the caller's deadline ({detail})") from None
+        raise DbtCloudDeadlineExceeded(
+            scrub(
+                f"{self.call.label} did not complete by the caller's deadline ({detail}){self._exhausted()}.",
+                self.token,
+            ),
+            **self._error_kwargs(),
+        ) from None
 
     def on_transport_error(self, exc: httpx.TransportError) -> float:
         """Delay before the next attempt after a transport error, or raise the final error."""
@@ -185,23 +414,45 @@ class _RetryState:
         kind = type(exc).__name__
         detail = scrub(str(exc) or kind, self.token)
         not_sent = isinstance(exc, _NOT_SENT_ERRORS)
-        if call.kind == "start_run" and not not_sent:
-            raise DbtCloudAmbiguousTriggerError(
-                f"{call.label} failed after the request may have reached dbt Cloud ({kind}: {detail}); "
-                "a run may or may not have been started. Look for a run carrying the same cause before "
-                "triggering again.",
-                job_id=call.job_id,
-                cause=call.cause,
+        if isinstance(exc, _CANNOT_HEAL_ERRORS):
+            raise DbtCloudTransportError(
+                f"{call.label} could not be sent: {kind}: {detail}. This is not transient and was not retried; "
+                "check the access URL and the API token (printable ASCII, no spaces or line breaks).",
                 **self._error_kwargs(),
             ) from None
+        if isinstance(exc, httpx.TimeoutException) and self.cut_by_deadline():
+            self.on_deadline(f"{kind}", not_sent=not_sent)
+        if call.kind == "start_run" and not not_sent:
+            raise self._ambiguous(f"failed after the request may have reached dbt Cloud ({kind}: {detail})") from None
         delay = self.policy.backoff(self.attempt, self.rng)
         if self._within_budget(delay):
             logger.warning("%s: %s (%s); retrying in %.2f s", call.label, kind, detail, delay)
             return delay
+        if not self._before_deadline(delay):
+            self.on_deadline(f"{kind}: {detail}", not_sent=True)
         raise DbtCloudTransportError(
             f"{call.label} failed: {kind}: {detail}{self._exhausted()}. Check the access URL and the network.",
             **self._error_kwargs(),
         ) from None
+
+    def on_attempt_timeout(self) -> float:
+        """The attempt ran out of time as a whole (the asyncio twin's limit): a read timeout, or the deadline."""
+        return self.on_transport_error(httpx.ReadTimeout("the attempt exceeded its total time limit"))
+
+    def on_unreadable(self, exc: DbtCloudResponseError) -> float:
+        """A 2xx answer that is not dbt Cloud's (or not the run asked for): retry a read a few times, then raise."""
+        call = self.call
+        self.unreadable += 1
+        if call.kind == "start_run":
+            raise self._ambiguous(f"got an answer this client cannot trust ({exc})") from None
+        delay = self.policy.backoff(self.attempt, self.rng)
+        if self.unreadable < self.policy.max_unreadable_attempts and self._within_budget(delay):
+            logger.warning("%s: %s; retrying in %.2f s", call.label, scrub(str(exc), self.token), delay)
+            return delay
+        exc.args = (scrub(f"{exc}{self._exhausted()}", self.token),)
+        exc.message = exc.args[0]
+        exc.method, exc.path = call.method, call.path
+        raise exc
 
     def on_response(self, response: httpx.Response) -> float:
         """Delay before the next attempt after an HTTP error answer, or raise the final error."""
@@ -223,7 +474,11 @@ class _RetryState:
             delay = self.policy.backoff(self.attempt, self.rng)
             # Bounded by the grace window (and the total budget), not by the attempt count.
             within_grace = self.elapsed() < call.not_found_grace
-            if within_grace and self.elapsed() + delay <= self.policy.max_elapsed_seconds:
+            if (
+                within_grace
+                and self.elapsed() + delay <= self.policy.max_elapsed_seconds
+                and self._before_deadline(delay)
+            ):
                 logger.info("%s: 404 for a run created moments ago; retrying in %.2f s", call.label, delay)
                 return delay
             raise DbtCloudNotFoundError(f"{message}. Check the account ID and the job or run ID.", **kwargs)
@@ -243,13 +498,7 @@ class _RetryState:
             )
         if status >= 500:
             if call.kind == "start_run":
-                raise DbtCloudAmbiguousTriggerError(
-                    f"{message}; a run may or may not have been started. Look for a run carrying the same "
-                    "cause before triggering again.",
-                    job_id=call.job_id,
-                    cause=call.cause,
-                    **kwargs,
-                )
+                raise self._ambiguous(f"answered {status} {response.reason_phrase}: {text}", **kwargs)
             delay = self.policy.backoff(self.attempt, self.rng)
             if status in RETRYABLE_STATUSES and self._within_budget(delay):
                 logger.warning("%s: server error %s; retrying in %.2f s", call.label, status, delay)
@@ -302,15 +551,25 @@ def _describe_error(
     return f"no dbt Cloud error body ({content_type}, {len(response.content)} bytes){': ' + snippet if snippet else ''}"
 
 
+def _body_summary(response: httpx.Response) -> str:
+    content_type = response.headers.get("content-type", "no content type").split(";")[0]
+    snippet = " ".join(_TAGS.sub(" ", response.text[:2000]).split())[:120]
+    return f"{content_type}, {len(response.content)} bytes{': ' + snippet if snippet else ''}"
+
+
 def _envelope_data(call_label: str, response: httpx.Response) -> tuple[Any, dict[str, Any]]:
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError):
         raise DbtCloudResponseError(
-            f"{call_label} answered {response.status_code} with a body that is not JSON."
-        ) from exc
+            f"{call_label} answered {response.status_code} with a body that is not JSON ({_body_summary(response)}); "
+            "a proxy or captive portal may stand between this machine and dbt Cloud."
+        ) from None
     if not isinstance(body, dict) or "data" not in body:
-        raise DbtCloudResponseError(f"{call_label} answered without the dbt Cloud envelope (no 'data').")
+        raise DbtCloudResponseError(
+            f"{call_label} answered {response.status_code} with JSON that is not the dbt Cloud envelope "
+            f"(no 'data' object; {_body_summary(response)})."
+        )
     raw_extra = body.get("extra")
     extra: dict[str, Any] = raw_extra if isinstance(raw_extra, dict) else {}
     return body["data"], extra
@@ -333,10 +592,42 @@ def _bracketed(values: Sequence[int]) -> str:
     return "[" + ",".join(str(int(v)) for v in values) + "]"
 
 
-def _check_id(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise DbtCloudConfigError(f"{name} must be a positive integer, got {value!r}.")
+def _check_id(name: str, value: object) -> int:
+    """``value`` if it can be a dbt Cloud ID (an int from 1 to 2**63-1, not a bool); a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DbtCloudConfigError(f"{name} must be a positive integer (a dbt Cloud ID), got {value!r}.")
+    if not 1 <= value <= MAX_ID:
+        raise DbtCloudConfigError(f"{name} must be between 1 and 2**63-1 (a dbt Cloud ID), got {value!r}.")
     return value
+
+
+def check_id(name: str, value: object) -> int:
+    """Public form of the ID check: ``value`` if it can be a dbt Cloud account, job or run ID."""
+    return _check_id(name, value)
+
+
+def validate_api_token(token: object) -> str:
+    """The API token, stripped of surrounding whitespace, if it can go into an HTTP header; else a clear error.
+
+    A dbt Cloud token is printable ASCII without spaces. A line break, tab or non-ASCII character inside it
+    (a copy-paste accident) would make every request fail with an error that quotes the header, token and
+    all; it is refused here instead, with a message that never contains the token.
+    """
+    if not isinstance(token, str):
+        raise DbtCloudConfigError(f"The dbt Cloud API token must be a string, got {type(token).__name__}.")
+    text = token.strip()
+    if not text:
+        raise DbtCloudConfigError("The dbt Cloud API token is empty: set DBT_CLOUD_API_TOKEN or the block's api_token.")
+    for position, char in enumerate(text):
+        if not "!" <= char <= "~":
+            # Name the kind of character, never the token around it.
+            kind = describe_character(char) if ord(char) < 128 else "a non-ASCII character"
+            raise DbtCloudConfigError(
+                f"The dbt Cloud API token contains {kind} at position {position} of {len(text)}: a token is "
+                "printable ASCII with no spaces or line breaks. Copy it again from dbt Cloud (Account settings, "
+                "Service tokens)."
+            )
+    return text
 
 
 def clip_cause(cause: str) -> str:
@@ -413,12 +704,12 @@ class _Core:
         seed: int | None = None,
     ) -> None:
         self.account_id = _check_id("account_id", account_id)
-        if not api_token or not api_token.strip():
-            raise DbtCloudConfigError(
-                "The dbt Cloud API token is empty: set DBT_CLOUD_API_TOKEN or the block's api_token."
-            )
-        self._token = api_token.strip()
+        self._token = validate_api_token(api_token)
         self.access_url = normalize_access_url(access_url)
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise DbtCloudConfigError(f"timeouts must be a Timeouts, got {type(timeouts).__name__}.")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise DbtCloudConfigError(f"retry must be a RetryPolicy, got {type(retry).__name__}.")
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
@@ -448,8 +739,9 @@ class _Core:
             "follow_redirects": False,
         }
 
-    def _request(self, call: _Call[Any]) -> dict[str, Any]:
-        request: dict[str, Any] = {"method": call.method, "url": call.path}
+    def _request(self, call: _Call[Any], attempt_deadline: float | None = None) -> dict[str, Any]:
+        left = None if attempt_deadline is None else attempt_deadline - time.monotonic()
+        request: dict[str, Any] = {"method": call.method, "url": call.path, "timeout": self.timeouts.to_httpx(left)}
         if call.params:
             request["params"] = call.params
         if call.json_body is not None:
@@ -471,7 +763,54 @@ class _Core:
         return max(0.0, self.retry.not_found_grace_seconds - (time.monotonic() - created))
 
     def _retry_state(self, call: _Call[Any]) -> _RetryState:
-        return _RetryState(call, self.retry, self._rng, self._token)
+        return _RetryState(call, self.retry, self._rng, self._token, self.timeouts)
+
+    def _rate_limit_wait(self, state: _RetryState) -> float:
+        """Seconds the shared rate limiter holds this attempt back; refuses a wait past the caller's deadline."""
+        if self.rate_limiter is None:
+            return 0.0
+        wait = self.rate_limiter.reserve()
+        if wait > 0 and state.deadline is not None and time.monotonic() + wait >= state.deadline:
+            state.on_deadline(f"the account's rate limit holds requests back for {wait:.1f} s", not_sent=True)
+        return wait
+
+    def _after_response(self, state: _RetryState, call: _Call[R], response: httpx.Response) -> tuple[R | None, float]:
+        """``(answer, 0)`` for a readable success (answers are never ``None``), else ``(None, delay to retry)``."""
+        if response.is_success:
+            try:
+                return call.parse(response), 0.0
+            except DbtCloudResponseError as exc:
+                return None, state.on_unreadable(exc)
+        if response.status_code == 429 and self.rate_limiter is not None:
+            self.rate_limiter.penalize(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
+        return None, state.on_response(response)
+
+    def _check_run(
+        self,
+        label: str,
+        run: Run,
+        *,
+        run_id: int | None = None,
+        job_id: int | None = None,
+        new_run: bool = False,
+    ) -> Run:
+        """``run`` if it is the run asked for: its ID, this account, and the job when known."""
+        problems: list[str] = []
+        if run_id is not None and run.id != run_id:
+            problems.append(f"run {run.id}, not run {run_id}")
+        if run.account_id != self.account_id:
+            problems.append(f"a run of account {run.account_id}, not of account {self.account_id}")
+        if job_id is not None and run.job_id is not None and run.job_id != job_id:
+            problems.append(f"a run of job {run.job_id}, not of job {job_id}")
+        if problems:
+            what = "the run it started" if new_run else "the run"
+            raise DbtCloudRunMismatchError(
+                f"{label} answered with {' and '.join(problems)}: dbt Cloud, or a proxy in front of it, did not "
+                f"return {what} asked for, so its status and timestamps cannot be used.",
+                expected_run_id=run_id,
+                received_run_id=run.id,
+            )
+        return run
 
     # -- request builders --------------------------------------------------------------------------------
 
@@ -495,10 +834,13 @@ class _Core:
                     raise DbtCloudConfigError("steps_override must be a non-empty list of dbt commands.")
                 value = steps
             body[name] = value
+        label = f"POST {self._path(f'jobs/{job_id}/run/')}"
         return self._build(
             "POST",
             f"jobs/{job_id}/run/",
-            lambda data: self._remember_run(Run.model_validate(data)),
+            lambda data: self._remember_run(
+                self._check_run(label, Run.model_validate(data), job_id=job_id, new_run=True)
+            ),
             json_body=body,
             kind="start_run",
             job_id=job_id,
@@ -506,14 +848,23 @@ class _Core:
         )
 
     def get_run_call(
-        self, run_id: int, include_related: Sequence[str], not_found_grace_seconds: float | None
+        self,
+        run_id: int,
+        include_related: Sequence[str],
+        not_found_grace_seconds: float | None,
+        job_id: int | None = None,
     ) -> _Call[Run]:
         _check_id("run_id", run_id)
+        if job_id is not None:
+            _check_id("job_id", job_id)
+        if not_found_grace_seconds is not None:
+            _check_seconds("get_run", "not_found_grace_seconds", not_found_grace_seconds, allow_zero=True)
         params = [("include_related", ",".join(include_related))] if include_related else []
+        label = f"GET {self._path(f'runs/{run_id}/')}"
         return self._build(
             "GET",
             f"runs/{run_id}/",
-            Run.model_validate,
+            lambda data: self._check_run(label, Run.model_validate(data), run_id=run_id, job_id=job_id),
             params=params,
             not_found_grace=self._grace_for(run_id, not_found_grace_seconds),
         )
@@ -555,6 +906,8 @@ class _Core:
                 runs = [Run.model_validate(item) for item in data]
             except ValueError as exc:
                 raise DbtCloudResponseError(f"{label} answered with runs this client cannot read: {exc}") from exc
+            for run in runs:
+                self._check_run(label, run, job_id=job_definition_id)
             return RunPage(
                 runs=runs,
                 count=int(pagination.get("count", len(runs))),
@@ -567,14 +920,21 @@ class _Core:
 
     def cancel_call(self, run_id: int) -> _Call[Run]:
         _check_id("run_id", run_id)
-        return self._build("POST", f"runs/{run_id}/cancel/", Run.model_validate, kind="write")
+        label = f"POST {self._path(f'runs/{run_id}/cancel/')}"
+        return self._build(
+            "POST",
+            f"runs/{run_id}/cancel/",
+            lambda data: self._check_run(label, Run.model_validate(data), run_id=run_id),
+            kind="write",
+        )
 
     def retry_call(self, run_id: int) -> _Call[Run]:
         _check_id("run_id", run_id)
+        label = f"POST {self._path(f'runs/{run_id}/retry/')}"
         return self._build(
             "POST",
             f"runs/{run_id}/retry/",
-            lambda data: self._remember_run(Run.model_validate(data)),
+            lambda data: self._remember_run(self._check_run(label, Run.model_validate(data), new_run=True)),
             kind="start_run",
         )
 
@@ -608,7 +968,7 @@ class _Core:
 
     def update_job_call(self, job: Job | dict[str, Any]) -> _Call[Job]:
         body = job_update_body(job)
-        job_id = _check_id("job id", body.get("id"))  # type: ignore[arg-type]
+        job_id = _check_id("job id", body.get("id"))
         return self._build("POST", f"jobs/{job_id}/", Job.model_validate, json_body=body, kind="write")
 
 
@@ -618,7 +978,7 @@ class DbtCloudClient(_Core):
     def __init__(self, *args: Any, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(**self._http_kwargs())
+        self._http = http_client or httpx.Client(**self._http_kwargs(), transport=_deadline_transport())
         self._sleep: Callable[[float], None] = time.sleep
 
     def __enter__(self) -> DbtCloudClient:
@@ -635,19 +995,22 @@ class DbtCloudClient(_Core):
     def _execute(self, call: _Call[T]) -> T:
         state = self._retry_state(call)
         while True:
-            state.attempt += 1
-            if self.rate_limiter is not None:
-                self.rate_limiter.acquire_sync()
+            wait = self._rate_limit_wait(state)
+            if wait > 0:
+                self._sleep(wait)
+            attempt_deadline = state.begin_attempt()
+            token = _ATTEMPT_DEADLINE.set(attempt_deadline)
             try:
-                response = self._http.request(**self._request(call))
+                response = self._http.request(**self._request(call, attempt_deadline))
             except httpx.TransportError as exc:
                 delay = state.on_transport_error(exc)
             else:
-                if response.is_success:
-                    return call.parse(response)
-                if response.status_code == 429 and self.rate_limiter is not None:
-                    self.rate_limiter.penalize(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
-                delay = state.on_response(response)
+                outcome = self._after_response(state, call, response)
+                if outcome[0] is not None:
+                    return outcome[0]
+                delay = outcome[1]
+            finally:
+                _ATTEMPT_DEADLINE.reset(token)
             self._sleep(delay)
 
     def trigger_job_run(self, job_id: int, cause: str, **overrides: Any) -> Run:
@@ -663,9 +1026,14 @@ class DbtCloudClient(_Core):
         include_related: Sequence[str] = DEFAULT_RUN_INCLUDES,
         *,
         not_found_grace_seconds: float | None = None,
+        job_id: int | None = None,
     ) -> Run:
-        """Read a run, with its steps, job and trigger by default."""
-        return self._execute(self.get_run_call(run_id, include_related, not_found_grace_seconds))
+        """Read a run, with its steps, job and trigger by default.
+
+        The answer must be that run, of this account (and of ``job_id`` when given): anything else raises
+        ``DbtCloudRunMismatchError`` after a few attempts.
+        """
+        return self._execute(self.get_run_call(run_id, include_related, not_found_grace_seconds, job_id))
 
     def list_runs(
         self,
@@ -789,20 +1157,23 @@ class AsyncDbtCloudClient(_Core):
     async def _execute(self, call: _Call[T]) -> T:
         state = self._retry_state(call)
         while True:
-            state.attempt += 1
-            if self.rate_limiter is not None:
-                await self.rate_limiter.acquire()
+            wait = self._rate_limit_wait(state)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            attempt_deadline = state.begin_attempt()
             try:
-                async with self._slots:
-                    response = await self._http.request(**self._request(call))
+                # The whole attempt, waiting for a slot and reading the body included, ends by its deadline.
+                async with asyncio.timeout(max(0.0, attempt_deadline - time.monotonic())), self._slots:
+                    response = await self._http.request(**self._request(call, attempt_deadline))
+            except TimeoutError:
+                delay = state.on_attempt_timeout()
             except httpx.TransportError as exc:
                 delay = state.on_transport_error(exc)
             else:
-                if response.is_success:
-                    return call.parse(response)
-                if response.status_code == 429 and self.rate_limiter is not None:
-                    self.rate_limiter.penalize(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
-                delay = state.on_response(response)
+                outcome = self._after_response(state, call, response)
+                if outcome[0] is not None:
+                    return outcome[0]
+                delay = outcome[1]
             await asyncio.sleep(delay)
 
     async def trigger_job_run(self, job_id: int, cause: str, **overrides: Any) -> Run:
@@ -815,9 +1186,10 @@ class AsyncDbtCloudClient(_Core):
         include_related: Sequence[str] = DEFAULT_RUN_INCLUDES,
         *,
         not_found_grace_seconds: float | None = None,
+        job_id: int | None = None,
     ) -> Run:
-        """Read a run, with its steps, job and trigger by default."""
-        return await self._execute(self.get_run_call(run_id, include_related, not_found_grace_seconds))
+        """Read a run; see :meth:`DbtCloudClient.get_run`."""
+        return await self._execute(self.get_run_call(run_id, include_related, not_found_grace_seconds, job_id))
 
     async def list_runs(
         self,

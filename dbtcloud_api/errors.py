@@ -1,12 +1,33 @@
-"""Exceptions raised by the dbt Cloud client.
+"""Exceptions raised by the dbt Cloud client and the wait.
 
 Every message names the HTTP method and path (never the full URL with a query, never a header) and the
-service's ``user_message`` when it sent one. The API token is scrubbed from anything that reaches a message.
+service's ``user_message`` when it sent one. The API token is scrubbed, in every form it can take in a text
+(raw, escaped, URL-encoded), from anything that reaches a message.
+
+::
+
+    DbtCloudError
+    ├── DbtCloudConfigError (also ValueError)     bad configuration or argument, refused before any request
+    ├── DbtCloudAPIError                          an HTTP error status
+    │   ├── DbtCloudAuthError                     401, 403
+    │   ├── DbtCloudNotFoundError                 404
+    │   ├── DbtCloudBadRequestError               400
+    │   ├── DbtCloudRateLimitError                429 after retries
+    │   └── DbtCloudServerError                   5xx after retries
+    ├── DbtCloudTransportError                    no HTTP answer
+    │   └── DbtCloudDeadlineExceeded              the caller's deadline passed before an answer
+    ├── DbtCloudResponseError                     a 2xx answer this client cannot trust
+    │   ├── DbtCloudRunMismatchError              another run (account, job) than the one asked for
+    │   └── DbtCloudMissingFinishedAtError        a Success without finished_at (no watermark)
+    ├── DbtCloudAmbiguousTriggerError             a run may or may not have been started
+    └── WaitTimedOut                              the run did not finish before the wait's deadline
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 
 class DbtCloudError(Exception):
@@ -80,8 +101,41 @@ class DbtCloudTransportError(DbtCloudError):
     """The request did not get an HTTP answer: connection refused or dropped, timeout, TLS failure."""
 
 
+class DbtCloudDeadlineExceeded(DbtCloudTransportError):
+    """The caller's deadline (see ``dbtcloud_api.client.request_deadline``) passed before an answer came."""
+
+
 class DbtCloudResponseError(DbtCloudError):
-    """dbt Cloud answered 2xx with a body this client cannot read."""
+    """dbt Cloud answered 2xx with a body this client cannot read or trust (after a few retries of a read)."""
+
+
+class DbtCloudRunMismatchError(DbtCloudResponseError):
+    """A run read back is not the one asked for (another run ID, account or job): a server or proxy fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_run_id: int | None = None,
+        received_run_id: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.expected_run_id = expected_run_id
+        self.received_run_id = received_run_id
+
+
+class DbtCloudMissingFinishedAtError(DbtCloudResponseError):
+    """dbt Cloud reports a run as Success but gives no ``finished_at``, even after re-reading it.
+
+    Downstream steps take ``finished_at`` as their watermark: a success without it must not reach them.
+    ``run`` is the run as last read.
+    """
+
+    def __init__(self, message: str, *, run_id: int, run: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.run_id = run_id
+        self.run = run
 
 
 class DbtCloudAmbiguousTriggerError(DbtCloudError):
@@ -97,8 +151,54 @@ class DbtCloudAmbiguousTriggerError(DbtCloudError):
         self.cause = cause
 
 
+class WaitTimedOut(DbtCloudError):
+    """The run reached no terminal status before the wait's deadline.
+
+    ``run`` is the last state read before the deadline (``None`` if no poll succeeded); ``phase`` is where the
+    run stood then (``never-read``, ``queued``, ``starting``, ``running`` or ``unknown``), and ``description``
+    (also the message) says it in words: "still queued after 600 s, never started" or "running for 540 s
+    (started at ...)". Both stay as they were at the deadline, whatever is done to the run afterwards.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: int,
+        run: Any,
+        waited_seconds: float,
+        phase: str = "unknown",
+        max_wait_seconds: float | None = None,
+        status_at_deadline: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.run = run
+        self.waited_seconds = waited_seconds
+        self.phase = phase
+        self.description = message
+        self.max_wait_seconds = max_wait_seconds
+        self.status_at_deadline = status_at_deadline
+
+
+def secret_forms(secret: str) -> list[str]:
+    """Every form ``secret`` can take inside a text: raw, ``repr``/JSON-escaped, URL-encoded, as ``bytes`` repr."""
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)}
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            forms.add(repr(secret.encode(encoding))[2:-1])
+        except UnicodeEncodeError:
+            pass
+    forms.add(secret.encode("unicode_escape").decode("ascii"))
+    # Longest first, so that a form containing another is replaced whole.
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
 def scrub(text: str, secret: str | None) -> str:
-    """Replace every occurrence of ``secret`` in ``text`` (a safety net: messages are built without it)."""
-    if secret and len(secret) >= 4 and secret in text:
-        return text.replace(secret, "***")
+    """Replace every form of ``secret`` in ``text`` with ``***`` (a safety net: messages are built without it)."""
+    if not secret or len(secret) < 4:
+        return text
+    for form in secret_forms(secret):
+        if form in text:
+            text = text.replace(form, "***")
     return text

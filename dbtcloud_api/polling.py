@@ -27,13 +27,22 @@ from dbtcloud_api.models import Run, RunStatus
 _NORMAL = statistics.NormalDist()
 
 
+def check_interval(name: str, value: object) -> float:
+    """``value`` as seconds if it is a finite, positive number; a ``ValueError`` naming it otherwise.
+
+    NaN slips through ``value <= 0`` (every comparison with NaN is false) and would poll with no delay;
+    infinity would never poll again.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite, positive number of seconds, got {value!r}")
+    return float(value)
+
+
 class FixedInterval:
     """Poll every ``seconds`` (sub-second values are accepted, for tests)."""
 
     def __init__(self, seconds: float) -> None:
-        if seconds <= 0:
-            raise ValueError(f"poll interval must be positive, got {seconds}")
-        self.seconds = float(seconds)
+        self.seconds = check_interval("poll interval", seconds)
 
     def next_interval(self, run: Run, elapsed: float) -> float:
         """The same interval whatever the run."""
@@ -84,11 +93,13 @@ class AdaptiveSchedule:
     ) -> None:
         if not 0 < band[0] < band[1] < 1:
             raise ValueError(f"band must be two quantiles 0 < lo < hi < 1, got {band}")
-        if not 0 < min_interval <= max_interval:
-            raise ValueError("min_interval must be positive and at most max_interval")
-        if target_lag_seconds <= 0 or fallback_interval <= 0:
-            raise ValueError("target_lag_seconds and fallback_interval must be positive")
-        usable = [d for d in history_seconds if d and d > 0]
+        check_interval("min_interval", min_interval)
+        check_interval("max_interval", max_interval)
+        check_interval("target_lag_seconds", target_lag_seconds)
+        check_interval("fallback_interval", fallback_interval)
+        if min_interval > max_interval:
+            raise ValueError("min_interval must be at most max_interval")
+        usable = [d for d in history_seconds if d and d > 0 and math.isfinite(d)]
         self.model = DurationModel.fit(usable) if len(usable) >= min_history else None
         self.target_lag = target_lag_seconds
         self.min_interval = min_interval
@@ -145,6 +156,7 @@ def make_schedule(
     """The schedule the flows use: adaptive around the job's history, aiming at the median detection lag of
     fixed polling every ``poll_interval_seconds`` (half of it); fixed polling when ``adaptive`` is off or there is
     no history."""
+    check_interval("poll_interval_seconds", poll_interval_seconds)
     if not adaptive:
         return FixedInterval(poll_interval_seconds)
     return AdaptiveSchedule(

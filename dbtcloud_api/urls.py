@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from urllib.parse import urlsplit
 
 from dbtcloud_api.errors import DbtCloudConfigError
@@ -21,16 +22,55 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+_CHARACTER_NAMES = {
+    "\t": "a tab",
+    "\n": "a line feed (LF)",
+    "\r": "a carriage return (CR)",
+    " ": "a space",
+    "\x00": "a NUL character",
+}
+
+
+def describe_character(char: str) -> str:
+    """A human name for a character that has no place in a URL or a token (never the text around it)."""
+    name = _CHARACTER_NAMES.get(char)
+    if name is None:
+        category = unicodedata.category(char)
+        kind = {"Cc": "a control character", "Cf": "an invisible format character"}.get(
+            category, "a whitespace character"
+        )
+        name = f"{kind} (U+{ord(char):04X})"
+    return name
+
+
+def _is_forbidden_in_url(char: str) -> bool:
+    # Whitespace, controls (Cc), format characters (Cf, e.g. zero-width space) and line/paragraph separators.
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
 def normalize_access_url(value: str) -> str:
     """Return ``value`` as ``https://host[:port]``, the base every API path is joined to.
 
     Accepts a bare host (``cloud.getdbt.com``, ``ab123.us1.dbt.com``, a single-tenant host), a URL with
     ``https://`` and trailing slashes. Refuses plain ``http://`` except for loopback hosts (the local
     emulator), and URLs with a path, query or credentials, which are always a mistake here.
+
+    Spaces around the value are trimmed; any other whitespace or control character, anywhere, is refused: URL
+    parsing silently drops tab, CR and LF, so ``"https://cloud.getdbt.com\t.evil.example"`` would otherwise
+    become another host, and the API token would be sent there.
     """
-    raw = (value or "").strip()
+    if not isinstance(value, str):
+        raise DbtCloudConfigError(f"The dbt Cloud access URL must be a string, got {type(value).__name__}.")
+    raw = value.strip(" ")
     if not raw:
         raise DbtCloudConfigError("The dbt Cloud access URL is empty: set it to e.g. https://cloud.getdbt.com.")
+    for position, char in enumerate(raw):
+        if _is_forbidden_in_url(char):
+            raise DbtCloudConfigError(
+                f"The dbt Cloud access URL {raw!r} contains {describe_character(char)} at position {position}: "
+                "an access URL has no whitespace or control characters (URL parsing would drop some of them and "
+                "reach another host). Remove it, e.g. https://cloud.getdbt.com."
+            )
     candidate = raw if "://" in raw else f"https://{raw}"
     try:
         parts = urlsplit(candidate)

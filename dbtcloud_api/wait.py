@@ -2,7 +2,13 @@
 
 :class:`RunWatcher` is the whole decision logic (what to ask for, how long to sleep, when to give up, what to
 log); :func:`wait_for_run` and :func:`await_run` only send and sleep. Deadlines are on a monotonic clock and
-count the time spent in requests, not only in sleeps.
+count the time spent in requests, not only in sleeps: every request of the wait runs inside
+``request_deadline``, so the wait ends within seconds of ``max_wait_seconds`` whatever the server does.
+
+A finished run is returned only if it can be trusted: it is the run asked for (the client checks its ID,
+account and job), and a Success carries its ``finished_at`` (downstream steps' watermark). A Success read
+without it is read again for a short while (``finished_at_grace_seconds``), then the wait fails with
+:class:`DbtCloudMissingFinishedAtError`.
 """
 
 from __future__ import annotations
@@ -10,26 +16,60 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from dbtcloud_api.client import DEFAULT_RUN_INCLUDES, AsyncDbtCloudClient, DbtCloudClient
+from dbtcloud_api.client import (
+    DEFAULT_RUN_INCLUDES,
+    AsyncDbtCloudClient,
+    DbtCloudClient,
+    check_id,
+    request_deadline,
+)
 from dbtcloud_api.errors import (
     DbtCloudError,
+    DbtCloudMissingFinishedAtError,
     DbtCloudRateLimitError,
-    DbtCloudResponseError,
     DbtCloudServerError,
     DbtCloudTransportError,
+    WaitTimedOut,
 )
 from dbtcloud_api.models import ModelResult, Run, RunStatus, parse_run_results
 from dbtcloud_api.polling import FixedInterval
 
 logger = logging.getLogger("dbtcloud_api.wait")
 
-# Errors a poll can hit that say nothing about the run: keep waiting until the deadline.
-TRANSIENT_POLL_ERRORS = (DbtCloudServerError, DbtCloudTransportError, DbtCloudRateLimitError, DbtCloudResponseError)
+__all__ = [
+    "TRANSIENT_POLL_ERRORS",
+    "PollSchedule",
+    "RunWatcher",
+    "WaitOutcome",
+    "WaitTimedOut",
+    "await_run",
+    "await_runs",
+    "wait_for_run",
+]
+
+# Errors a poll can hit that say nothing about the run: keep waiting until the deadline. An answer that is not
+# dbt Cloud's (DbtCloudResponseError) is not among them: the client retried it a few times already, and waiting
+# through it would end as a time-out that hides the real problem.
+TRANSIENT_POLL_ERRORS = (DbtCloudServerError, DbtCloudTransportError, DbtCloudRateLimitError)
+# How long a Success without finished_at is read again before the wait fails, and how long a read after the
+# deadline may take (the final read of a run seen finished, the re-reads for finished_at).
+FINISHED_AT_GRACE_SECONDS = 30.0
+LATE_READ_SECONDS = 5.0
+
+
+def _check_wait_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'0 or more' if allow_zero else 'positive'}, got {value!r}")
+    return float(value)
 
 
 class PollSchedule(Protocol):
@@ -38,16 +78,6 @@ class PollSchedule(Protocol):
     def next_interval(self, run: Run, elapsed: float) -> float:
         """Seconds until the next poll, given the run as last seen and the seconds waited so far."""
         ...
-
-
-class WaitTimedOut(DbtCloudError):
-    """The run reached no terminal status before the deadline; ``run`` is the last state seen (or ``None``)."""
-
-    def __init__(self, message: str, *, run_id: int, run: Run | None, waited_seconds: float) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.run = run
-        self.waited_seconds = waited_seconds
 
 
 class RunWatcher:
@@ -62,26 +92,47 @@ class RunWatcher:
         not_found_grace_seconds: float = 0.0,
         log: logging.Logger | logging.LoggerAdapter[Any] = logger,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
     ) -> None:
-        if max_wait_seconds <= 0:
-            raise ValueError(f"max_wait_seconds must be positive, got {max_wait_seconds}")
-        self.run_id = run_id
+        # Refuse what would wait forever or poll with no delay, before any request.
+        self.run_id = check_id("run_id", run_id)
+        self.max_wait_seconds = _check_wait_seconds("max_wait_seconds", max_wait_seconds)
+        self.not_found_grace_seconds = _check_wait_seconds(
+            "not_found_grace_seconds", not_found_grace_seconds, allow_zero=True
+        )
+        self.finished_at_grace_seconds = _check_wait_seconds(
+            "finished_at_grace_seconds", finished_at_grace_seconds, allow_zero=True
+        )
+        if not callable(getattr(schedule, "next_interval", None)):
+            raise ValueError(f"schedule must have a next_interval(run, elapsed) method, got {schedule!r}")
         self.schedule = schedule
         self.log = log
         self.clock = clock
+        self.wall_clock = wall_clock
         self.started = clock()
-        self.deadline = self.started + max_wait_seconds
-        self.max_wait_seconds = max_wait_seconds
-        self.not_found_grace_seconds = not_found_grace_seconds
+        self.deadline = self.started + self.max_wait_seconds
         self.last: Run | None = None
+        self.last_error: DbtCloudError | None = None
         self.polls = 0
         self.poll_errors = 0
         self._steps_seen: dict[int, int | None] = {}
         self._unknown_warned: set[int] = set()
+        self._watermark_first = 0.0
+        self._watermark_until: float | None = None
+        self._watermark_reads = 0
 
     def elapsed(self) -> float:
         """Seconds since the wait began."""
         return self.clock() - self.started
+
+    def request_deadline(self) -> float:
+        """The wait's deadline as a ``time.monotonic()`` time, for ``request_deadline`` around each poll."""
+        return time.monotonic() + (self.deadline - self.clock())
+
+    def late_request_deadline(self) -> float:
+        """The deadline of a read made once the run is seen finished: the wait's, or a few seconds from now."""
+        return time.monotonic() + max(self.deadline - self.clock(), LATE_READ_SECONDS)
 
     def includes(self) -> tuple[str, ...]:
         """What to ask for with the next poll: step progress only while the run is running."""
@@ -108,22 +159,96 @@ class RunWatcher:
         if not isinstance(exc, TRANSIENT_POLL_ERRORS):
             raise exc
         self.poll_errors += 1
+        self.last_error = exc
         self.log.warning("Polling run %s failed (%s); will try again until the deadline.", self.run_id, exc)
 
     def next_delay(self) -> float:
         """Seconds to sleep before the next poll; raises :class:`WaitTimedOut` past the deadline."""
         remaining = self.deadline - self.clock()
         if remaining <= 0:
-            status = self.last.status_label if self.last else "never read"
-            raise WaitTimedOut(
-                f"Run {self.run_id} reached no terminal status within {self.max_wait_seconds:g} s "
-                f"(last status: {status}).",
-                run_id=self.run_id,
-                run=self.last,
-                waited_seconds=self.elapsed(),
-            )
+            raise self.timed_out()
         interval = self.schedule.next_interval(self.last, self.elapsed()) if self.last else 1.0
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not math.isfinite(interval):
+            raise ValueError(f"The poll schedule {self.schedule!r} gave {interval!r} s: not a finite delay.")
         return max(0.0, min(interval, remaining))
+
+    def timed_out(self) -> WaitTimedOut:
+        """The error for a deadline that passed now: it says where the run stood (queued, starting, running)."""
+        waited = self.elapsed()
+        phase, state = self._deadline_state(waited)
+        message = f"{state}; no terminal status within the deadline of {self.max_wait_seconds:g} s."
+        return WaitTimedOut(
+            message,
+            run_id=self.run_id,
+            run=self.last,
+            waited_seconds=waited,
+            phase=phase,
+            max_wait_seconds=self.max_wait_seconds,
+            status_at_deadline=self.last.status_label if self.last is not None else None,
+        )
+
+    def _since(self, moment: datetime | None, fallback: float) -> float:
+        if moment is None:
+            return fallback
+        seconds = self.wall_clock() - moment.timestamp()
+        return seconds if seconds >= 0 else fallback  # a clock skewed behind dbt Cloud's: trust the wait's own
+
+    def _deadline_state(self, waited: float) -> tuple[str, str]:
+        run = self.last
+        name = f"dbt Cloud run {self.run_id}"
+        if run is None:
+            why = f": {self.last_error}" if self.last_error is not None else ""
+            return "never-read", f"{name} could not be read in {waited:.0f} s of waiting (every poll failed{why})"
+        status = run.known_status
+        if status is RunStatus.QUEUED:
+            queued = self._since(run.created_at, waited)
+            return "queued", f"{name} still queued after {queued:.0f} s, never started (waited {waited:.0f} s)"
+        if status is RunStatus.STARTING:
+            since = self._since(run.dequeued_at or run.created_at, waited)
+            return "starting", (
+                f"{name} still starting after {since:.0f} s: it left the queue but dbt never began "
+                f"(waited {waited:.0f} s)"
+            )
+        if status is RunStatus.RUNNING:
+            if run.started_at is None:
+                return "running", f"{name} running (start time unknown) after {waited:.0f} s of waiting"
+            running = self._since(run.started_at, waited)
+            started = run.started_at.astimezone(UTC).isoformat(timespec="seconds")
+            return "running", f"{name} running for {running:.0f} s (started at {started}), waited {waited:.0f} s"
+        return "unknown", f"{name} in status {run.status_label} after {waited:.0f} s of waiting"
+
+    def lacks_watermark(self, run: Run) -> bool:
+        """Whether ``run`` is a Success without ``finished_at``: it must be read again before it is returned."""
+        return run.status == RunStatus.SUCCESS and run.finished_at is None
+
+    def next_watermark_read(self, run: Run) -> float:
+        """Seconds until the next read of a Success without ``finished_at``; raises once the grace is spent.
+
+        Re-reads for ``finished_at_grace_seconds`` from the first such answer, ending at the wait's deadline
+        unless that leaves less than a few seconds (a run seen finished at the deadline still gets a re-read).
+        """
+        now = self.clock()
+        if self._watermark_until is None:
+            self._watermark_first = now
+            self._watermark_until = min(
+                now + self.finished_at_grace_seconds, max(self.deadline, now + LATE_READ_SECONDS)
+            )
+            self.log.warning(
+                "dbt Cloud run %s reports Success without finished_at; reading it again for up to %.0f s.",
+                self.run_id,
+                self._watermark_until - now,
+            )
+        delay = min(2.0 ** min(self._watermark_reads, 4), 8.0)  # 1, 2, 4, 8, 8... seconds
+        if now + delay > self._watermark_until:
+            raise DbtCloudMissingFinishedAtError(
+                f"dbt Cloud run {self.run_id} succeeded, but dbt Cloud gave no finished_at (read "
+                f"{self._watermark_reads + 1} time(s) over {now - self._watermark_first:.0f} s), so no watermark can be set for downstream loads: nothing was loaded. Run the flow again "
+                "once dbt Cloud shows the run's finish time.",
+                run_id=self.run_id,
+                run=run,
+            )
+        self._watermark_reads += 1
+        return delay
 
     def needs_final_read(self, run: Run) -> bool:
         """Whether the terminal run should be read once more with its steps, job and trigger."""
@@ -167,29 +292,52 @@ def wait_for_run(
     not_found_grace_seconds: float = 0.0,
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     sleep: Callable[[float], None] = time.sleep,
+    job_id: int | None = None,
+    finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
 ) -> Run:
-    """Poll ``run_id`` until it is finished; returns it with steps, job and trigger. Raises ``WaitTimedOut``."""
+    """Poll ``run_id`` until it is finished; returns it with steps, job and trigger.
+
+    Every read must be that run (of ``job_id`` when given). Raises ``WaitTimedOut`` within seconds of
+    ``max_wait_seconds``, whatever the server does; ``DbtCloudMissingFinishedAtError`` for a Success that
+    keeps coming without ``finished_at``; a ``DbtCloudResponseError`` for answers that are not dbt Cloud's.
+    """
+    if job_id is not None:
+        check_id("job_id", job_id)
     watcher = RunWatcher(
         run_id,
         max_wait_seconds=max_wait_seconds,
         schedule=schedule or FixedInterval(30),
         not_found_grace_seconds=not_found_grace_seconds,
         log=log,
+        finished_at_grace_seconds=finished_at_grace_seconds,
     )
     while True:
         try:
-            run = client.get_run(run_id, watcher.includes(), not_found_grace_seconds=watcher.grace())
+            with request_deadline(watcher.request_deadline()):
+                run = client.get_run(run_id, watcher.includes(), not_found_grace_seconds=watcher.grace(), job_id=job_id)
         except DbtCloudError as exc:
             watcher.on_error(exc)
         else:
             if watcher.on_run(run):
-                if watcher.needs_final_read(run):
-                    try:
-                        run = client.get_run(run_id, DEFAULT_RUN_INCLUDES)
-                    except TRANSIENT_POLL_ERRORS as exc:
-                        log.warning("Could not read run %s's steps after it finished: %s", run_id, exc)
-                return run
+                return _finish_sync(client, watcher, run, job_id, sleep)
         sleep(watcher.next_delay())
+
+
+def _finish_sync(
+    client: DbtCloudClient, watcher: RunWatcher, run: Run, job_id: int | None, sleep: Callable[[float], None]
+) -> Run:
+    """The finished run, read once more with its steps if needed, and with ``finished_at`` if a Success."""
+    final_read = watcher.needs_final_read(run)
+    while final_read or watcher.lacks_watermark(run):
+        if not final_read:
+            sleep(watcher.next_watermark_read(run))
+        final_read = False
+        try:
+            with request_deadline(watcher.late_request_deadline()):
+                run = client.get_run(watcher.run_id, DEFAULT_RUN_INCLUDES, job_id=job_id)
+        except TRANSIENT_POLL_ERRORS as exc:
+            watcher.log.warning("Could not read run %s again after it finished: %s", watcher.run_id, exc)
+    return run
 
 
 async def await_run(
@@ -200,34 +348,56 @@ async def await_run(
     schedule: PollSchedule | None = None,
     not_found_grace_seconds: float = 0.0,
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
+    job_id: int | None = None,
+    finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
 ) -> Run:
     """The asyncio twin of :func:`wait_for_run` (many waits can share one event loop)."""
+    if job_id is not None:
+        check_id("job_id", job_id)
     watcher = RunWatcher(
         run_id,
         max_wait_seconds=max_wait_seconds,
         schedule=schedule or FixedInterval(30),
         not_found_grace_seconds=not_found_grace_seconds,
         log=log,
+        finished_at_grace_seconds=finished_at_grace_seconds,
     )
     while True:
         try:
-            run = await client.get_run(run_id, watcher.includes(), not_found_grace_seconds=watcher.grace())
+            with request_deadline(watcher.request_deadline()):
+                run = await client.get_run(
+                    run_id, watcher.includes(), not_found_grace_seconds=watcher.grace(), job_id=job_id
+                )
         except DbtCloudError as exc:
             watcher.on_error(exc)
         else:
             if watcher.on_run(run):
-                if watcher.needs_final_read(run):
-                    try:
-                        run = await client.get_run(run_id, DEFAULT_RUN_INCLUDES)
-                    except TRANSIENT_POLL_ERRORS as exc:
-                        log.warning("Could not read run %s's steps after it finished: %s", run_id, exc)
-                return run
+                return await _finish_async(client, watcher, run, job_id)
         await asyncio.sleep(watcher.next_delay())
+
+
+async def _finish_async(client: AsyncDbtCloudClient, watcher: RunWatcher, run: Run, job_id: int | None) -> Run:
+    """The asyncio twin of :func:`_finish_sync`."""
+    final_read = watcher.needs_final_read(run)
+    while final_read or watcher.lacks_watermark(run):
+        if not final_read:
+            await asyncio.sleep(watcher.next_watermark_read(run))
+        final_read = False
+        try:
+            with request_deadline(watcher.late_request_deadline()):
+                run = await client.get_run(watcher.run_id, DEFAULT_RUN_INCLUDES, job_id=job_id)
+        except TRANSIENT_POLL_ERRORS as exc:
+            watcher.log.warning("Could not read run %s again after it finished: %s", watcher.run_id, exc)
+    return run
 
 
 @dataclass
 class WaitOutcome:
-    """How the wait for one run ended: the run as last seen, or a deadline, or an error that stopped the wait."""
+    """How the wait for one run ended: the run as last seen, or a deadline, or an error that stopped the wait.
+
+    After a deadline, ``timeout`` is the :class:`WaitTimedOut` that says where the run stood then (``run`` is the
+    run as last seen, after the cancel when there was one).
+    """
 
     run_id: int
     run: Run | None
@@ -235,6 +405,11 @@ class WaitOutcome:
     error: DbtCloudError | None = None
     models: list[ModelResult] = field(default_factory=list)
     detected_at: float | None = None  # wall-clock time of the poll that saw the terminal status
+    timeout: WaitTimedOut | None = None
+
+
+# How long the cancel after a deadline, and the results read after a finish, may take.
+AFTER_WAIT_SECONDS = 30.0
 
 
 async def await_runs(
@@ -247,12 +422,22 @@ async def await_runs(
     fetch_results: bool = True,
     not_found_grace_seconds: float = 0.0,
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
+    job_ids: Mapping[int, int] | None = None,
+    finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
 ) -> list[WaitOutcome]:
     """Wait for many runs on one event loop (no thread per run); one outcome per run, in order, never raising.
 
-    ``schedules(run_id)`` gives each run its poll schedule. Runs past the deadline are cancelled unless
-    ``on_timeout="leave"``; finished runs with artifacts get their per-model results.
+    ``schedules(run_id)`` gives each run its poll schedule; ``job_ids`` (run ID → job ID), when given, is checked
+    against every read. Runs past the deadline are cancelled unless ``on_timeout="leave"``; finished runs with
+    artifacts get their per-model results. Arguments are checked before any request (``ValueError``).
     """
+    for run_id in run_ids:
+        check_id("run_id", run_id)
+    for job_id in (job_ids or {}).values():
+        check_id("job_id", job_id)
+    _check_wait_seconds("max_wait_seconds", max_wait_seconds)
+    if on_timeout not in ("cancel", "leave"):
+        raise ValueError(f"on_timeout must be 'cancel' or 'leave', got {on_timeout!r}")
 
     async def one(run_id: int) -> WaitOutcome:
         try:
@@ -263,12 +448,16 @@ async def await_runs(
                 schedule=schedules(run_id),
                 not_found_grace_seconds=not_found_grace_seconds,
                 log=log,
+                job_id=(job_ids or {}).get(run_id),
+                finished_at_grace_seconds=finished_at_grace_seconds,
             )
         except WaitTimedOut as exc:
-            outcome = WaitOutcome(run_id, exc.run, timed_out=True)
+            outcome = WaitOutcome(run_id, exc.run, timed_out=True, timeout=exc)
+            log.warning("%s", exc)
             if on_timeout == "cancel":
                 try:
-                    outcome.run = await client.cancel_run(run_id)
+                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                        outcome.run = await client.cancel_run(run_id)
                 except DbtCloudError as cancel_error:
                     log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
             return outcome
@@ -277,7 +466,8 @@ async def await_runs(
         outcome = WaitOutcome(run_id, run, detected_at=time.time())
         if fetch_results and run.status in (RunStatus.SUCCESS, RunStatus.ERROR) and run.artifacts_saved is not False:
             try:
-                raw = await client.get_run_artifact(run_id, "run_results.json")
+                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                    raw = await client.get_run_artifact(run_id, "run_results.json")
                 outcome.models = parse_run_results(json.loads(raw))
             except (DbtCloudError, ValueError) as exc:
                 log.warning("No per-model results for dbt Cloud run %s: %s", run_id, exc)

@@ -1,0 +1,336 @@
+"""The wait (wait_for_run, await_run, await_runs, RunWatcher) against answers a real server rarely gives: another
+run, a Success without finished_at, pages that are not dbt Cloud's, answers that come too late or a byte at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from dbtcloud_api import (
+    AsyncDbtCloudClient,
+    DbtCloudClient,
+    DbtCloudMissingFinishedAtError,
+    DbtCloudResponseError,
+    DbtCloudRunMismatchError,
+    Run,
+    RunStatus,
+    WaitTimedOut,
+)
+from dbtcloud_api.emulator import EmulatorServer
+from dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
+from dbtcloud_api.wait import RunWatcher, await_run, await_runs, wait_for_run
+from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
+from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
+
+FAST = FixedInterval(0.2)
+HTML = "<html><head><title>Sign in</title></head><body>Corporate proxy: please sign in</body></html>"
+
+
+def polls(server: ScriptedServer, run_id: int = 7) -> int:
+    return sum(1 for seen in server.seen if seen.method == "GET" and seen.path.endswith(f"/runs/{run_id}/"))
+
+
+def answering(make: Callable[[int], Answer]) -> Callable[[str, str], Answer]:
+    """A responder that hands ``make`` the number of the GET of a run (1-based)."""
+    count = [0]
+
+    def respond(method: str, path: str) -> Answer:
+        if method == "POST" and path.endswith("/cancel/"):
+            return Answer(body=envelope(run_data(7, 30)))
+        count[0] += 1
+        return make(count[0])
+
+    return respond
+
+
+def sync_wait(server: ScriptedServer, **options: Any) -> Run:
+    options.setdefault("schedule", FAST)
+    with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as client:
+        return wait_for_run(client, 7, **options)
+
+
+def async_wait(server: ScriptedServer, **options: Any) -> Run:
+    options.setdefault("schedule", FAST)
+
+    async def main() -> Run:
+        async with AsyncDbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as client:
+            return await await_run(client, 7, **options)
+
+    return asyncio.run(main())
+
+
+WAITS = [pytest.param(sync_wait, id="sync"), pytest.param(async_wait, id="async")]
+
+
+# -- 4.1: every run read is the run asked for -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wait", WAITS)
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"run_id": 8}, "run 8, not run 7"),
+        ({"account_id": 99}, "account 99, not of account 4242"),
+        ({"job_id": 12}, "job 12, not of job 11"),
+    ],
+    ids=["run", "account", "job"],
+)
+def test_a_success_of_another_run_is_refused_not_returned(
+    wait: Callable[..., Run], fields: dict[str, int], problem: str
+) -> None:
+    data = run_data(fields.get("run_id", 7), 10, **{k: v for k, v in fields.items() if k != "run_id"})
+    with ScriptedServer(lambda method, path: Answer(body=envelope(data))) as server:
+        started = time.monotonic()
+        with pytest.raises(DbtCloudRunMismatchError, match=problem) as info:
+            wait(server, max_wait_seconds=20, job_id=11)
+        assert time.monotonic() - started < 5  # not waited through to the deadline
+        assert polls(server) == FAST_RETRY.max_unreadable_attempts  # retried a few times, then refused
+    assert info.value.expected_run_id == 7 and "cannot be used" in str(info.value)
+
+
+def test_another_run_once_then_the_right_one_is_waited_through() -> None:
+    def make(n: int) -> Answer:
+        return Answer(body=envelope(run_data(8 if n == 1 else 7, 3 if n < 3 else 10)))
+
+    with ScriptedServer(answering(make)) as server:
+        run = sync_wait(server, max_wait_seconds=20)
+    assert run.id == 7 and run.status is RunStatus.SUCCESS and run.finished_at is not None
+
+
+# -- 4.2: a Success has a finished_at, or the wait fails ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("wait", WAITS)
+def test_success_without_finished_at_is_read_again_then_fails_clearly(wait: Callable[..., Run]) -> None:
+    data = run_data(7, 10, finished=False)
+    with ScriptedServer(lambda method, path: Answer(body=envelope(data))) as server:
+        started = time.monotonic()
+        with pytest.raises(DbtCloudMissingFinishedAtError) as info:
+            wait(server, max_wait_seconds=60, finished_at_grace_seconds=3.5)
+        took = time.monotonic() - started
+        assert 2.5 < took < 7  # read again for the grace, no longer
+        assert 3 <= polls(server) <= 5
+    message = str(info.value)
+    assert "succeeded" in message and "finished_at" in message and "watermark" in message
+    assert isinstance(info.value, DbtCloudResponseError) and info.value.run_id == 7
+    assert info.value.run is not None and info.value.run.finished_at is None
+
+
+def test_success_without_finished_at_then_with_it_is_returned() -> None:
+    def make(n: int) -> Answer:
+        return Answer(body=envelope(run_data(7, 10, finished=n >= 3)))
+
+    with ScriptedServer(answering(make)) as server:
+        run = sync_wait(server, max_wait_seconds=60)
+        assert polls(server) == 3
+    assert run.status is RunStatus.SUCCESS and run.finished_at is not None
+
+
+def test_success_without_finished_at_at_the_deadline_still_ends_within_seconds() -> None:
+    data = run_data(7, 10, finished=False)
+    with ScriptedServer(lambda method, path: Answer(body=envelope(data))) as server:
+        started = time.monotonic()
+        with pytest.raises(DbtCloudMissingFinishedAtError):
+            sync_wait(server, max_wait_seconds=1)  # default grace 30 s, but the deadline is sooner
+        assert time.monotonic() - started < 8
+
+
+def test_an_error_run_needs_no_finished_at() -> None:
+    data = run_data(7, 20, finished=False)
+    with ScriptedServer(lambda method, path: Answer(body=envelope(data))) as server:
+        run = sync_wait(server, max_wait_seconds=10)
+    assert run.status is RunStatus.ERROR
+
+
+# -- 4.3: answers that are not dbt Cloud's fail the wait, named ---------------------------------------------------
+
+
+@pytest.mark.parametrize("wait", WAITS)
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        (Answer(body=HTML, content_type="text/html"), "not JSON"),
+        (Answer(body={"id": 7, "status": 10}), "not the dbt Cloud envelope"),
+        (Answer(body=[1, 2, 3]), "not the dbt Cloud envelope"),
+    ],
+    ids=["html-200", "bare-json", "json-list"],
+)
+def test_polls_answered_with_something_else_fail_naming_it(
+    wait: Callable[..., Run], answer: Answer, named: str
+) -> None:
+    with ScriptedServer(lambda method, path: answer) as server:
+        started = time.monotonic()
+        with pytest.raises(DbtCloudResponseError, match=named) as info:
+            wait(server, max_wait_seconds=10)
+        assert time.monotonic() - started < 5
+        assert polls(server) == FAST_RETRY.max_unreadable_attempts
+    assert not isinstance(info.value, WaitTimedOut) and "gave up after" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+def test_one_html_page_between_good_answers_is_waited_through() -> None:
+    def make(n: int) -> Answer:
+        if n == 2:
+            return Answer(body=HTML, content_type="text/html")
+        return Answer(body=envelope(run_data(7, 3 if n < 4 else 10)))
+
+    with ScriptedServer(answering(make)) as server:
+        assert sync_wait(server, max_wait_seconds=20).status is RunStatus.SUCCESS
+
+
+# -- 4.4: the deadline holds whatever the server does -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wait", WAITS)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(body=envelope(run_data(7, 10)), delay=40),
+        Answer(body=envelope({**run_data(7, 3), "padding": "x" * 4000}), trickle=0.02),
+    ],
+    ids=["answers-after-40s", "trickled-byte-by-byte"],
+)
+def test_the_deadline_holds_whatever_the_server_does(wait: Callable[..., Run], answer: Answer) -> None:
+    with ScriptedServer(lambda method, path: answer) as server:
+        started = time.monotonic()
+        with pytest.raises(WaitTimedOut) as info:
+            wait(server, max_wait_seconds=3)
+        took = time.monotonic() - started
+    assert 2.9 <= took < 6, took
+    assert info.value.phase == "never-read" and info.value.run is None
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_wait_seconds": math.nan}, "max_wait_seconds"),
+        ({"max_wait_seconds": math.inf}, "max_wait_seconds"),
+        ({"max_wait_seconds": -1}, "max_wait_seconds"),
+        ({"max_wait_seconds": 0}, "max_wait_seconds"),
+        ({"not_found_grace_seconds": math.nan}, "not_found_grace_seconds"),
+        ({"finished_at_grace_seconds": math.inf}, "finished_at_grace_seconds"),
+        ({"job_id": 0}, "job_id"),
+        ({"job_id": True}, "job_id"),
+    ],
+)
+def test_bad_wait_arguments_are_refused_before_any_request(
+    emulator: EmulatorServer, client: DbtCloudClient, options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        wait_for_run(client, 7, schedule=FAST, **options)
+    assert emulator.emulator.requests == []
+
+
+@pytest.mark.parametrize("run_id", [0, -3, True, 2**63, "7", 7.0, None])
+def test_impossible_run_ids_are_refused_before_any_request(
+    emulator: EmulatorServer, client: DbtCloudClient, run_id: Any
+) -> None:
+    with pytest.raises(ValueError, match="run_id"):
+        wait_for_run(client, run_id, schedule=FAST)
+
+    async def many() -> None:
+        async with AsyncDbtCloudClient(ACCOUNT, TOKEN, emulator.url) as c:
+            await await_runs(c, [run_id], schedules=lambda _: FAST)
+
+    with pytest.raises(ValueError, match="run_id"):
+        asyncio.run(many())
+    assert emulator.emulator.requests == []
+
+
+@pytest.mark.parametrize("interval", [math.nan, math.inf, -math.inf, 0, -5, True])
+def test_poll_intervals_that_are_not_finite_positive_are_refused(interval: Any) -> None:
+    with pytest.raises(ValueError, match="finite, positive"):
+        FixedInterval(interval)
+    with pytest.raises(ValueError, match="finite, positive"):
+        make_schedule([600.0] * 5, interval)
+    with pytest.raises(ValueError, match="finite, positive"):
+        AdaptiveSchedule([600.0] * 5, target_lag_seconds=interval)
+
+
+def test_a_schedule_that_answers_nan_stops_the_wait_instead_of_polling_flat_out() -> None:
+    class Broken:
+        def next_interval(self, run: Run, elapsed: float) -> float:
+            return math.nan
+
+    watcher = RunWatcher(7, max_wait_seconds=10, schedule=Broken())
+    watcher.on_run(Run.model_validate(run_data(7, 3)))
+    with pytest.raises(ValueError, match="not a finite delay"):
+        watcher.next_delay()
+
+
+# -- 4.5: the time-out says where the run stood at the deadline ---------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_timeout_message_says_still_queued_never_started() -> None:
+    clock = FakeClock()
+    created = datetime.now(UTC) - timedelta(seconds=605)
+    watcher = RunWatcher(7, max_wait_seconds=600, schedule=FAST, clock=clock)
+    watcher.on_run(Run.model_validate(run_data(7, 1, created_at=created)))
+    clock.now += 601
+    with pytest.raises(WaitTimedOut) as info:
+        watcher.next_delay()
+    error = info.value
+    assert error.phase == "queued" and error.status_at_deadline == "Queued"
+    assert "still queued after 60" in str(error) and "never started" in str(error)
+    assert error.description == str(error) and error.run is not None and error.run.status is RunStatus.QUEUED
+    assert error.waited_seconds == pytest.approx(601) and error.max_wait_seconds == 600
+
+
+def test_timeout_message_says_running_for_and_since_when() -> None:
+    clock = FakeClock()
+    started = datetime.now(UTC) - timedelta(seconds=540)
+    watcher = RunWatcher(7, max_wait_seconds=600, schedule=FAST, clock=clock)
+    watcher.on_run(Run.model_validate(run_data(7, 3, started_at=started)))
+    clock.now += 600
+    error = watcher.timed_out()
+    assert error.phase == "running"
+    assert "running for 54" in str(error) and f"started at {started.isoformat(timespec='seconds')}" in str(error)
+    assert "never started" not in str(error)
+
+
+def test_the_timeout_of_await_runs_keeps_the_state_at_the_deadline_after_the_cancel() -> None:
+    with ScriptedServer(answering(lambda n: Answer(body=envelope(run_data(7, 1))))) as server:
+
+        async def main() -> list[Any]:
+            async with AsyncDbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as client:
+                return await await_runs(client, [7], schedules=lambda _: FAST, max_wait_seconds=1, job_ids={7: 11})
+
+        [outcome] = asyncio.run(main())
+        assert any(seen.path.endswith("/runs/7/cancel/") for seen in server.seen)
+    assert outcome.timed_out and outcome.run.status is RunStatus.CANCELLED  # as last seen, after the cancel
+    assert outcome.timeout is not None and outcome.timeout.phase == "queued"
+    assert "still queued" in str(outcome.timeout) and "Cancelled" not in str(outcome.timeout)
+    assert outcome.timeout.run.status is RunStatus.QUEUED
+
+
+def test_wait_timed_out_keeps_its_old_constructor_and_pickles() -> None:
+    import pickle
+
+    error = WaitTimedOut("late", run_id=3, run=None, waited_seconds=1.5)
+    assert (error.run_id, error.run, error.waited_seconds, error.phase, error.description) == (
+        3,
+        None,
+        1.5,
+        "unknown",
+        "late",
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.run_id, copy.waited_seconds, str(copy)) == (3, 1.5, "late")
+    from dbtcloud_api import wait
+
+    assert wait.WaitTimedOut is WaitTimedOut  # still importable from where the flows import it
