@@ -70,6 +70,13 @@ with credentials.get_client() as client:
     def _token_fits_a_header(cls, value: SecretStr) -> SecretStr:
         return SecretStr(validate_api_token(value.get_secret_value()))
 
+    @field_validator("account_id", mode="before")
+    @classmethod
+    def _account_id_not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would take True for 1
+            raise ValueError(f"account_id must be a dbt Cloud account ID, got {value!r}")
+        return value
+
     @field_validator("account_id")
     @classmethod
     def _account_id_is_an_id(cls, value: int) -> int:

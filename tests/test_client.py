@@ -492,3 +492,157 @@ def test_async_client_same_paths(emulator: EmulatorServer) -> None:
     assert ids == [run.id]
     assert cancelled.status is RunStatus.CANCELLED
     assert emulator.emulator.requests[1].status == 429 or any(r.status == 429 for r in emulator.emulator.requests)
+
+
+# -- answers that are not the run asked for, or not dbt Cloud's at all (issue 8, 4.1 and 4.3) --------------------
+
+
+def test_a_run_read_back_must_be_the_run_asked_for() -> None:
+    from dbtcloud_api import DbtCloudRunMismatchError
+    from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
+
+    def respond(method: str, path: str) -> Answer:
+        if path.endswith("/runs/"):  # a listing of job 11 that holds a run of job 12
+            return Answer(body={**envelope([run_data(5, 10, job_id=11), run_data(6, 10, job_id=12)])})
+        return Answer(body=envelope(run_data(8, 30)))  # every single-run read answers run 8
+
+    with ScriptedServer(respond) as server, DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+        with pytest.raises(DbtCloudRunMismatchError, match="run 8, not run 7"):
+            c.get_run(7)
+        with pytest.raises(DbtCloudRunMismatchError, match="run 8, not run 7"):
+            c.cancel_run(7)
+        with pytest.raises(DbtCloudRunMismatchError, match="job 12, not of job 11"):
+            c.list_runs(job_definition_id=11)
+        assert c.get_run(8).id == 8 and c.cancel_run(8).id == 8
+        with pytest.raises(DbtCloudRunMismatchError, match="job 11, not of job 99"):
+            c.get_run(8, job_id=99)
+        assert sum(1 for s in server.seen if s.path.endswith("/runs/7/")) == FAST_RETRY.max_unreadable_attempts
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"body": "<html><body>Please sign in</body></html>", "content_type": "text/html"},
+        {"body": {"id": 1, "status": 1}},
+        {
+            "body": {
+                "status": {"code": 200},
+                "data": {"id": 9, "account_id": 4242, "job_definition_id": 12, "status": 1},
+            }
+        },
+    ],
+    ids=["html-200", "not-the-envelope", "a-run-of-another-job"],
+)
+def test_a_trigger_answered_with_something_else_is_ambiguous_never_resent(answer: dict[str, object]) -> None:
+    from tests.scripted_server import Answer, ScriptedServer
+
+    with ScriptedServer(lambda method, path: Answer(**answer)) as server:  # type: ignore[arg-type]
+        with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+            with pytest.raises(DbtCloudAmbiguousTriggerError, match="may or may not") as info:
+                c.trigger_job_run(11, "nightly [key-1]")
+        assert len(server.seen) == 1
+    assert info.value.job_id == 11 and info.value.cause == "nightly [key-1]" and TOKEN not in str(info.value)
+
+
+# -- deadlines (issue 8, 4.4) ---------------------------------------------------------------------------------------
+
+
+def test_request_deadline_bounds_a_call_whatever_the_server_does() -> None:
+    from dbtcloud_api import DbtCloudDeadlineExceeded, request_deadline
+    from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
+
+    slow = Answer(body=envelope(run_data(7, 10)), delay=40)
+    trickled = Answer(body=envelope({**run_data(7, 10), "pad": "x" * 3000}), trickle=0.01)
+    for answer in (slow, trickled):
+        with ScriptedServer(lambda method, path, a=answer: a) as server:  # type: ignore[misc]
+            with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+                started = time.monotonic()
+                with request_deadline(started + 1.0), pytest.raises(DbtCloudDeadlineExceeded, match="deadline"):
+                    c.get_run(7)
+                assert time.monotonic() - started < 1.5
+                # A trigger cut by the deadline may have started a run: ambiguous, never resent.
+                with request_deadline(time.monotonic() + 0.5), pytest.raises(DbtCloudAmbiguousTriggerError):
+                    c.trigger_job_run(11, "cut")
+            assert sum(1 for s in server.seen if s.method == "POST") == 1
+
+
+def test_total_timeout_ends_an_attempt_that_trickles() -> None:
+    from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
+
+    trickled = Answer(body=envelope({**run_data(7, 10), "pad": "x" * 3000}), trickle=0.01)
+    policy = RetryPolicy(max_attempts=2, backoff_initial_seconds=0.01)
+    with ScriptedServer(lambda method, path: trickled) as server:
+        with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=policy, timeouts=Timeouts(read=5, total=0.7)) as c:
+            started = time.monotonic()
+            with pytest.raises(DbtCloudTransportError, match="gave up after 2 attempt"):
+                c.get_run(7)
+            assert 1.3 < time.monotonic() - started < 2.5
+        assert len(server.seen) == 2
+
+
+def test_no_retry_sleeps_past_the_deadline(emulator: EmulatorServer) -> None:
+    from dbtcloud_api import DbtCloudDeadlineExceeded, request_deadline
+    from dbtcloud_api.ratelimit import RateLimiter
+
+    emulator.emulator.add_fault(Fault(kind="429", retry_after="30"))
+    policy = RetryPolicy(max_attempts=5, max_elapsed_seconds=100, max_retry_after_seconds=60)
+    limiter = RateLimiter(per_minute=6000)
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=policy, rate_limiter=limiter) as c:
+        started = time.monotonic()
+        with request_deadline(started + 2), pytest.raises(DbtCloudRateLimitError):
+            c.get_job(11)
+        assert time.monotonic() - started < 0.5  # the 30 s Retry-After does not fit: no sleep
+        # The account is now held back 30 s by the 429: a call due in 2 s is not even sent.
+        sent = len(emulator.emulator.requests)
+        with request_deadline(time.monotonic() + 2), pytest.raises(DbtCloudDeadlineExceeded, match="rate limit"):
+            c.get_job(11)
+        assert len(emulator.emulator.requests) == sent
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**63, True, "11", 11.0, None])
+def test_impossible_ids_are_refused_before_any_request(
+    client: DbtCloudClient, emulator: EmulatorServer, value: object
+) -> None:
+    calls = [
+        lambda: client.get_run(value),  # type: ignore[arg-type]
+        lambda: client.trigger_job_run(value, "c"),  # type: ignore[arg-type]
+        lambda: client.cancel_run(value),  # type: ignore[arg-type]
+        lambda: client.get_job(value),  # type: ignore[arg-type]
+    ]
+    if value is not None:  # job_id=None means "job unknown"
+        calls.append(lambda: client.get_run(5, job_id=value))  # type: ignore[arg-type]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"dbt Cloud ID|positive integer"):
+            call()
+    with pytest.raises(ValueError, match="account_id"):
+        DbtCloudClient(value, TOKEN, emulator.url)  # type: ignore[arg-type]
+    assert emulator.emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: Timeouts(read=float("nan")), "Timeouts.read"),
+        (lambda: Timeouts(total=float("inf")), "Timeouts.total"),
+        (lambda: Timeouts(connect=0), "Timeouts.connect"),
+        (lambda: Timeouts(pool=-1), "Timeouts.pool"),
+        (lambda: RetryPolicy(max_elapsed_seconds=float("nan")), "max_elapsed_seconds"),
+        (lambda: RetryPolicy(backoff_initial_seconds=float("inf")), "backoff_initial_seconds"),
+        (lambda: RetryPolicy(backoff_max_seconds=-1), "backoff_max_seconds"),
+        (lambda: RetryPolicy(max_retry_after_seconds=float("nan")), "max_retry_after_seconds"),
+        (lambda: RetryPolicy(max_attempts=True), "max_attempts"),
+        (lambda: RetryPolicy(max_attempts=2.5), "max_attempts"),
+        (lambda: RetryPolicy(max_unreadable_attempts=0), "max_unreadable_attempts"),
+    ],
+)
+def test_timeouts_and_retry_policy_refuse_what_is_not_finite(make: object, named: str) -> None:
+    with pytest.raises(DbtCloudConfigError, match=named):
+        make()  # type: ignore[operator]
+
+
+def test_deadlines_must_be_finite() -> None:
+    from dbtcloud_api import request_deadline
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(DbtCloudConfigError, match="finite"), request_deadline(bad):
+            pass

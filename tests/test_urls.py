@@ -35,6 +35,10 @@ def test_accepted_urls(given: str, expected: str) -> None:
         ("ftp://cloud.getdbt.com", "must start with https"),
         ("https://user:pw@cloud.getdbt.com", "credentials"),
         ("https://", "no host"),
+        ("https://cloud.getdbt.com\t.evil.example.com", "contains a tab at position 24"),
+        ("https://cloud.getdbt.com\r\n.evil.example.com", "carriage return"),
+        ("https://cloud.getdbt.com\n", "line feed"),
+        ("https://cloud.getdbt.com\x7f.evil.example.com", "control character"),
     ],
 )
 def test_refused_urls(given: str, problem: str) -> None:
