@@ -1,19 +1,26 @@
-"""Incremental Snowflake loads gated on a dbt Cloud run, with an audit history of which run produced each load.
+"""Snowflake loads gated on a dbt Cloud run, with an audit history of which run produced each load.
 
-A load takes the source model's rows whose watermark column is after the last audited watermark for the
-target and at or before the dbt run's ``finished_at``, and upserts them on the key columns (the latest version
-of each key wins). The delete, the insert and the audit row commit in one transaction: a failure leaves none.
+An incremental load takes the source model's rows whose watermark lies in ``(last audited watermark - lookback,
+the run's finished_at]`` and writes those whose key is new or whose content differs (one row per key: the latest
+watermark wins, ties broken by content). Rows with a NULL key, a NULL watermark or a watermark after the run's
+end are counted, reported and (policy ``on_invalid_rows``) skipped with a warning or refused. A reconcile
+compares the whole source with the target up to the last audited watermark and loads what is missing or
+different, optionally deleting target keys gone from the source.
 
-Upsert as DELETE + INSERT rather than MERGE: it is the same result on key columns, and it also runs on
-fakesnow, where a MERGE inside an explicit transaction fails (DuckDB writes one database per transaction).
-Identifiers are validated and quoted; every value is a bind parameter.
+Each load runs on a connection of its own, with lock-wait and statement timeouts. In one transaction it first
+takes its target's write lock (``dbt_cloud_gate.audit``), then reads the guard and the watermark, counts, writes
+and appends its audit row: a failure leaves none of it, and loads of one target serialize.
+
+Upsert as DELETE + INSERT rather than MERGE: the same result on the key columns, and it also runs on fakesnow,
+where a MERGE inside an explicit transaction fails (DuckDB writes one database per transaction).
 """
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-from typing import Any
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -21,140 +28,429 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect_snowflake import SnowflakeConnector
 from pydantic import BaseModel, Field, field_validator
 
+from dbt_cloud_gate import audit
+from dbt_cloud_gate import loads_sql as q
 from dbtcloud_api import ModelResult
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
-_QUOTED = re.compile(r'^"[^"\x00]{1,255}"$')
 SUCCESS_MODEL_STATUSES = frozenset({"success"})
-AUDIT_COLUMNS = (
-    "PIPELINE",
-    "TARGET",
-    "PREFECT_FLOW_RUN_ID",
-    "DBT_ACCOUNT_ID",
-    "DBT_JOB_ID",
-    "DBT_RUN_ID",
-    "DBT_STATUS",
-    "DBT_FINISHED_AT",
-    "WATERMARK_FROM",
-    "WATERMARK_TO",
-    "ROWS_LOADED",
-    "LOADED_AT",
-)
+AUDIT_COLUMNS = audit.AUDIT_COLUMNS
+DEFAULT_LOCK_TIMEOUT_SECONDS = 300.0
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 3600.0
+# Each try to take the lock is bounded so that fakesnow's fail-at-once conflicts are retried.
+_LOCK_TRY_SECONDS = 10.0
 
 
 class StaleDataError(Exception):
     """A load was refused because its data would be stale or unverified; nothing was loaded."""
 
 
+class InvalidRowsError(StaleDataError):
+    """Rows no load can take (NULL key, NULL or future watermark) under ``on_invalid_rows="fail"``."""
+
+
+class LoadLockTimeout(Exception):
+    """A load could not take its target's write lock in time; nothing was loaded."""
+
+
 def quote_identifier(name: str, what: str = "identifier") -> str:
-    """Quote one Snowflake identifier. Plain names resolve as Snowflake resolves them unquoted (upper case);
-    a name already in double quotes keeps its exact case. Anything else is refused."""
-    text = (name or "").strip()
-    if _QUOTED.match(text):
-        return text
-    if _PLAIN.match(text):
-        return f'"{text.upper()}"'
-    raise ValueError(
-        f"{what} {name!r} is not a valid Snowflake identifier: use letters, digits, _ and $ (not starting with a "
-        'digit), or a name in double quotes without quotes inside, like "Mixed Case".'
-    )
+    """Quote one Snowflake identifier: a plain name upper-cased (as Snowflake resolves it unquoted), a name in
+    double quotes exactly as written. Anything else is refused."""
+    return q.render_name(q.resolve_name(name, what))
 
 
 def quote_table(name: str, what: str = "table") -> str:
     """Quote ``[database.][schema.]table``, each part validated."""
-    parts = re.findall(r'"[^"]*"|[^.]+', (name or "").strip())
-    if not 1 <= len(parts) <= 3 or ".".join(parts) != (name or "").strip():
-        raise ValueError(f"{what} {name!r} must be TABLE, SCHEMA.TABLE or DATABASE.SCHEMA.TABLE.")
-    return ".".join(quote_identifier(part, f"{what} part") for part in parts)
+    return q.table_display(q.split_table(name, what))
 
 
 class LoadTarget(BaseModel):
-    """One incremental load: a dbt model's table into a target table."""
+    """One load: a dbt model's table into a target table."""
 
     name: str = Field(description="A short label for logs, artifacts and the audit history, e.g. 'orders'.")
-    source_model: str = Field(description="The dbt model whose success in the run gates this load.")
+    source_model: str = Field(
+        description="The dbt model whose success in the run gates this load: 'orders', a version "
+        "'dim_customers.v2', or a unique_id 'model.shop.orders'."
+    )
     source_table: str = Field(description="Where dbt built the model: DATABASE.SCHEMA.TABLE.")
     target_table: str = Field(description="The table to load into: DATABASE.SCHEMA.TABLE (must exist).")
     key_columns: list[str] = Field(min_length=1, description="Columns that identify a row (upsert key).")
-    watermark_column: str = Field(description="Timestamp column (UTC) that says when a source row changed.")
-    columns: list[str] | None = Field(default=None, description="Columns to copy; default: all of the source's.")
+    watermark_column: str = Field(
+        description="Timestamp column (UTC) that says when a source row changed. Exact when dbt stamps it as it "
+        "writes the row; a business timestamp (UPDATED_AT of the source system) needs lookback_seconds or a "
+        "reconcile."
+    )
+    columns: list[str] | None = Field(
+        default=None, description="Columns to copy; default: all of the source's, spelled as the source has them."
+    )
+    lookback_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=366 * 86400,
+        allow_inf_nan=False,
+        description="Start each window this long before the last watermark, to take rows that arrive late; "
+        "None: the flow's default. 0 is exact only for a watermark dbt stamps as it writes the row.",
+    )
+    on_invalid_rows: Literal["skip", "fail"] = Field(
+        default="skip",
+        description="Rows with a NULL key, a NULL watermark or a watermark after the run's end: 'skip' them "
+        "with a warning (counted in the report and the audit), or 'fail' the load (nothing loaded).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        text = value.strip()
+        if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ValueError("name must be a non-empty label without control characters.")
+        return text
+
+    @field_validator("source_model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        text = value.strip()
+        if not text or any(c.isspace() or ord(c) < 32 for c in text):
+            raise ValueError(f"source_model {value!r} must be a dbt model name, name.vN or unique_id, without spaces.")
+        return text
 
     @field_validator("source_table", "target_table")
     @classmethod
     def _table(cls, value: str) -> str:
-        quote_table(value)
-        return value
+        q.split_table(value)
+        return value.strip()
 
     @field_validator("key_columns", "columns")
     @classmethod
     def _columns(cls, value: list[str] | None) -> list[str] | None:
-        for column in value or []:
-            quote_identifier(column, "column")
+        exact = [q.resolve_name(column, "column") for column in value or []]
+        if len(set(exact)) != len(exact):
+            raise ValueError(f"columns {value} name one column twice.")
         return value
 
     @field_validator("watermark_column")
     @classmethod
     def _watermark(cls, value: str) -> str:
-        quote_identifier(value, "watermark column")
+        q.resolve_name(value, "watermark column")
         return value
 
 
 class LoadReport(BaseModel):
-    """What one load did."""
+    """What one load (or reconcile) did."""
 
     target: str
     target_table: str
-    rows_loaded: int
+    source_table: str = ""
+    kind: Literal["incremental", "reconcile"] = "incremental"
+    rows_loaded: int = Field(description="Rows written: new keys plus changed rows.")
+    rows_updated: int = 0
+    rows_deleted: int = Field(default=0, description="Target keys gone from the source, deleted (reconcile).")
+    rows_null_key: int = 0
+    rows_null_watermark: int = 0
+    rows_future_watermark: int = 0
+    lookback_seconds: float = 0
     watermark_from: datetime | None
-    watermark_to: datetime
-    dbt_run_id: int
+    watermark_to: datetime | None
+    dbt_run_id: int | None
+
+    @property
+    def rows_skipped(self) -> int:
+        """Rows no load took: NULL key, NULL watermark, watermark after the run's end."""
+        return self.rows_null_key + self.rows_null_watermark + self.rows_future_watermark
 
 
-def _naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+def _model_matches(model: ModelResult, wanted: str) -> bool:
+    if wanted.count(".") >= 2:
+        return model.unique_id == wanted
+    name, _, version = wanted.partition(".")
+    if model.name != name:
+        return False
+    if not version:
+        return True
+    have = str(getattr(model, "version", None) or "")
+    return have.lower().lstrip("v") == version.lower().lstrip("v") and have != ""
 
 
-def _aware(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    raise TypeError(f"expected a timestamp, got {value!r}")
-
-
-def check_model_built(models: list[ModelResult], source_model: str) -> None:
+def require_model_built(models: list[ModelResult], source_model: str) -> None:
     """Refuse when the source model did not build successfully in this run."""
     if not models:
         raise StaleDataError(
             f"The dbt run has no per-model results, so it is unknown whether {source_model!r} was rebuilt; "
             "nothing loaded (set check_model_built=False to load anyway)."
         )
-    found = [m for m in models if m.name == source_model and (m.resource_type in (None, "model", "snapshot", "seed"))]
+    found = [
+        m
+        for m in models
+        if _model_matches(m, source_model) and (m.resource_type in (None, "model", "snapshot", "seed"))
+    ]
     if not found:
         raise StaleDataError(
-            f"dbt model {source_model!r} was not built in this run (it is not in run_results.json); nothing loaded."
+            f"dbt model {source_model!r} was not built in this run (it is in no step's run_results.json); "
+            "nothing loaded."
         )
     bad = [m for m in found if m.status not in SUCCESS_MODEL_STATUSES]
     if bad:
         raise StaleDataError(
-            f"dbt model {source_model!r} ended {bad[0].status!r} in this run, so its table may be stale; nothing loaded."
+            f"dbt model {bad[0].unique_id or source_model!r} ended {bad[0].status!r} in this run, so its table may "
+            "be stale; nothing loaded."
         )
 
 
-def ensure_audit_table(cursor: Any, audit_table: str) -> None:
-    """Create the audit history table if it is missing."""
-    cursor.execute(
-        f"CREATE TABLE IF NOT EXISTS {quote_table(audit_table, 'audit table')} ("
-        "PIPELINE VARCHAR, TARGET VARCHAR, PREFECT_FLOW_RUN_ID VARCHAR, DBT_ACCOUNT_ID NUMBER, DBT_JOB_ID NUMBER, "
-        "DBT_RUN_ID NUMBER, DBT_STATUS VARCHAR, DBT_FINISHED_AT TIMESTAMP_NTZ, WATERMARK_FROM TIMESTAMP_NTZ, "
-        "WATERMARK_TO TIMESTAMP_NTZ, ROWS_LOADED NUMBER, LOADED_AT TIMESTAMP_NTZ)"
-    )
+check_model_built = require_model_built  # the name of earlier versions
 
 
 def default_audit_table(target_table: str) -> str:
     """The audit table beside the target (same database and schema): DATABASE.SCHEMA.DBT_CLOUD_GATE_AUDIT."""
-    parts = re.findall(r'"[^"]*"|[^.]+', target_table.strip())
-    return ".".join([*parts[:-1], "DBT_CLOUD_GATE_AUDIT"])
+    return q.table_display(audit.sibling(q.split_table(target_table), audit.AUDIT_TABLE))
+
+
+def _seconds(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a finite number of seconds above 0, got {value!r}.")
+    return float(value)
+
+
+def open_load_connection(
+    connector: SnowflakeConnector, *, lock_timeout_seconds: float, statement_timeout_seconds: float
+) -> Any:
+    """A new connection for one load (never the connector's shared cached one), with its session's lock-wait
+    and statement timeouts set, in UTC."""
+    return connector.credentials.get_client(
+        database=connector.database,
+        warehouse=connector.warehouse,
+        schema=connector.schema_,
+        session_parameters={
+            "TIMEZONE": "UTC",
+            "LOCK_TIMEOUT": max(1, math.ceil(lock_timeout_seconds)),
+            "STATEMENT_TIMEOUT_IN_SECONDS": max(1, math.ceil(statement_timeout_seconds)),
+        },
+    )
+
+
+def _take_lock(cursor: Any, lock_parts: list[str], key: str, budget: float, statement_timeout: float) -> None:
+    """BEGIN, then take the target's lock; retried until ``budget`` seconds have passed."""
+    deadline = time.monotonic() + budget
+    statement = audit.lock_statement(lock_parts)
+    owner = str(runtime_flow_run.get_id() or "")
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        audit.run(cursor, "BEGIN", timeout=statement_timeout)
+        try:
+            audit.run(
+                cursor,
+                statement,
+                {"at": audit.naive_utc(datetime.now(UTC)), "by": owner, "key": key},
+                timeout=max(1.0, min(_LOCK_TRY_SECONDS, left)),
+            )
+            return
+        except Exception as exc:
+            last = exc
+            audit.run(cursor, "ROLLBACK", timeout=statement_timeout)
+        if time.monotonic() + 0.25 >= deadline:
+            break
+        time.sleep(0.25)
+    raise LoadLockTimeout(
+        f"Waited {budget:.0f} s for the write lock of {key} (row {key!r} of {q.table_display(lock_parts)}): "
+        "another load of this target holds it, or a transaction of a crashed worker is still open (Snowflake "
+        "ends it with its session; ABORT the session's transaction to free it now). Nothing was loaded; raise "
+        f"lock_timeout_seconds to wait longer. Last error: {type(last).__name__}: {last}"
+    ) from None
+
+
+def _resolve_shape(cursor: Any, target: LoadTarget, timeout: float) -> q.LoadShape:
+    source_parts = q.split_table(target.source_table, "source table")
+    target_parts = q.split_table(target.target_table, "target table")
+    if target.columns:
+        columns = [q.resolve_name(c, "column") for c in target.columns]
+    else:
+        # The source's names exactly as stored: a quoted lower-case or mixed-case name stays as it is.
+        audit.run(cursor, f"SELECT * FROM {q.table_sql(source_parts)} WHERE 1 = 0", timeout=timeout)
+        columns = [str(d[0]) for d in cursor.description]
+    keys = [q.resolve_name(c, "key column") for c in target.key_columns]
+    watermark = q.resolve_name(target.watermark_column, "watermark column")
+    missing = [name for name in [*keys, watermark] if name not in columns]
+    if missing:
+        hints = [f"{name!r} (the source has {c!r}: write it in double quotes)" for name in missing for c in columns]
+        hints = [h for h in hints if h.split("'")[1].lower() == h.split("'")[3].lower()]
+        raise ValueError(
+            f"Columns {missing} of load {target.name!r} are not among the copied columns {columns}"
+            + (f": {'; '.join(hints)}" if hints else "")
+            + "."
+        )
+    return q.LoadShape(
+        source=q.table_sql(source_parts),
+        target=q.table_sql(target_parts),
+        columns=tuple(columns),
+        keys=tuple(keys),
+        watermark=watermark,
+    )
+
+
+def _write(cursor: Any, shape: q.LoadShape, condition: str, params: dict[str, Any], timeout: float) -> tuple[int, int]:
+    """Delete changed target rows, insert new and changed ones; (rows written, rows that replaced one)."""
+    replaced = 0
+    delete = q.delete_changed(shape, condition)
+    if delete:
+        replaced = max(int(audit.run(cursor, delete, params, timeout=timeout).rowcount or 0), 0)
+    written = max(int(audit.run(cursor, q.insert_missing(shape, condition), params, timeout=timeout).rowcount or 0), 0)
+    return written, min(replaced, written)
+
+
+def run_load(
+    connector: SnowflakeConnector,
+    target: LoadTarget,
+    *,
+    kind: Literal["incremental", "reconcile"],
+    pipeline: str,
+    audit_table: str | None,
+    lookback_seconds: float = 0.0,
+    dbt_run_id: int | None = None,
+    dbt_job_id: int | None = None,
+    dbt_account_id: int | None = None,
+    dbt_finished_at: datetime | None = None,
+    check_newer_run: bool = True,
+    propagate_deletes: bool = False,
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    log: Any = None,
+) -> LoadReport:
+    """One load or reconcile of ``target`` and its audit row, in one transaction after the target's lock."""
+    lock_timeout = _seconds(lock_timeout_seconds, "lock_timeout_seconds")
+    timeout = _seconds(statement_timeout_seconds, "statement_timeout_seconds")
+    finished_at = dbt_finished_at.astimezone(UTC) if dbt_finished_at is not None else None
+    if kind == "incremental" and finished_at is None:
+        raise StaleDataError(
+            f"Load {target.name!r}: the dbt run has no finished_at, so there is no watermark; nothing loaded."
+        )
+    source_parts = q.split_table(target.source_table, "source table")
+    target_parts = q.split_table(target.target_table, "target table")
+    audit_parts = q.split_table(audit_table or default_audit_table(target.target_table), "audit table")
+    lock_parts = audit.sibling(audit_parts, audit.LOCK_TABLE)
+    source_name, target_name = q.table_display(source_parts), q.table_display(target_parts)
+    connection = open_load_connection(connector, lock_timeout_seconds=lock_timeout, statement_timeout_seconds=timeout)
+    try:
+        cursor = connection.cursor()
+        audit.ensure_audit_table(cursor, audit_parts, timeout)
+        audit.ensure_lock_row(cursor, lock_parts, target_name, timeout)
+        shape = _resolve_shape(cursor, target, timeout)
+        _take_lock(cursor, lock_parts, target_name, lock_timeout, timeout)
+        try:
+            last_watermark, last_finished = audit.last_load(
+                cursor, audit_parts, source=source_name, target=target_name, timeout=timeout
+            )
+            if kind == "incremental" and finished_at is not None:
+                if check_newer_run and last_finished is not None and finished_at <= last_finished:
+                    raise StaleDataError(
+                        f"dbt run {dbt_run_id} finished at {finished_at.isoformat()}, not after the last load of "
+                        f"{target.target_table} from {target.source_table} (dbt finished_at "
+                        f"{last_finished.isoformat()}): its data is not newer; nothing loaded (set "
+                        "check_newer_run=False to allow it)."
+                    )
+                upper = finished_at
+                lower = last_watermark - timedelta(seconds=lookback_seconds) if last_watermark else None
+                condition = q.incremental_condition(shape, lower is not None)
+            else:
+                if last_watermark is None:
+                    raise StaleDataError(
+                        f"No incremental load of {target.target_table} from {target.source_table} is audited yet, "
+                        "so there is no run to reconcile up to; run the ETL flow first. Nothing changed."
+                    )
+                upper, lower = last_watermark, None
+                condition = q.reconcile_condition(shape)
+            params = {"wm_to": audit.naive_utc(upper), "wm_from": audit.naive_utc(lower) if lower else None}
+            window = q.incremental_condition(shape, lower is not None)
+            audit.run(cursor, q.invalid_row_counts(shape, window), params, timeout=timeout)
+            counts = cursor.fetchone() or (0, 0, 0)
+            null_watermark, future_watermark, null_key = (int(v or 0) for v in counts)
+            if kind == "reconcile":
+                null_watermark = future_watermark = 0  # a reconcile takes the first; the next load the second
+                audit.run(cursor, q.invalid_row_counts(shape, condition), params, timeout=timeout)
+                null_key = int((cursor.fetchone() or (0, 0, 0))[2] or 0)
+            invalid = {
+                "a NULL key": null_key,
+                "a NULL watermark": null_watermark,
+                f"a watermark after {upper.isoformat()}": future_watermark,
+            }
+            found = {what: n for what, n in invalid.items() if n}
+            if found and target.on_invalid_rows == "fail":
+                raise InvalidRowsError(
+                    f"Load {target.name!r}: "
+                    + ", ".join(f"{n} row(s) with {what}" for what, n in found.items())
+                    + f" in {target.source_table}; nothing loaded (on_invalid_rows='fail'). Fix the rows, or set "
+                    "on_invalid_rows='skip' to load the rest and report them."
+                )
+            written, replaced = _write(cursor, shape, condition, params, timeout)
+            deleted = 0
+            if propagate_deletes:
+                deleted = max(int(audit.run(cursor, q.delete_gone(shape), params, timeout=timeout).rowcount or 0), 0)
+            audit.write_audit_row(
+                cursor,
+                audit_parts,
+                {
+                    "PIPELINE": pipeline,
+                    "TARGET": target_name,
+                    "SOURCE_TABLE": source_name,
+                    "LOAD_KIND": kind,
+                    "PREFECT_FLOW_RUN_ID": str(runtime_flow_run.get_id() or ""),
+                    "DBT_ACCOUNT_ID": dbt_account_id,
+                    "DBT_JOB_ID": dbt_job_id,
+                    "DBT_RUN_ID": dbt_run_id,
+                    "DBT_STATUS": "Success" if dbt_run_id is not None else None,
+                    "DBT_FINISHED_AT": audit.naive_utc(dbt_finished_at) if dbt_finished_at else None,
+                    "WATERMARK_FROM": params["wm_from"],
+                    "WATERMARK_TO": params["wm_to"],
+                    "ROWS_LOADED": written,
+                    "ROWS_UPDATED": replaced,
+                    "ROWS_DELETED": deleted,
+                    "ROWS_NULL_KEY": null_key,
+                    "ROWS_NULL_WATERMARK": null_watermark,
+                    "ROWS_FUTURE_WATERMARK": future_watermark,
+                    "LOOKBACK_SECONDS": float(lookback_seconds),
+                    "LOADED_AT": audit.naive_utc(datetime.now(UTC)),
+                },
+                timeout,
+            )
+            audit.run(cursor, "COMMIT", timeout=timeout)
+        except BaseException:
+            audit.run(cursor, "ROLLBACK", timeout=timeout)
+            raise
+    finally:
+        connection.close()
+    report = LoadReport(
+        target=target.name,
+        target_table=target.target_table,
+        source_table=target.source_table,
+        kind=kind,
+        rows_loaded=written,
+        rows_updated=replaced,
+        rows_deleted=deleted,
+        rows_null_key=null_key,
+        rows_null_watermark=null_watermark,
+        rows_future_watermark=future_watermark,
+        lookback_seconds=lookback_seconds,
+        watermark_from=lower,
+        watermark_to=upper,
+        dbt_run_id=dbt_run_id,
+    )
+    if log is not None:
+        if found:
+            log.warning(
+                "Load %s skipped %s: they are in no window and were not loaded (on_invalid_rows='skip').",
+                target.name,
+                ", ".join(f"{n} row(s) with {what}" for what, n in found.items()),
+            )
+        log.info(
+            "%s %s: %s row(s) written (%s changed, %s new), %s deleted, into %s (watermark %s → %s).",
+            "Reconciled" if kind == "reconcile" else "Loaded",
+            target.name,
+            written,
+            replaced,
+            written - replaced,
+            deleted,
+            target.target_table,
+            lower.isoformat() if lower else "start",
+            upper.isoformat(),
+        )
+    return report
 
 
 @task(name="load-snowflake-incremental", cache_policy=NO_CACHE)
@@ -165,101 +461,38 @@ def load_incremental(
     dbt_run_id: int,
     dbt_job_id: int,
     dbt_account_id: int,
-    dbt_finished_at: datetime,
+    dbt_finished_at: datetime | None,
     models: list[ModelResult],
     pipeline: str,
     audit_table: str | None = None,
     check_newer_run: bool = True,
     check_model_built_ok: bool = True,
+    lookback_seconds: float = 0.0,
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 ) -> LoadReport:
-    """Load ``target`` for one successful dbt run and write its audit row, in one transaction."""
-    log = get_run_logger()
-    source = quote_table(target.source_table, "source table")
-    destination = quote_table(target.target_table, "target table")
-    audit_name = audit_table or default_audit_table(target.target_table)
-    audit = quote_table(audit_name, "audit table")
+    """Load ``target`` for one successful dbt run and write its audit row, in one transaction.
+
+    ``lookback_seconds`` applies when the target does not set its own.
+    """
     if check_model_built_ok:
-        check_model_built(models, target.source_model)
-    finished_at = _naive_utc(dbt_finished_at)
-    with connector.get_connection(session_parameters={"TIMEZONE": "UTC"}) as connection:
-        cursor = connection.cursor()
-        ensure_audit_table(cursor, audit_name)
-        cursor.execute(
-            f"SELECT COUNT(*), MAX(WATERMARK_TO), MAX(DBT_FINISHED_AT) FROM {audit} WHERE TARGET = %(target)s",
-            {"target": destination},
-        )
-        row = cursor.fetchone()
-        # The count guards against a NULL MAX coming back as the epoch (seen with fakesnow's server mode).
-        last_watermark, last_finished = (_aware(row[1]), _aware(row[2])) if row and row[0] else (None, None)
-        if check_newer_run and last_finished is not None and _aware(finished_at) <= last_finished:  # type: ignore[operator]
-            raise StaleDataError(
-                f"dbt run {dbt_run_id} finished at {dbt_finished_at.isoformat()}, not after the last load of "
-                f"{target.target_table} (dbt finished_at {last_finished.isoformat()}): its data is not newer; "
-                "nothing loaded (set check_newer_run=False to allow it)."
-            )
-        if target.columns:
-            columns = list(target.columns)
-        else:
-            cursor.execute(f"SELECT * FROM {source} WHERE 1 = 0")
-            columns = [str(d[0]) for d in cursor.description]
-        quoted_columns = [quote_identifier(c, "column") for c in columns]
-        keys = [quote_identifier(c, "key column") for c in target.key_columns]
-        watermark = quote_identifier(target.watermark_column, "watermark column")
-        missing = [c for c in [*keys, watermark] if c not in quoted_columns]
-        if missing:
-            raise ValueError(f"Columns {missing} of load {target.name!r} are not among the copied columns {columns}.")
-        window = f"{watermark} <= %(to)s" + (" AND " + f"{watermark} > %(from)s" if last_watermark else "")
-        params = {"to": finished_at, "from": _naive_utc(last_watermark) if last_watermark else None}
-        column_list = ", ".join(quoted_columns)
-        key_match = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        cursor.execute("BEGIN")
-        try:
-            cursor.execute(
-                f"DELETE FROM {destination} t USING (SELECT DISTINCT {', '.join(keys)} FROM {source} "
-                f"WHERE {window}) s WHERE {key_match}",
-                params,
-            )
-            cursor.execute(
-                f"INSERT INTO {destination} ({column_list}) SELECT {column_list} FROM {source} WHERE {window} "
-                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {', '.join(keys)} ORDER BY {watermark} DESC) = 1",
-                params,
-            )
-            rows_loaded = max(int(cursor.rowcount or 0), 0)
-            cursor.execute(
-                f"INSERT INTO {audit} ({', '.join(AUDIT_COLUMNS)}) VALUES (%(pipeline)s, %(target)s, %(flow_run)s, "
-                "%(account)s, %(job)s, %(run)s, %(status)s, %(finished)s, %(wm_from)s, %(wm_to)s, %(rows)s, %(at)s)",
-                {
-                    "pipeline": pipeline,
-                    "target": destination,
-                    "flow_run": runtime_flow_run.get_id() or "",
-                    "account": dbt_account_id,
-                    "job": dbt_job_id,
-                    "run": dbt_run_id,
-                    "status": "Success",
-                    "finished": finished_at,
-                    "wm_from": params["from"],
-                    "wm_to": finished_at,
-                    "rows": rows_loaded,
-                    "at": _naive_utc(datetime.now(UTC)),
-                },
-            )
-            cursor.execute("COMMIT")
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-    log.info(
-        "Loaded %s row(s) into %s from dbt run %s (watermark %s → %s).",
-        rows_loaded,
-        target.target_table,
-        dbt_run_id,
-        last_watermark.isoformat() if last_watermark else "start",
-        dbt_finished_at.isoformat(),
-    )
-    return LoadReport(
-        target=target.name,
-        target_table=target.target_table,
-        rows_loaded=rows_loaded,
-        watermark_from=last_watermark,
-        watermark_to=_aware(finished_at) or dbt_finished_at,
+        require_model_built(models, target.source_model)
+    lookback = target.lookback_seconds if target.lookback_seconds is not None else lookback_seconds
+    if isinstance(lookback, bool) or not math.isfinite(lookback) or lookback < 0:
+        raise ValueError(f"lookback_seconds must be a finite number of seconds, 0 or more; got {lookback!r}.")
+    return run_load(
+        connector,
+        target,
+        kind="incremental",
+        pipeline=pipeline,
+        audit_table=audit_table,
+        lookback_seconds=float(lookback),
         dbt_run_id=dbt_run_id,
+        dbt_job_id=dbt_job_id,
+        dbt_account_id=dbt_account_id,
+        dbt_finished_at=dbt_finished_at,
+        check_newer_run=check_newer_run,
+        lock_timeout_seconds=lock_timeout_seconds,
+        statement_timeout_seconds=statement_timeout_seconds,
+        log=get_run_logger(),
     )

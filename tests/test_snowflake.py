@@ -1,7 +1,10 @@
-"""Snowflake loads against a fakesnow server: the window, the upsert, the guards, the audit, the transaction."""
+"""Snowflake loads against a fakesnow server: window and lookback, compare-before-write, invalid rows, two
+sources, identifiers, the lock and the guard in one transaction, timeouts, reconcile, the audit."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,13 +15,16 @@ from prefect_snowflake import SnowflakeConnector
 
 from dbtcloud_api import ModelResult
 from flows.embedded import fakesnow_connector, fakesnow_server
+from tasks.reconcile import reconcile_target
 from tasks.snowflake import (
+    InvalidRowsError,
+    LoadLockTimeout,
     LoadTarget,
     StaleDataError,
-    check_model_built,
     load_incremental,
     quote_identifier,
     quote_table,
+    require_model_built,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -33,6 +39,7 @@ TARGET = LoadTarget(
     watermark_column="UPDATED_AT",
 )
 OK_MODELS = [ModelResult(unique_id="model.p.orders", name="orders", resource_type="model", status="success")]
+AUDIT = "SRC.MARTS.DBT_CLOUD_GATE_AUDIT"
 
 
 @pytest.fixture
@@ -50,67 +57,90 @@ def connector(tmp_path: Path) -> Iterator[SnowflakeConnector]:
 
 
 def sql(block: SnowflakeConnector, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    with block.get_connection() as connection:
+    connection = block.credentials.get_client(database=block.database, schema=block.schema_)
+    try:
         cursor = connection.cursor()
         cursor.execute(statement, params)
         try:
             return list(cursor.fetchall())
         except Exception:
             return []
+    finally:
+        connection.close()
 
 
-def add_source(block: SnowflakeConnector, order_id: int, amount: float, at: datetime) -> None:
+def naive(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(tzinfo=None)
+
+
+def add_source(block: SnowflakeConnector, order_id: int | None, amount: float, at: datetime | None) -> None:
     sql(
         block,
         "INSERT INTO SRC.DBT.ORDERS VALUES (%(id)s, %(amount)s, %(at)s)",
-        {"id": order_id, "amount": amount, "at": at.astimezone(UTC).replace(tzinfo=None)},
+        {"id": order_id, "amount": amount, "at": naive(at) if at else None},
     )
 
 
 def load(block: SnowflakeConnector, finished_at: datetime, run_id: int, **options: Any) -> Any:
+    target = options.pop("target", TARGET)
     arguments: dict[str, Any] = {"models": OK_MODELS, **options}
     return load_incremental(
         block,
-        options.pop("target", TARGET),
+        target,
         dbt_run_id=run_id,
         dbt_job_id=7,
         dbt_account_id=1,
         dbt_finished_at=finished_at,
         pipeline="test",
-        **{k: v for k, v in arguments.items() if k != "target"},
+        **arguments,
     )
 
 
-def target_rows(block: SnowflakeConnector) -> list[tuple[Any, ...]]:
-    return sql(block, "SELECT ORDER_ID, AMOUNT FROM SRC.MARTS.ORDERS ORDER BY ORDER_ID")
+def target_rows(block: SnowflakeConnector, table: str = "SRC.MARTS.ORDERS") -> list[tuple[Any, ...]]:
+    return sql(block, f"SELECT ORDER_ID, AMOUNT FROM {table} ORDER BY ORDER_ID, AMOUNT")
 
 
-def audit_rows(block: SnowflakeConnector) -> list[tuple[Any, ...]]:
+def audit_rows(block: SnowflakeConnector, kind: str = "incremental") -> list[tuple[Any, ...]]:
     # WATERMARK_FROM IS NULL, not the value: fakesnow's server mode returns a NULL timestamp as the epoch.
     return sql(
         block,
         "SELECT DBT_RUN_ID, DBT_JOB_ID, DBT_FINISHED_AT, WATERMARK_FROM IS NULL, WATERMARK_TO, ROWS_LOADED, "
-        "PIPELINE, TARGET FROM SRC.MARTS.DBT_CLOUD_GATE_AUDIT ORDER BY DBT_RUN_ID",
+        f"PIPELINE, TARGET, SOURCE_TABLE FROM {AUDIT} WHERE LOAD_KIND = %(kind)s ORDER BY LOADED_AT",
+        {"kind": kind},
     )
 
 
 @pytest.mark.parametrize(
     ("given", "quoted"),
-    [("orders", '"ORDERS"'), ("Orders_2$", '"ORDERS_2$"'), ('"Mixed Case"', '"Mixed Case"'), ("_x", '"_X"')],
+    [
+        ("orders", '"ORDERS"'),
+        ("Orders_2$", '"ORDERS_2$"'),
+        ('"Mixed Case"', '"Mixed Case"'),
+        ("_x", '"_X"'),
+        ('"a""b"', '"a""b"'),
+        ('"pct%"', '"pct%"'),
+        ('"order id"', '"order id"'),
+    ],
 )
 def test_identifiers_are_quoted(given: str, quoted: str) -> None:
     assert quote_identifier(given) == quoted
 
 
-@pytest.mark.parametrize("bad", ["orders; DROP TABLE x", 'a"b', "1abc", "", "a b", '"a"b"', "x--"])
+@pytest.mark.parametrize("bad", ["orders; DROP TABLE x", 'a"b', "1abc", "", "a b", '"a"b"', "x--", '""', '"a\nb"'])
 def test_bad_identifiers_are_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="not a valid Snowflake identifier"):
+    with pytest.raises(ValueError, match=r"identifier|control character|1 to 255"):
         quote_identifier(bad)
+
+
+def test_a_name_with_a_space_gets_a_remedy() -> None:
+    with pytest.raises(ValueError, match='in double quotes, like "Mixed Case" or "order id"'):
+        quote_identifier("order id")
 
 
 def test_table_names() -> None:
     assert quote_table("db.sch.tbl") == '"DB"."SCH"."TBL"'
     assert quote_table('db."My Schema".tbl') == '"DB"."My Schema"."TBL"'
+    assert quote_table('db."my.schema"."t%"') == '"DB"."my.schema"."t%"'
     for bad in ("a.b.c.d", "a..b", "db.sch.tbl; select 1"):
         with pytest.raises(ValueError):
             quote_table(bad)
@@ -125,31 +155,136 @@ def test_table_names() -> None:
         )
 
 
+def test_load_targets_refuse_nan_and_negative_lookback() -> None:
+    for bad in (float("nan"), float("inf"), -1):
+        with pytest.raises(ValueError):
+            TARGET.model_validate({**TARGET.model_dump(), "lookback_seconds": bad})
+
+
 def test_load_window_audit_and_idempotence(connector: SnowflakeConnector) -> None:
     add_source(connector, 1, 10, T0 - timedelta(minutes=5))
     add_source(connector, 2, 20, T0)  # exactly at finished_at: included
     add_source(connector, 3, 30, T0 + timedelta(microseconds=1))  # after finished_at: not yet
     report = load(connector, T0, run_id=501)
     assert report.rows_loaded == 2 and report.watermark_from is None and report.watermark_to == T0
+    assert report.rows_future_watermark == 1  # counted and reported, loaded by a later run
     assert target_rows(connector) == [(1, 10), (2, 20)]
     audit = audit_rows(connector)
     assert len(audit) == 1
-    run_id, job_id, finished, no_lower_bound, wm_to, rows, pipeline, target = audit[0]
+    run_id, job_id, finished, no_lower_bound, wm_to, rows, pipeline, target, source = audit[0]
     assert (run_id, job_id, rows, pipeline, target) == (501, 7, 2, "test", '"SRC"."MARTS"."ORDERS"')
-    assert finished == T0.replace(tzinfo=None) and wm_to == T0.replace(tzinfo=None) and no_lower_bound
+    assert source == '"SRC"."DBT"."ORDERS"'
+    assert finished == naive(T0) and wm_to == naive(T0) and no_lower_bound
     # The same cycle again: refused by the guard, nothing loaded, no audit row.
     with pytest.raises(StaleDataError, match="not after the last load"):
         load(connector, T0, run_id=501)
-    # With the guard off, the window is empty: nothing is loaded twice.
-    assert load(connector, T0, run_id=501, check_newer_run=False).rows_loaded == 0
+    # With the guard off and a lookback, the rows are read again but nothing changed: nothing written.
+    again = load(connector, T0, run_id=501, check_newer_run=False, lookback_seconds=3600)
+    assert again.rows_loaded == 0 and again.watermark_from == T0 - timedelta(hours=1)
     assert target_rows(connector) == [(1, 10), (2, 20)]
     # The next run takes what changed after the last watermark, upserting on the key.
     add_source(connector, 2, 25, T0 + timedelta(minutes=1))
     add_source(connector, 2, 26, T0 + timedelta(minutes=2))  # two versions of one key: the latest wins
     report = load(connector, T0 + timedelta(minutes=10), run_id=502)
-    assert report.rows_loaded == 2 and report.watermark_from == T0
+    assert report.rows_loaded == 2 and report.rows_updated == 1 and report.watermark_from == T0
     assert target_rows(connector) == [(1, 10), (2, 26), (3, 30)]
     assert [row[0] for row in audit_rows(connector)] == [501, 501, 502]
+
+
+def test_late_rows_are_taken_by_the_lookback(connector: SnowflakeConnector) -> None:
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    load(connector, T0, run_id=1)
+    # A row changed in the source while the last dbt run ran: its timestamp is before that run's finished_at,
+    # but it first appears in the model in the next run.
+    add_source(connector, 2, 20, T0 - timedelta(minutes=1))
+    exact = load(connector, T0 + timedelta(minutes=30), run_id=2, check_newer_run=False)
+    assert exact.rows_loaded == 0 and target_rows(connector) == [(1, 10)]  # without lookback: never loaded
+    late = load(connector, T0 + timedelta(minutes=31), run_id=3, lookback_seconds=3600)
+    assert late.rows_loaded == 1 and late.rows_updated == 0
+    assert target_rows(connector) == [(1, 10), (2, 20)]
+    # The target's own lookback wins over the flow's default.
+    add_source(connector, 3, 30, T0 - timedelta(minutes=2))
+    own = TARGET.model_copy(update={"lookback_seconds": 0})
+    assert load(connector, T0 + timedelta(minutes=32), run_id=4, target=own, lookback_seconds=3600).rows_loaded == 0
+
+
+def test_null_and_future_watermarks_are_counted_and_policed(
+    connector: SnowflakeConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    add_source(connector, 2, 20, None)
+    add_source(connector, 3, 30, datetime(9999, 1, 1, tzinfo=UTC))
+    strict = TARGET.model_copy(update={"on_invalid_rows": "fail"})
+    with pytest.raises(InvalidRowsError, match=r"1 row.s. with a NULL watermark, 1 row.s. with a watermark after"):
+        load(connector, T0, run_id=1, target=strict)
+    assert target_rows(connector) == [] and audit_rows(connector) == []
+    report = load(connector, T0, run_id=1)
+    assert (report.rows_loaded, report.rows_null_watermark, report.rows_future_watermark) == (1, 1, 1)
+    assert "skipped 1 row(s) with a NULL watermark" in caplog.text
+    counts = sql(connector, f"SELECT ROWS_NULL_WATERMARK, ROWS_FUTURE_WATERMARK, ROWS_NULL_KEY FROM {AUDIT}")
+    assert counts == [(1, 1, 0)]
+
+
+def test_null_keys_are_refused_and_never_duplicated(connector: SnowflakeConnector) -> None:
+    add_source(connector, None, 10, T0 - timedelta(minutes=5))
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    first = load(connector, T0, run_id=1)
+    assert (first.rows_loaded, first.rows_null_key) == (1, 1)
+    sql(connector, "UPDATE SRC.DBT.ORDERS SET AMOUNT = 11, UPDATED_AT = %(at)s", {"at": naive(T0 + timedelta(1))})
+    second = load(connector, T0 + timedelta(days=2), run_id=2)
+    assert (second.rows_loaded, second.rows_updated, second.rows_null_key) == (1, 1, 1)
+    assert target_rows(connector) == [(1, 11)]
+
+
+def test_tied_watermarks_pick_the_same_winner_whatever_the_row_order(connector: SnowflakeConnector) -> None:
+    sql(connector, "CREATE TABLE SRC.DBT.ORDERS2 (ORDER_ID NUMBER, AMOUNT NUMBER(10,2), UPDATED_AT TIMESTAMP_NTZ)")
+    sql(connector, "CREATE TABLE SRC.MARTS.ORDERS2 (ORDER_ID NUMBER, AMOUNT NUMBER(10,2), UPDATED_AT TIMESTAMP_NTZ)")
+    at = naive(T0 - timedelta(minutes=1))
+    for amount in (7, 5):
+        sql(connector, "INSERT INTO SRC.DBT.ORDERS VALUES (1, %(a)s, %(at)s)", {"a": amount, "at": at})
+    for amount in (5, 7):
+        sql(connector, "INSERT INTO SRC.DBT.ORDERS2 VALUES (1, %(a)s, %(at)s)", {"a": amount, "at": at})
+    other = TARGET.model_copy(update={"source_table": "SRC.DBT.ORDERS2", "target_table": "SRC.MARTS.ORDERS2"})
+    load(connector, T0, run_id=1)
+    load(connector, T0, run_id=1, target=other)
+    assert target_rows(connector) == target_rows(connector, "SRC.MARTS.ORDERS2") == [(1, 5)]
+
+
+def test_two_sources_into_one_target_keep_a_watermark_each(connector: SnowflakeConnector) -> None:
+    sql(connector, "CREATE TABLE SRC.DBT.ORDERS_EU (ORDER_ID NUMBER, AMOUNT NUMBER(10,2), UPDATED_AT TIMESTAMP_NTZ)")
+    eu = TARGET.model_copy(update={"name": "orders-eu", "source_table": "SRC.DBT.ORDERS_EU"})
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    load(connector, T0, run_id=1)
+    sql(connector, "INSERT INTO SRC.DBT.ORDERS_EU VALUES (2, 20, %(at)s)", {"at": naive(T0 - timedelta(minutes=3))})
+    # The EU job's run finished earlier than the first job's; its rows must still load.
+    report = load(connector, T0 - timedelta(minutes=1), run_id=7, target=eu)
+    assert report.rows_loaded == 1 and report.watermark_from is None
+    assert target_rows(connector) == [(1, 10), (2, 20)]
+
+
+def test_every_name_snowflake_accepts_in_quotes_works(connector: SnowflakeConnector) -> None:
+    columns = '"order id" NUMBER, "amount" NUMBER, "pct%" NUMBER, "Mixed" VARCHAR, "updated_at" TIMESTAMP_NTZ'
+    sql(connector, f'CREATE TABLE SRC.DBT."odd %table" ({columns})')
+    sql(connector, f'CREATE TABLE SRC.MARTS."odd %table" ({columns})')
+    sql(
+        connector,
+        'INSERT INTO SRC.DBT."odd %%table" VALUES (1, 2, 3, %(m)s, %(at)s)',
+        {"m": "x", "at": naive(T0 - timedelta(minutes=1))},
+    )
+    odd = LoadTarget(
+        name="odd",
+        source_model="orders",
+        source_table='SRC.DBT."odd %table"',
+        target_table='SRC.MARTS."odd %table"',
+        key_columns=['"order id"'],
+        watermark_column='"updated_at"',
+    )
+    assert load(connector, T0, run_id=1, target=odd).rows_loaded == 1
+    assert sql(connector, 'SELECT "order id", "pct%%", "Mixed" FROM SRC.MARTS."odd %%table"', {"x": 1}) == [(1, 3, "x")]
+    # A plain name resolves upper-cased, as in Snowflake: the error says how to name the quoted column.
+    plain = odd.model_copy(update={"key_columns": ["order_id"], "watermark_column": "updated_at"})
+    with pytest.raises(ValueError, match=r"'UPDATED_AT' \(the source has 'updated_at': write it in double quotes"):
+        load(connector, T0, run_id=2, target=plain, check_newer_run=False)
 
 
 def test_model_guard(connector: SnowflakeConnector) -> None:
@@ -161,7 +296,7 @@ def test_model_guard(connector: SnowflakeConnector) -> None:
     with pytest.raises(StaleDataError, match="not built in this run"):
         load(connector, T0, run_id=1, models=other)
     with pytest.raises(StaleDataError, match="no per-model results"):
-        check_model_built([], "orders")
+        require_model_built([], "orders")
     assert target_rows(connector) == []
     assert load(connector, T0, run_id=1, models=failed, check_model_built_ok=False).rows_loaded == 1
 
@@ -172,8 +307,8 @@ def test_failure_mid_transaction_leaves_nothing(connector: SnowflakeConnector) -
     add_source(connector, 1, 11, T0 + timedelta(minutes=1))
     # A target without AMOUNT: the DELETE runs, then the INSERT fails; the DELETE must be rolled back.
     sql(connector, "CREATE TABLE SRC.MARTS.BROKEN (ORDER_ID NUMBER, UPDATED_AT TIMESTAMP_NTZ)")
-    sql(connector, "INSERT INTO SRC.MARTS.BROKEN VALUES (1, %(at)s)", {"at": T0.replace(tzinfo=None)})
-    broken = TARGET.model_copy(update={"target_table": "SRC.MARTS.BROKEN", "name": "broken"})
+    sql(connector, "INSERT INTO SRC.MARTS.BROKEN VALUES (1, %(at)s)", {"at": naive(T0)})
+    broken = TARGET.model_copy(update={"target_table": "SRC.MARTS.BROKEN", "name": "broken", "columns": None})
     with pytest.raises(Exception):  # noqa: B017 - the driver's error type varies
         load(connector, T0 + timedelta(minutes=5), run_id=2, target=broken)
     assert sql(connector, "SELECT COUNT(*) FROM SRC.MARTS.BROKEN") == [(1,)]
@@ -185,3 +320,103 @@ def test_missing_key_column_is_a_clear_error(connector: SnowflakeConnector) -> N
     with pytest.raises(ValueError, match="not among the copied columns"):
         load(connector, T0, run_id=1, target=wrong)
     assert audit_rows(connector) == []
+
+
+def test_two_loads_of_one_run_at_once_load_once(connector: SnowflakeConnector) -> None:
+    for order_id in range(1, 21):
+        add_source(connector, order_id, order_id, T0 - timedelta(seconds=order_id))
+    outcomes: list[Any] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(load(connector, T0, run_id=9))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    loaded = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, StaleDataError)]
+    assert len(loaded) == 1 and len(refused) == 2, outcomes
+    assert len(audit_rows(connector)) == 1
+    assert sql(connector, "SELECT COUNT(*), COUNT(DISTINCT ORDER_ID) FROM SRC.MARTS.ORDERS") == [(20, 20)]
+    # The connector's own cached connection was never used: each load opened its own.
+    assert connector._connection is None
+
+
+def test_an_older_run_after_a_newer_one_is_refused(connector: SnowflakeConnector) -> None:
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    load(connector, T0 + timedelta(minutes=1), run_id=2)
+    with pytest.raises(StaleDataError, match="not newer"):
+        load(connector, T0, run_id=1)
+    assert [row[0] for row in audit_rows(connector)] == [2]
+
+
+def test_a_lock_left_by_a_crashed_load_times_out_clearly(connector: SnowflakeConnector) -> None:
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    load(connector, T0, run_id=1)  # creates the lock row
+    # A worker killed mid-transaction leaves its session's transaction open, holding the lock row.
+    crashed = connector.credentials.get_client(database="SRC", schema="PUBLIC")
+    cursor = crashed.cursor()
+    cursor.execute("BEGIN")
+    cursor.execute("UPDATE SRC.MARTS.DBT_CLOUD_GATE_LOCKS SET LOCKED_BY = 'crashed'")
+    started = time.monotonic()
+    try:
+        with pytest.raises(LoadLockTimeout, match=r'Waited 3 s for the write lock of "SRC"."MARTS"."ORDERS"'):
+            load(connector, T0 + timedelta(minutes=1), run_id=2, lock_timeout_seconds=3)
+        assert time.monotonic() - started < 30
+    finally:
+        cursor.execute("ROLLBACK")
+        crashed.close()
+    assert len(audit_rows(connector)) == 1
+    assert load(connector, T0 + timedelta(minutes=1), run_id=2).rows_loaded == 0  # free again
+
+
+def test_reconcile_loads_what_is_missing_or_different(connector: SnowflakeConnector) -> None:
+    for order_id in (1, 2, 3):
+        add_source(connector, order_id, 10 * order_id, T0 - timedelta(minutes=order_id))
+    with pytest.raises(StaleDataError, match="No incremental load"):
+        reconcile_target(connector, TARGET, pipeline="test")
+    load(connector, T0, run_id=1)
+    # Drift: a row lost, a row changed behind the load's back, a row deleted from the source, a late row.
+    sql(connector, "DELETE FROM SRC.MARTS.ORDERS WHERE ORDER_ID = 1")
+    sql(connector, "UPDATE SRC.MARTS.ORDERS SET AMOUNT = 99 WHERE ORDER_ID = 2")
+    sql(connector, "DELETE FROM SRC.DBT.ORDERS WHERE ORDER_ID = 3")
+    add_source(connector, 4, 40, T0 - timedelta(days=3))
+    add_source(connector, 5, 50, T0 + timedelta(minutes=5))  # after the last load's watermark: not yet
+    report = reconcile_target(connector, TARGET, pipeline="test")
+    assert (report.kind, report.rows_loaded, report.rows_updated, report.rows_deleted) == ("reconcile", 3, 1, 0)
+    assert target_rows(connector) == [(1, 10), (2, 20), (3, 30), (4, 40)]
+    report = reconcile_target(connector, TARGET, pipeline="test", propagate_deletes=True)
+    assert (report.rows_loaded, report.rows_deleted) == (0, 1)
+    assert target_rows(connector) == [(1, 10), (2, 20), (4, 40)]
+    kinds = sql(connector, f"SELECT LOAD_KIND, ROWS_LOADED, ROWS_DELETED FROM {AUDIT} ORDER BY LOADED_AT")
+    assert kinds == [("incremental", 3, 0), ("reconcile", 3, 0), ("reconcile", 0, 1)]
+    # A reconcile does not move the incremental watermark: the next load starts where the last one ended.
+    assert load(connector, T0 + timedelta(minutes=10), run_id=2).watermark_from == T0
+    assert target_rows(connector)[-1] == (5, 50)
+
+
+def test_an_audit_table_of_an_earlier_version_is_upgraded(connector: SnowflakeConnector) -> None:
+    sql(
+        connector,
+        f"CREATE TABLE {AUDIT} (PIPELINE VARCHAR, TARGET VARCHAR, PREFECT_FLOW_RUN_ID VARCHAR, DBT_ACCOUNT_ID NUMBER,"
+        " DBT_JOB_ID NUMBER, DBT_RUN_ID NUMBER, DBT_STATUS VARCHAR, DBT_FINISHED_AT TIMESTAMP_NTZ,"
+        " WATERMARK_FROM TIMESTAMP_NTZ, WATERMARK_TO TIMESTAMP_NTZ, ROWS_LOADED NUMBER, LOADED_AT TIMESTAMP_NTZ)",
+    )
+    sql(
+        connector,
+        f"INSERT INTO {AUDIT} (TARGET, DBT_RUN_ID, DBT_FINISHED_AT, WATERMARK_TO, ROWS_LOADED) "
+        'VALUES (\'"SRC"."MARTS"."ORDERS"\', 1, %(at)s, %(at)s, 0)',
+        {"at": naive(T0)},
+    )
+    add_source(connector, 1, 10, T0 - timedelta(minutes=5))
+    add_source(connector, 2, 20, T0 + timedelta(minutes=5))
+    # The old row still sets the watermark and the guard.
+    with pytest.raises(StaleDataError, match="not after the last load"):
+        load(connector, T0, run_id=1)
+    report = load(connector, T0 + timedelta(minutes=10), run_id=2)
+    assert report.watermark_from == T0 and target_rows(connector) == [(2, 20)]

@@ -1,0 +1,168 @@
+"""The audit history of loads and the per-target write lock: Snowflake I/O on a DB-API cursor.
+
+The audit table (default ``DBT_CLOUD_GATE_AUDIT`` beside the target) holds one row per load or reconcile. The
+watermark and the newer-run guard are keyed on the load, source table and target table together, so two
+sources feeding one target keep a watermark each. Rows written before the source was recorded (SOURCE_TABLE
+NULL) count for every source of their target.
+
+The lock table (``DBT_CLOUD_GATE_LOCKS`` beside the audit table) holds one row per target table. A load updates
+its target's row as the first statement of its transaction and holds it until COMMIT, so loads of one target
+serialize, and the guard read that follows sees every load committed before it. In Snowflake an UPDATE locks
+the whole lock table, so loads whose audit tables share a schema serialize (loads take seconds; correctness
+first); a blocked statement waits up to the session's LOCK_TIMEOUT. fakesnow (DuckDB's MVCC) does not wait: a
+second writer of the row fails at once, so the caller retries its transaction until its lock budget runs out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from dbt_cloud_gate.loads_sql import sql_name, table_sql
+
+KIND_INCREMENTAL = "incremental"
+KIND_RECONCILE = "reconcile"
+
+# Name and type of every audit column, in order. New columns are added to an existing table on first use.
+AUDIT_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("PIPELINE", "VARCHAR"),
+    ("TARGET", "VARCHAR"),
+    ("PREFECT_FLOW_RUN_ID", "VARCHAR"),
+    ("DBT_ACCOUNT_ID", "NUMBER"),
+    ("DBT_JOB_ID", "NUMBER"),
+    ("DBT_RUN_ID", "NUMBER"),
+    ("DBT_STATUS", "VARCHAR"),
+    ("DBT_FINISHED_AT", "TIMESTAMP_NTZ"),
+    ("WATERMARK_FROM", "TIMESTAMP_NTZ"),
+    ("WATERMARK_TO", "TIMESTAMP_NTZ"),
+    ("ROWS_LOADED", "NUMBER"),
+    ("LOADED_AT", "TIMESTAMP_NTZ"),
+    ("SOURCE_TABLE", "VARCHAR"),
+    ("LOAD_KIND", "VARCHAR"),
+    ("LOOKBACK_SECONDS", "FLOAT"),
+    ("ROWS_UPDATED", "NUMBER"),
+    ("ROWS_DELETED", "NUMBER"),
+    ("ROWS_NULL_KEY", "NUMBER"),
+    ("ROWS_NULL_WATERMARK", "NUMBER"),
+    ("ROWS_FUTURE_WATERMARK", "NUMBER"),
+)
+AUDIT_COLUMNS = tuple(name for name, _ in AUDIT_SCHEMA)
+LOCK_TABLE = "DBT_CLOUD_GATE_LOCKS"
+AUDIT_TABLE = "DBT_CLOUD_GATE_AUDIT"
+# pyformat needs a parameter for formatting to happen (and so for %% in names to become %).
+_ALWAYS = {"_dcg": None}
+
+
+def run(cursor: Any, statement: str, params: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+    """Execute with pyformat parameters always applied (names in the text carry ``%%``) and a client timeout."""
+    options: dict[str, Any] = {"timeout": max(1, int(timeout + 0.999))} if timeout else {}
+    cursor.execute(statement, {**_ALWAYS, **(params or {})}, **options)
+    return cursor
+
+
+def naive_utc(value: datetime) -> datetime:
+    """A UTC TIMESTAMP_NTZ value from an aware (or naive UTC) datetime."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def aware(value: Any) -> datetime | None:
+    """A UTC-aware datetime from a TIMESTAMP_NTZ value read back (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    raise TypeError(f"expected a timestamp, got {value!r}")
+
+
+def sibling(table_parts: list[str], name: str) -> list[str]:
+    """A table beside ``table_parts`` (same database and schema)."""
+    return [*table_parts[:-1], name]
+
+
+def ensure_audit_table(cursor: Any, audit_parts: list[str], timeout: float | None = None) -> None:
+    """Create the audit table if missing, and add any column an older version did not have."""
+    table = table_sql(audit_parts)
+    columns = ", ".join(f"{name} {kind}" for name, kind in AUDIT_SCHEMA)
+    run(cursor, f"CREATE TABLE IF NOT EXISTS {table} ({columns})", timeout=timeout)
+    run(cursor, f"SELECT * FROM {table} WHERE 1 = 0", timeout=timeout)
+    present = {str(d[0]).upper() for d in cursor.description}
+    for name, kind in AUDIT_SCHEMA:
+        if name not in present:
+            run(cursor, f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}", timeout=timeout)
+
+
+def ensure_lock_row(cursor: Any, lock_parts: list[str], key: str, timeout: float | None = None) -> None:
+    """Create the lock table and this target's row if missing (outside the load's transaction)."""
+    table = table_sql(lock_parts)
+    run(
+        cursor,
+        f"CREATE TABLE IF NOT EXISTS {table} (LOCK_KEY VARCHAR, LOCKED_AT TIMESTAMP_NTZ, LOCKED_BY VARCHAR)",
+        timeout=timeout,
+    )
+    # A race may add the row twice; harmless: the UPDATE that takes the lock covers every row of the key.
+    run(
+        cursor,
+        f"INSERT INTO {table} (LOCK_KEY) SELECT %(key)s WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {table} WHERE LOCK_KEY = %(key)s)",
+        {"key": key},
+        timeout=timeout,
+    )
+
+
+def lock_statement(lock_parts: list[str]) -> str:
+    """The first statement of a load's transaction: it takes the target's write lock until COMMIT."""
+    return f"UPDATE {table_sql(lock_parts)} SET LOCKED_AT = %(at)s, LOCKED_BY = %(by)s WHERE LOCK_KEY = %(key)s"
+
+
+def last_load(
+    cursor: Any, audit_parts: list[str], *, source: str, target: str, timeout: float | None = None
+) -> tuple[datetime | None, datetime | None]:
+    """The last audited watermark and dbt ``finished_at`` of incremental loads from ``source`` into ``target``."""
+    run(
+        cursor,
+        f"SELECT COUNT(*), MAX(WATERMARK_TO), MAX(DBT_FINISHED_AT) FROM {table_sql(audit_parts)} "
+        "WHERE TARGET = %(target)s AND (SOURCE_TABLE = %(source)s OR SOURCE_TABLE IS NULL) "
+        "AND (LOAD_KIND = %(kind)s OR LOAD_KIND IS NULL)",
+        {"target": target, "source": source, "kind": KIND_INCREMENTAL},
+        timeout=timeout,
+    )
+    row = cursor.fetchone()
+    # The count guards against a NULL MAX coming back as the epoch (seen with fakesnow's server mode).
+    if not row or not row[0]:
+        return None, None
+    return aware(row[1]), aware(row[2])
+
+
+def write_audit_row(cursor: Any, audit_parts: list[str], values: dict[str, Any], timeout: float | None = None) -> None:
+    """Insert one audit row; ``values`` maps column names (``AUDIT_COLUMNS``) to values, missing ones NULL."""
+    unknown = set(values) - set(AUDIT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown audit columns {sorted(unknown)}")
+    names = [name for name in AUDIT_COLUMNS if name in values]
+    placeholders = ", ".join(f"%(v{i})s" for i in range(len(names)))
+    params = {f"v{i}": values[name] for i, name in enumerate(names)}
+    run(
+        cursor,
+        f"INSERT INTO {table_sql(audit_parts)} ({', '.join(names)}) VALUES ({placeholders})",
+        params,
+        timeout=timeout,
+    )
+
+
+__all__ = [
+    "AUDIT_COLUMNS",
+    "AUDIT_TABLE",
+    "KIND_INCREMENTAL",
+    "KIND_RECONCILE",
+    "LOCK_TABLE",
+    "aware",
+    "ensure_audit_table",
+    "ensure_lock_row",
+    "last_load",
+    "lock_statement",
+    "naive_utc",
+    "run",
+    "sibling",
+    "sql_name",
+    "write_audit_row",
+]
