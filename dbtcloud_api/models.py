@@ -8,6 +8,8 @@ so that a job read from the service can be written back whole.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any
@@ -40,6 +42,35 @@ class RunStatus(IntEnum):
 
 TERMINAL_STATUSES = frozenset({RunStatus.SUCCESS, RunStatus.ERROR, RunStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING})
+
+# dbt commands whose run_results.json holds models, seeds or snapshots that the command built.
+BUILDING_COMMANDS = frozenset({"run", "build", "seed", "snapshot", "clone", "retry"})
+# dbt commands that build nothing: their run_results.json (if any) holds tests, freshness or compile results.
+NON_BUILDING_COMMANDS = frozenset(
+    {
+        "deps",
+        "test",
+        "source freshness",
+        "source snapshot-freshness",
+        "docs generate",
+        "docs serve",
+        "compile",
+        "parse",
+        "debug",
+        "ls",
+        "list",
+        "run-operation",
+        "show",
+        "clean",
+        "init",
+        "environment",
+        "invocation",
+    }
+)
+_TWO_WORD_COMMANDS = frozenset({"source", "docs"})
+_INVOKE_STEP = re.compile(r"`\s*dbt\s+([^`]*)`")
+# Steps whose results are worth reading: finished, successfully or not (a failed step's results name the failure).
+_FINISHED_STEP_STATUSES = frozenset({None, int(RunStatus.SUCCESS), int(RunStatus.ERROR)})
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -123,6 +154,35 @@ class RunStep(_ApiModel):
         """The last ``count`` non-empty lines of this step's logs."""
         lines = [line for line in (self.logs or "").splitlines() if line.strip()]
         return lines[-count:]
+
+    @property
+    def dbt_command(self) -> str | None:
+        """The dbt sub-command this step invoked (``run``, ``source freshness``...), or ``None`` for a step that
+        is not a dbt invocation (``Clone git repository``, ``Create profile from connection ...``).
+
+        dbt Cloud names a command step ``Invoke dbt with `dbt run --select x` ``; global flags before the
+        sub-command (``dbt --warn-error run``) are skipped.
+        """
+        found = _INVOKE_STEP.search(self.name or "")
+        if found is None:
+            return None
+        words = [word for word in found.group(1).split() if not word.startswith("-")]
+        if not words:
+            return ""
+        if words[0] in _TWO_WORD_COMMANDS and len(words) > 1:
+            return f"{words[0]} {words[1]}"
+        return words[0]
+
+    @property
+    def may_build_models(self) -> bool:
+        """Whether this step's ``run_results.json`` can hold built models (see :data:`BUILDING_COMMANDS`).
+
+        A dbt command this client does not know counts as building: its artifact is read, and ignored if absent.
+        """
+        command = self.dbt_command
+        if command is None:
+            return False
+        return command not in NON_BUILDING_COMMANDS
 
 
 class JobTriggers(_ApiModel):
@@ -254,6 +314,20 @@ class Run(_ApiModel):
         """The first step that ended in error, if the run's steps are known."""
         return next((step for step in sorted(self.run_steps, key=lambda s: s.index) if step.failed), None)
 
+    def model_steps(self) -> list[int] | None:
+        """Indexes (the artifacts endpoint's ``step``) of the finished steps whose results can hold built models.
+
+        ``None`` when the run's steps are not known (read without ``run_steps``): the caller then reads the
+        default artifact, which is the last step's. ``[]`` when no step built anything (``dbt test`` alone).
+        """
+        if not self.run_steps:
+            return None
+        return [
+            step.index
+            for step in sorted(self.run_steps, key=lambda s: s.index)
+            if step.may_build_models and step.status in _FINISHED_STEP_STATUSES
+        ]
+
 
 class RunPage(BaseModel):
     """One page of a run listing, with the service's total count for paging."""
@@ -266,30 +340,114 @@ class RunPage(BaseModel):
 
 
 class ModelResult(BaseModel):
-    """One node's result from a run's ``run_results.json``."""
+    """One node's result from a run's ``run_results.json``.
+
+    ``name`` is the node's name as dbt knows it (``dim_customers``), never a version suffix, and ``version`` the
+    model version as a string without its ``v`` (``"2"`` for ``model.shop.dim_customers.v2``; ``None`` for an
+    unversioned node). ``package`` is the dbt project or package the node belongs to. :meth:`matches` is the one
+    place that says whether a reference written by a user (``dim_customers``, ``dim_customers.v2``, the
+    ``unique_id``) names this node.
+    """
 
     unique_id: str
     name: str
     resource_type: str | None = None
+    package: str | None = None
+    version: str | None = None
     status: str
     execution_time: float | None = None
     message: str | None = None
 
+    @property
+    def label(self) -> str:
+        """``name``, with ``.v<version>`` for a versioned model (``dim_customers.v2``): how dbt writes it."""
+        return f"{self.name}.v{self.version}" if self.version is not None else self.name
+
+    def matches(self, reference: str) -> bool:
+        """Whether ``reference`` names this node: its ``unique_id``, ``name.v<version>`` (``name.<version>`` also),
+        or the bare ``name``, which matches every version of a versioned model."""
+        text = reference.strip()
+        if text == self.unique_id or text == self.name:
+            return True
+        name, dot, version = text.partition(".")
+        if not dot or name != self.name or self.version is None:
+            return False
+        return _version_text(version) == self.version
+
+
+def _version_text(value: Any) -> str | None:
+    """A model version as this module keeps it: a string without the ``v`` (2, "2", "v2" → "2")."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if text[:1] in ("v", "V") and len(text) > 1:
+        text = text[1:]
+    return text or None
+
+
+def _node_identity(entry: dict[str, Any]) -> tuple[str, str | None, str | None, str | None]:
+    """(name, resource type, package, version) of a run_results entry.
+
+    The node's own fields win where the entry carries them (``node`` or top-level ``name``, ``resource_type``,
+    ``package_name``, ``version``); else the ``unique_id`` is read as ``resource_type.package.name[.suffix]``.
+    dbt names contain no dots, so the third part is the name; the suffix is a model's ``v<version>``, a test's
+    hash, or a source's table (a source is named by its table, as ``source()`` takes it last).
+    """
+    unique_id = str(entry.get("unique_id") or "")
+    raw_node = entry.get("node")
+    node: dict[str, Any] = raw_node if isinstance(raw_node, dict) else {}
+    fields = {**{k: entry.get(k) for k in ("name", "resource_type", "package_name", "version")}, **node}
+    parts = unique_id.split(".")
+    resource_type = parts[0] if len(parts) > 1 else None
+    package = parts[1] if len(parts) > 2 else None
+    version: str | None = None
+    if len(parts) < 3 or resource_type == "source":
+        name = parts[-1]
+    else:
+        name = parts[2]
+        suffix = ".".join(parts[3:])
+        if resource_type == "model" and suffix[:1] in ("v", "V") and len(suffix) > 1:
+            version = suffix[1:]
+    if isinstance(fields.get("name"), str) and fields["name"]:
+        name = fields["name"]
+    if isinstance(fields.get("resource_type"), str) and fields["resource_type"]:
+        resource_type = fields["resource_type"]
+    if isinstance(fields.get("package_name"), str) and fields["package_name"]:
+        package = fields["package_name"]
+    if fields.get("version") is not None:
+        version = _version_text(fields["version"])
+    return name, resource_type, package, version
+
 
 def parse_run_results(document: dict[str, Any]) -> list[ModelResult]:
-    """Turn a dbt ``run_results.json`` document into per-node results (name, status, time, message)."""
+    """Turn a dbt ``run_results.json`` document into per-node results (name, version, status, time, message)."""
     results: list[ModelResult] = []
     for entry in document.get("results") or []:
-        unique_id = str(entry.get("unique_id") or "")
-        parts = unique_id.split(".")
+        if not isinstance(entry, dict):
+            continue
+        name, resource_type, package, version = _node_identity(entry)
         results.append(
             ModelResult(
-                unique_id=unique_id,
-                name=parts[-1] if parts else unique_id,
-                resource_type=parts[0] if len(parts) > 1 else None,
+                unique_id=str(entry.get("unique_id") or ""),
+                name=name,
+                resource_type=resource_type,
+                package=package,
+                version=version,
                 status=str(entry.get("status") or "unknown"),
                 execution_time=entry.get("execution_time"),
                 message=entry.get("message"),
             )
         )
     return results
+
+
+def merge_run_results(per_step: Iterable[list[ModelResult]]) -> list[ModelResult]:
+    """One list from the results of several steps, in order of first appearance: a later step's result for a
+    node replaces the earlier one (``dbt run`` then ``dbt run --select orders``: the second is the final state)."""
+    merged: dict[str, ModelResult] = {}
+    for results in per_step:
+        for result in results:
+            merged[result.unique_id] = result
+    return list(merged.values())

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dbtcloud_api import DbtCloudClient, DbtCloudRateLimitError, RetryPolicy, RunStatus
-from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
+from dbtcloud_api import DbtCloudClient, DbtCloudNotFoundError, DbtCloudRateLimitError, RetryPolicy, RunStatus
+from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec, StepSpec
+from dbtcloud_api.openapi import SpecValidator
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 
 
@@ -110,3 +111,79 @@ def test_command_line_starts_the_emulator(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def multi_step_job(job_id: int = 21, **changes: object) -> JobSpec:
+    """A job whose steps are `dbt seed`, `dbt run`, `dbt test`: the models' results are not in the last step."""
+    settings: dict[str, object] = {
+        "id": job_id,
+        "queue_seconds": 0,
+        "start_seconds": 0,
+        "run_seconds": 0.1,
+        "models": ["stg_orders", "orders"],
+        "steps": [
+            {"command": "dbt seed", "models": ["raw_orders"]},
+            "dbt run",
+            StepSpec("dbt test", tests=["not_null_orders_id", "unique_orders_id"]),
+        ],
+    }
+    settings.update(changes)
+    return JobSpec(**settings)  # type: ignore[arg-type]
+
+
+def test_artifacts_are_served_per_step_and_default_to_the_last(spec_validator: SpecValidator) -> None:
+    emulator = Emulator([multi_step_job()], account_id=ACCOUNT, token=TOKEN, validator=spec_validator)
+    with EmulatorServer(emulator) as server, DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+        run = c.trigger_job_run(21, "multi-step")
+        time.sleep(0.3)
+        run = c.get_run(run.id)
+        assert run.job is not None and run.job.execute_steps == ["dbt seed", "dbt run", "dbt test"]
+        steps = {s.index: s.name for s in run.run_steps}
+        assert steps[4] == "Invoke dbt with `dbt seed`" and steps[6] == "Invoke dbt with `dbt test`"
+        assert run.model_steps() == [4, 5]
+
+        def ids(step: int | None) -> list[str]:
+            return [
+                r["unique_id"] for r in json.loads(c.get_run_artifact(run.id, "run_results.json", step=step))["results"]
+            ]
+
+        # Without `step`, the last step's artifact: the tests, as dbt Cloud does.
+        assert [i.rsplit(".", 1)[0] for i in ids(None)] == [
+            "test.analytics.not_null_orders_id",
+            "test.analytics.unique_orders_id",
+        ]
+        assert ids(6) == ids(None)
+        assert ids(4) == ["model.analytics.raw_orders"]
+        assert ids(5) == ["model.analytics.stg_orders", "model.analytics.orders"]
+        for no_results in (1, 3):  # clone, `dbt deps`
+            with pytest.raises(DbtCloudNotFoundError):
+                c.get_run_artifact(run.id, "run_results.json", step=no_results)
+        with pytest.raises(DbtCloudNotFoundError):
+            c.get_run_artifact(run.id, "run_results.json", step=7)
+    assert not [r.spec_problems for r in emulator.requests if r.spec_problems]
+
+
+def test_a_failing_test_step_fails_its_test_and_the_run() -> None:
+    emulator = Emulator([multi_step_job(outcome="error", failing_model="orders")], account_id=ACCOUNT, token=TOKEN)
+    with EmulatorServer(emulator) as server, DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as c:
+        run = c.trigger_job_run(21, "failing tests")
+        time.sleep(0.3)
+        run = c.get_run(run.id)
+        assert run.status is RunStatus.ERROR and run.failed_step is not None and run.failed_step.index == 6
+        tests = json.loads(c.get_run_artifact(run.id, "run_results.json"))["results"]
+        assert [t["status"] for t in tests] == ["fail", "fail"]
+        models = json.loads(c.get_run_artifact(run.id, "run_results.json", step=5))["results"]
+        assert [m["status"] for m in models] == ["success", "success"]
+
+
+def test_jobs_file_describes_steps(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps([{"id": 5, "steps": [{"command": "dbt run", "modles": ["x"]}]}]))
+    with pytest.raises(ValueError, match="modles"):
+        Emulator.from_jobs_file(path)
+    path.write_text(json.dumps([{"id": 5, "steps": ["dbt deps", {"command": "dbt run", "models": ["x"]}]}]))
+    job = Emulator.from_jobs_file(path).jobs[5]
+    assert job.execute_steps == ["dbt deps", "dbt run"] and job.steps == [
+        StepSpec("dbt deps"),
+        StepSpec("dbt run", ["x"]),
+    ]

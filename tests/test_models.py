@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dbtcloud_api import Job, Run, RunStatus, parse_run_results, parse_timestamp
-from dbtcloud_api.models import format_timestamp
+from dbtcloud_api.models import RunStep, format_timestamp, merge_run_results
 from tests.conftest import FIXTURES
 
 
@@ -112,3 +112,90 @@ def test_run_results_parsing() -> None:
 
 def test_fixture_directory_exists() -> None:
     assert Path(FIXTURES).is_dir()
+
+
+def test_versioned_model_takes_name_and_version_from_the_unique_id() -> None:
+    results = parse_run_results(
+        {
+            "results": [
+                {"unique_id": "model.shop.dim_customers.v2", "status": "success"},
+                {"unique_id": "model.shop.dim_customers.v1", "status": "success"},
+                {"unique_id": "model.shop.orders", "status": "success"},
+                {"unique_id": "test.shop.not_null_orders_id.5f3a1b2c9d", "status": "pass"},
+                {"unique_id": "source.shop.raw.orders", "status": "pass"},
+            ]
+        }
+    )
+    identity = [(r.name, r.version, r.resource_type, r.package) for r in results]
+    assert identity == [
+        ("dim_customers", "2", "model", "shop"),
+        ("dim_customers", "1", "model", "shop"),
+        ("orders", None, "model", "shop"),
+        ("not_null_orders_id", None, "test", "shop"),
+        ("orders", None, "source", "shop"),
+    ]
+    v2, v1, orders = results[0], results[1], results[2]
+    assert v2.label == "dim_customers.v2" and orders.label == "orders"
+    # The one matching rule a source_model reference goes through.
+    assert v2.matches("dim_customers.v2") and v2.matches("model.shop.dim_customers.v2") and v2.matches("dim_customers")
+    assert not v2.matches("dim_customers.v1") and v1.matches("dim_customers.v1") and not v2.matches("v2")
+    assert orders.matches("orders") and not orders.matches("orders.v1") and not orders.matches("dim_customers")
+
+
+def test_node_fields_win_over_the_unique_id() -> None:
+    entry = {
+        "unique_id": "model.shop.dim_customers.v2",
+        "status": "success",
+        "node": {"name": "dim_customers", "package_name": "shop", "resource_type": "model", "version": 2},
+    }
+    [result] = parse_run_results({"results": [entry, "not a result"]})
+    assert (result.name, result.version) == ("dim_customers", "2")
+    [top] = parse_run_results({"results": [{"unique_id": "model.shop.x", "name": "y", "version": "v3"}]})
+    assert (top.name, top.version) == ("y", "3")
+
+
+def test_step_commands_say_which_steps_can_build_models() -> None:
+    names = {
+        "Clone git repository": None,
+        "Create profile from connection Snowflake": None,
+        "Invoke dbt with `dbt deps`": "deps",
+        "Invoke dbt with `dbt run --select tag:nightly`": "run",
+        "Invoke dbt with `dbt --warn-error build`": "build",
+        "Invoke dbt with `dbt source freshness`": "source freshness",
+        "Invoke dbt with `dbt docs generate`": "docs generate",
+        "Invoke dbt with `dbt test`": "test",
+        "Invoke dbt with `dbt seed`": "seed",
+        "Invoke dbt with `dbt snapshot`": "snapshot",
+        "Invoke dbt with `dbt frobnicate`": "frobnicate",
+    }
+    steps = [RunStep(index=i, name=name, status=10) for i, name in enumerate(names, start=1)]
+    assert [s.dbt_command for s in steps] == list(names.values())
+    building = [s.name for s in steps if s.may_build_models]
+    assert building == [
+        "Invoke dbt with `dbt run --select tag:nightly`",
+        "Invoke dbt with `dbt --warn-error build`",
+        "Invoke dbt with `dbt seed`",
+        "Invoke dbt with `dbt snapshot`",
+        "Invoke dbt with `dbt frobnicate`",  # unknown: read it, it may have built something
+    ]
+    base = dict(_data("run_get_response.json"))  # type: ignore[call-overload]
+    run = Run.model_validate({**base, "run_steps": [s.model_dump() for s in steps]})
+    assert run.model_steps() == [4, 5, 9, 10, 11]
+    # A step that never finished (cancelled, skipped) has nothing to read; unknown steps: the caller reads the last.
+    cancelled = [s.model_copy(update={"status": 30}) if s.index == 9 else s for s in steps]
+    assert Run.model_validate({**base, "run_steps": [s.model_dump() for s in cancelled]}).model_steps() == [
+        4,
+        5,
+        10,
+        11,
+    ]
+    assert Run.model_validate({**base, "run_steps": []}).model_steps() is None
+
+
+def test_merged_results_keep_the_later_step() -> None:
+    first = parse_run_results(
+        {"results": [{"unique_id": "model.p.a", "status": "success"}, {"unique_id": "model.p.b", "status": "error"}]}
+    )
+    second = parse_run_results({"results": [{"unique_id": "model.p.b", "status": "success"}]})
+    merged = merge_run_results([first, second])
+    assert [(m.unique_id, m.status) for m in merged] == [("model.p.a", "success"), ("model.p.b", "success")]

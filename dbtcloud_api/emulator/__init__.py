@@ -2,7 +2,7 @@
 
 from dbtcloud_api.emulator.jobs import DEMO_JOBS, demo_emulator
 from dbtcloud_api.emulator.server import EmulatorServer
-from dbtcloud_api.emulator.state import Emulator, Fault, JobSpec, RecordedRequest, http_date
+from dbtcloud_api.emulator.state import Emulator, Fault, JobSpec, RecordedRequest, StepSpec, http_date
 
 __all__ = [
     "DEMO_JOBS",
@@ -11,6 +11,7 @@ __all__ = [
     "Fault",
     "JobSpec",
     "RecordedRequest",
+    "StepSpec",
     "demo_emulator",
     "http_date",
 ]

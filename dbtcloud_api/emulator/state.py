@@ -6,6 +6,7 @@ the connection); :mod:`dbtcloud_api.emulator.server` puts it on loopback HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from dbtcloud_api.models import RunStatus, format_timestamp
+from dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep, format_timestamp
 from dbtcloud_api.openapi import SpecValidator
 
 Outcome = Literal["success", "error", "cancelled"]
@@ -32,9 +33,66 @@ SETUP_STEPS = ("Clone git repository", "Create profile from connection", "Invoke
 _OUTCOME_STATUS = {"success": RunStatus.SUCCESS, "error": RunStatus.ERROR, "cancelled": RunStatus.CANCELLED}
 
 
+def dbt_command(command: str) -> str | None:
+    """The dbt sub-command of a step command (``dbt run --select x`` → ``run``), as dbt Cloud's step name says."""
+    return RunStep(name=f"Invoke dbt with `{command}`").dbt_command
+
+
+@dataclass
+class StepSpec:
+    """One command step of a job and the ``run_results.json`` it leaves (served with ``?step=<index>``).
+
+    ``models``: the models the step builds; default: the job's ``models`` for a building command (``dbt run``,
+    ``build``, ``seed``, ``snapshot``...), none otherwise. ``tests``: the tests it runs (after its models);
+    default for ``dbt test``: ``not_null_<model>_id`` for each of the job's models, none otherwise.
+    ``artifacts``: whether the step leaves a ``run_results.json`` at all; default: every dbt command but ``deps``.
+    """
+
+    command: str
+    models: list[str] | None = None
+    tests: list[str] | None = None
+    artifacts: bool | None = None
+
+    @classmethod
+    def coerce(cls, value: StepSpec | str | dict[str, Any]) -> StepSpec:
+        """A step from a ``StepSpec``, a bare command, or a jobs-file entry (unknown keys are an error)."""
+        if isinstance(value, StepSpec):
+            return value
+        if isinstance(value, str):
+            return cls(command=value)
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown step setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**value)
+
+    def built_models(self, job_models: list[str]) -> list[str]:
+        """The models this step builds."""
+        if self.models is not None:
+            return list(self.models)
+        return list(job_models) if dbt_command(self.command) in BUILDING_COMMANDS else []
+
+    def run_tests(self, job_models: list[str]) -> list[str]:
+        """The tests this step runs."""
+        if self.tests is not None:
+            return list(self.tests)
+        if dbt_command(self.command) == "test":
+            return [f"not_null_{model.split('.')[0]}_id" for model in job_models]
+        return []
+
+    def leaves_artifacts(self) -> bool:
+        """Whether the step leaves a ``run_results.json``."""
+        if self.artifacts is not None:
+            return self.artifacts
+        return dbt_command(self.command) not in (None, "deps")
+
+
 @dataclass
 class JobSpec:
-    """A job the emulator knows, with how its runs behave."""
+    """A job the emulator knows, with how its runs behave.
+
+    ``steps`` describes each command step (see :class:`StepSpec`); when given, ``execute_steps`` is their commands.
+    Without it, each of ``execute_steps`` builds the job's ``models`` if its command builds anything.
+    """
 
     id: int
     name: str = "dbt build"
@@ -55,6 +113,14 @@ class JobSpec:
     failing_model: str | None = None
     # Durations (seconds, start to finish) of past successful runs created at start-up.
     history_seconds: list[float] = field(default_factory=list)
+    steps: list[StepSpec] | None = None
+    # A server fault: a successful run is served with ``finished_at`` null (no watermark).
+    finished_at_missing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps is not None:
+            self.steps = [StepSpec.coerce(step) for step in self.steps]
+            self.execute_steps = [step.command for step in self.steps]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
@@ -75,6 +141,7 @@ class Fault:
     ``drop`` (close the connection, request not processed), ``slow`` (answer after ``delay`` seconds),
     ``not_found_fresh`` (404 for a run younger than ``fresh_seconds``), ``lost_response`` (process the request,
     then drop the connection: a trigger whose run is created but whose answer is lost).
+    ``skip`` lets the first matching requests through untouched (fault the second search, not the first).
     """
 
     kind: FaultKind
@@ -87,7 +154,9 @@ class Fault:
     status: int = 503
     delay: float = 0.0
     fresh_seconds: float = 1.0
+    skip: int = 0
     hits: int = 0
+    skipped: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:
@@ -404,7 +473,7 @@ class Emulator:
                     "index": index,
                     "status": int(step_status),
                     "name": name,
-                    "logs": self._step_logs(run, name, step_status),
+                    "logs": self._step_logs(run, index, name, step_status),
                     "debug_logs": "",
                     "log_path": None,
                     "debug_log_path": None,
@@ -420,27 +489,74 @@ class Emulator:
         spec = self.jobs[run.job_id]
         return spec.failing_model or spec.models[-1]
 
-    def _step_logs(self, run: _Run, name: str, status: RunStatus) -> str:
-        if not name.startswith("Invoke dbt with `dbt") or "deps" in name:
-            return f"{name}\nDone.\n"
+    def _step_specs(self, run: _Run) -> list[StepSpec]:
+        """The command steps of a run: the job's ``steps`` when the run kept the job's commands, else defaults."""
         spec = self.jobs[run.job_id]
-        lines = ["Running with dbt=1.8.0", f"Found {len(spec.models)} models"]
-        if status == RunStatus.ERROR:
-            bad = self._failing_model(run)
-            for model in spec.models:
-                if model == bad:
-                    lines.append(f"ERROR creating sql table model analytics.{model}")
-                    break
-                lines.append(f"OK created sql table model analytics.{model}")
-            lines += [
-                f"Database Error in model {bad} (models/{bad}.sql)",
-                '  column "amount" does not exist',
-                f"Done. PASS={spec.models.index(bad)} WARN=0 ERROR=1 SKIP={len(spec.models) - spec.models.index(bad) - 1}"
-                f" TOTAL={len(spec.models)}",
-            ]
-        elif status == RunStatus.SUCCESS:
-            lines += [f"OK created sql table model analytics.{model}" for model in spec.models]
-            lines.append(f"Done. PASS={len(spec.models)} WARN=0 ERROR=0 SKIP=0 TOTAL={len(spec.models)}")
+        if spec.steps is not None and [step.command for step in spec.steps] == run.steps:
+            return list(spec.steps)
+        return [StepSpec(command) for command in run.steps]
+
+    def _step_at(self, run: _Run, index: int) -> StepSpec | None:
+        """The command step at a run-step index (1-based over every step, set-up steps included), if any."""
+        position = index - len(SETUP_STEPS) - 1
+        specs = self._step_specs(run)
+        return specs[position] if 0 <= position < len(specs) else None
+
+    def _step_nodes(self, run: _Run, step: StepSpec, last: bool) -> list[tuple[str, str, str | None]]:
+        """(unique_id, status, message) of each node in the step's run_results.json."""
+        spec = self.jobs[run.job_id]
+        bad = self._failing_model(run) if last and run.outcome == "error" else None
+        nodes: list[tuple[str, str, str | None]] = []
+        state = "success"
+        for model in step.built_models(spec.models):
+            if model == bad:
+                state = "error"
+                message: str | None = (
+                    f'Database Error in model {model} (models/{model}.sql)\n  column "amount" does not exist'
+                )
+            elif state in ("error", "skipped"):
+                state, message = "skipped", "SKIP"
+            else:
+                message = "SELECT 100"
+            nodes.append((f"model.analytics.{model}", state, message))
+        for test in step.run_tests(spec.models):
+            failed = bad is not None and bad in test
+            digest = hashlib.sha256(test.encode()).hexdigest()[:10]
+            outcome = ("fail", "Got 3 results") if failed else ("pass", None)
+            nodes.append((f"test.analytics.{test}.{digest}", *outcome))
+        return nodes
+
+    def _step_logs(self, run: _Run, index: int, name: str, status: RunStatus) -> str:
+        step = self._step_at(run, index)
+        if step is None or not step.leaves_artifacts():
+            return f"{name}\nDone.\n"
+        nodes = self._step_nodes(run, step, last=status == RunStatus.ERROR)
+        lines = ["Running with dbt=1.8.0", f"Found {len(nodes)} nodes"]
+        if status not in (RunStatus.SUCCESS, RunStatus.ERROR):
+            return "\n".join(lines) + "\n"
+        counts = {"pass": 0, "error": 0, "skip": 0}
+        for unique_id, state, _message in nodes:
+            kind, _, rest = unique_id.partition(".")
+            node = rest.split(".", 1)[1]
+            if state in ("success", "pass"):
+                counts["pass"] += 1
+                done = f"PASS {node.rsplit('.', 1)[0]}"
+                lines.append(f"OK created sql table model analytics.{node}" if kind == "model" else done)
+            elif state == "skipped":
+                counts["skip"] += 1
+            else:
+                counts["error"] += 1
+                if kind == "model":
+                    lines += [
+                        f"ERROR creating sql table model analytics.{node}",
+                        f"Database Error in model {node} (models/{node}.sql)",
+                        '  column "amount" does not exist',
+                    ]
+                else:
+                    lines.append(f"FAIL 3 {node.rsplit('.', 1)[0]}")
+        lines.append(
+            f"Done. PASS={counts['pass']} WARN=0 ERROR={counts['error']} SKIP={counts['skip']} TOTAL={len(nodes)}"
+        )
         return "\n".join(lines) + "\n"
 
     def run_json(self, run: _Run, now: float, includes: set[str]) -> dict[str, Any]:
@@ -511,6 +627,8 @@ class Emulator:
             "job_id": run.job_id,
             "retried_from_run_id": run.retry_of,
         }
+        if status == RunStatus.SUCCESS and spec.finished_at_missing:
+            data["finished_at"] = None
         if "trigger" in includes:
             trigger = {"id": run.trigger_id, "cause": run.cause, "job_definition_id": run.job_id}
             trigger.update({key: value for key, value in run.overrides.items()})
@@ -522,48 +640,39 @@ class Emulator:
             data["run_steps"] = self._run_steps(run, now)
         return data
 
-    def run_results(self, run: _Run) -> dict[str, Any]:
-        """The ``run_results.json`` a finished run leaves."""
-        spec = self.jobs[run.job_id]
-        bad = self._failing_model(run) if run.outcome == "error" else None
-        results = []
-        state = "success"
-        for model in spec.models:
-            if model == bad:
-                state = "error"
-                message: str | None = (
-                    f'Database Error in model {model} (models/{model}.sql)\n  column "amount" does not exist'
-                )
-            elif state in ("error", "skipped"):
-                state = "skipped"
-                message = "SKIP"
-            else:
-                message = "SELECT 100"
-            results.append(
-                {
-                    "status": state,
-                    "timing": [],
-                    "thread_id": "Thread-1",
-                    "execution_time": round(run.run_s / max(len(spec.models), 1), 3),
-                    "adapter_response": {},
-                    "message": message,
-                    "failures": None,
-                    "unique_id": f"model.analytics.{model}",
-                }
-            )
-            if state == "error":
-                pass
+    def run_results(self, run: _Run, step: int | None = None) -> dict[str, Any] | None:
+        """The ``run_results.json`` a finished run's step leaves (default: the last step, as dbt Cloud serves it);
+        ``None`` for a step that leaves none (set-up steps, ``dbt deps``)."""
+        total = len(SETUP_STEPS) + len(run.steps)
+        index = total if step is None else step
+        command = self._step_at(run, index)
+        if command is None or not command.leaves_artifacts():
+            return None
+        nodes = self._step_nodes(run, command, last=index == total)
+        each = round(run.run_s / max(len(nodes), 1), 3)
         return {
             "metadata": {
                 "dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v5.json",
                 "dbt_version": "1.8.0",
                 "generated_at": datetime.fromtimestamp(run.finished, tz=UTC).isoformat(),
-                "invocation_id": f"emulated-{run.id}",
+                "invocation_id": f"emulated-{run.id}-{index}",
                 "env": {},
             },
-            "results": results,
+            "results": [
+                {
+                    "status": state,
+                    "timing": [],
+                    "thread_id": "Thread-1",
+                    "execution_time": each,
+                    "adapter_response": {},
+                    "message": message,
+                    "failures": 3 if state == "fail" else None,
+                    "unique_id": unique_id,
+                }
+                for unique_id, state, message in nodes
+            ],
             "elapsed_time": run.run_s,
-            "args": {"which": "build"},
+            "args": {"which": dbt_command(command.command) or "build"},
         }
 
     # -- request handling ----------------------------------------------------------------------------
@@ -640,6 +749,9 @@ class Emulator:
                 if run is None or now - run.created >= fault.fresh_seconds or not re.search(r"/runs/\d+/$", path):
                     continue
             if fault.probability < 1.0 and self._rng.random() >= fault.probability:
+                continue
+            if fault.skipped < fault.skip:
+                fault.skipped += 1
                 continue
             fault.hits += 1
             record.fault = fault.kind
@@ -772,15 +884,20 @@ class Emulator:
         if status not in (RunStatus.SUCCESS, RunStatus.ERROR):
             return _error(404, f"No artifacts for run {run.id}: it has not completed, or was cancelled.")
         steps_asked = query.get("step") or []
-        step = steps_asked[0] if steps_asked else None
+        try:
+            step = int(steps_asked[0]) if steps_asked else None
+        except ValueError:
+            return _error(400, "The request was invalid.", {"step": ["A valid integer is required."]})
         total_steps = len(SETUP_STEPS) + len(run.steps)
-        if step is not None and not 1 <= int(step) <= total_steps:
+        if step is not None and not 1 <= step <= total_steps:
             return _error(404, f"Run {run.id} has no step {step}.")
         if pattern == r"runs/(\d+)/artifacts/":
             return self._ok(["manifest.json", "run_results.json"])
         name = groups[1]
         if name == "run_results.json":
-            document = self.run_results(run)
+            document = self.run_results(run, step)
+            if document is None:
+                return _error(404, f"Artifact {name} not found for run {run.id} step {step or total_steps}.")
         elif name == "manifest.json":
             spec = self.jobs[run.job_id]
             document = {"nodes": {f"model.analytics.{m}": {"name": m, "resource_type": "model"} for m in spec.models}}
