@@ -878,10 +878,10 @@ class _Core:
         offset: int,
         include_related: Sequence[str],
     ) -> _Call[RunPage]:
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise DbtCloudConfigError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}.")
-        if offset < 0:
-            raise DbtCloudConfigError(f"offset must be 0 or more, got {offset}.")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise DbtCloudConfigError(f"limit must be an integer between 1 and {MAX_PAGE_SIZE}, got {limit!r}.")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise DbtCloudConfigError(f"offset must be an integer, 0 or more, got {offset!r}.")
         params: list[tuple[str, str]] = []
         if job_definition_id is not None:
             params.append(("job_definition_id", str(_check_id("job_definition_id", job_definition_id))))
@@ -901,20 +901,17 @@ class _Core:
             data, extra = _envelope_data(label, response)
             if not isinstance(data, list):
                 raise DbtCloudResponseError(f"{label} answered with data that is not a list.")
-            pagination = extra.get("pagination") or {}
+            raw_pagination = extra.get("pagination")
+            pagination: dict[str, Any] = raw_pagination if isinstance(raw_pagination, dict) else {}
             try:
                 runs = [Run.model_validate(item) for item in data]
-            except ValueError as exc:
+                count = int(pagination.get("count", len(runs)))
+                total_count = int(pagination.get("total_count", offset + len(runs)))
+            except (TypeError, ValueError) as exc:
                 raise DbtCloudResponseError(f"{label} answered with runs this client cannot read: {exc}") from exc
             for run in runs:
                 self._check_run(label, run, job_id=job_definition_id)
-            return RunPage(
-                runs=runs,
-                count=int(pagination.get("count", len(runs))),
-                total_count=int(pagination.get("total_count", offset + len(runs))),
-                offset=offset,
-                limit=limit,
-            )
+            return RunPage(runs=runs, count=count, total_count=total_count, offset=offset, limit=limit)
 
         return _Call("GET", path, parse=parse, params=params)
 

@@ -156,8 +156,9 @@ class WaitTimedOut(DbtCloudError):
 
     ``run`` is the last state read before the deadline (``None`` if no poll succeeded); ``phase`` is where the
     run stood then (``never-read``, ``queued``, ``starting``, ``running`` or ``unknown``), and ``description``
-    (also the message) says it in words: "still queued after 600 s, never started" or "running for 540 s
-    (started at ...)". Both stay as they were at the deadline, whatever is done to the run afterwards.
+    says it in words ("still queued after 600 s, never started", "running for 540 s (started at ...)"); the
+    message is that, with the run ID and the deadline. All stay as they were at the deadline, whatever is done to
+    the run afterwards.
     """
 
     def __init__(
@@ -170,13 +171,14 @@ class WaitTimedOut(DbtCloudError):
         phase: str = "unknown",
         max_wait_seconds: float | None = None,
         status_at_deadline: str | None = None,
+        description: str | None = None,
     ) -> None:
         super().__init__(message)
         self.run_id = run_id
         self.run = run
         self.waited_seconds = waited_seconds
         self.phase = phase
-        self.description = message
+        self.description = description or message
         self.max_wait_seconds = max_wait_seconds
         self.status_at_deadline = status_at_deadline
 

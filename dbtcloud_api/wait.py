@@ -176,15 +176,16 @@ class RunWatcher:
         """The error for a deadline that passed now: it says where the run stood (queued, starting, running)."""
         waited = self.elapsed()
         phase, state = self._deadline_state(waited)
-        message = f"{state}; no terminal status within the deadline of {self.max_wait_seconds:g} s."
         return WaitTimedOut(
-            message,
+            f"dbt Cloud run {self.run_id} {state}: no terminal status within the deadline of "
+            f"{self.max_wait_seconds:g} s (waited {waited:.0f} s).",
             run_id=self.run_id,
             run=self.last,
             waited_seconds=waited,
             phase=phase,
             max_wait_seconds=self.max_wait_seconds,
             status_at_deadline=self.last.status_label if self.last is not None else None,
+            description=state,
         )
 
     def _since(self, moment: datetime | None, fallback: float) -> float:
@@ -194,28 +195,24 @@ class RunWatcher:
         return seconds if seconds >= 0 else fallback  # a clock skewed behind dbt Cloud's: trust the wait's own
 
     def _deadline_state(self, waited: float) -> tuple[str, str]:
+        """The phase, and a phrase for where the run stood ("still queued after 600 s, never started")."""
         run = self.last
-        name = f"dbt Cloud run {self.run_id}"
         if run is None:
             why = f": {self.last_error}" if self.last_error is not None else ""
-            return "never-read", f"{name} could not be read in {waited:.0f} s of waiting (every poll failed{why})"
+            return "never-read", f"never read in {waited:.0f} s of waiting (every poll failed{why})"
         status = run.known_status
         if status is RunStatus.QUEUED:
-            queued = self._since(run.created_at, waited)
-            return "queued", f"{name} still queued after {queued:.0f} s, never started (waited {waited:.0f} s)"
+            return "queued", f"still queued after {self._since(run.created_at, waited):.0f} s, never started"
         if status is RunStatus.STARTING:
             since = self._since(run.dequeued_at or run.created_at, waited)
-            return "starting", (
-                f"{name} still starting after {since:.0f} s: it left the queue but dbt never began "
-                f"(waited {waited:.0f} s)"
-            )
+            return "starting", f"still starting after {since:.0f} s: out of the queue, but dbt never began"
         if status is RunStatus.RUNNING:
             if run.started_at is None:
-                return "running", f"{name} running (start time unknown) after {waited:.0f} s of waiting"
+                return "running", f"running (start time unknown) after {waited:.0f} s of waiting"
             running = self._since(run.started_at, waited)
             started = run.started_at.astimezone(UTC).isoformat(timespec="seconds")
-            return "running", f"{name} running for {running:.0f} s (started at {started}), waited {waited:.0f} s"
-        return "unknown", f"{name} in status {run.status_label} after {waited:.0f} s of waiting"
+            return "running", f"running for {running:.0f} s (started at {started})"
+        return "unknown", f"in status {run.status_label} after {waited:.0f} s of waiting"
 
     def lacks_watermark(self, run: Run) -> bool:
         """Whether ``run`` is a Success without ``finished_at``: it must be read again before it is returned."""
@@ -249,6 +246,18 @@ class RunWatcher:
             )
         self._watermark_reads += 1
         return delay
+
+    def on_reread(self, finished: Run, run: Run) -> Run:
+        """The run to keep after reading a finished run again: the new read, unless it is not finished."""
+        if not run.is_terminal:
+            self.log.warning(
+                "dbt Cloud run %s read as %s after it was seen %s; keeping the finished state.",
+                self.run_id,
+                run.status_label,
+                finished.status_label,
+            )
+            return finished
+        return run
 
     def needs_final_read(self, run: Run) -> bool:
         """Whether the terminal run should be read once more with its steps, job and trigger."""
@@ -334,7 +343,7 @@ def _finish_sync(
         final_read = False
         try:
             with request_deadline(watcher.late_request_deadline()):
-                run = client.get_run(watcher.run_id, DEFAULT_RUN_INCLUDES, job_id=job_id)
+                run = watcher.on_reread(run, client.get_run(watcher.run_id, DEFAULT_RUN_INCLUDES, job_id=job_id))
         except TRANSIENT_POLL_ERRORS as exc:
             watcher.log.warning("Could not read run %s again after it finished: %s", watcher.run_id, exc)
     return run
@@ -385,7 +394,7 @@ async def _finish_async(client: AsyncDbtCloudClient, watcher: RunWatcher, run: R
         final_read = False
         try:
             with request_deadline(watcher.late_request_deadline()):
-                run = await client.get_run(watcher.run_id, DEFAULT_RUN_INCLUDES, job_id=job_id)
+                run = watcher.on_reread(run, await client.get_run(watcher.run_id, DEFAULT_RUN_INCLUDES, job_id=job_id))
         except TRANSIENT_POLL_ERRORS as exc:
             watcher.log.warning("Could not read run %s again after it finished: %s", watcher.run_id, exc)
     return run

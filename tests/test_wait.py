@@ -287,7 +287,9 @@ def test_timeout_message_says_still_queued_never_started() -> None:
     error = info.value
     assert error.phase == "queued" and error.status_at_deadline == "Queued"
     assert "still queued after 60" in str(error) and "never started" in str(error)
-    assert error.description == str(error) and error.run is not None and error.run.status is RunStatus.QUEUED
+    assert error.description.startswith("still queued after 60") and error.description in str(error)
+    assert "dbt Cloud run 7" in str(error) and "deadline of 600 s" in str(error)
+    assert error.run is not None and error.run.status is RunStatus.QUEUED
     assert error.waited_seconds == pytest.approx(601) and error.max_wait_seconds == 600
 
 
@@ -334,3 +336,13 @@ def test_wait_timed_out_keeps_its_old_constructor_and_pickles() -> None:
     from dbtcloud_api import wait
 
     assert wait.WaitTimedOut is WaitTimedOut  # still importable from where the flows import it
+
+
+def test_a_finished_run_read_again_as_running_keeps_its_finished_state() -> None:
+    def make(n: int) -> Answer:
+        return Answer(body=envelope(run_data(7, 10, finished=False) if n == 1 else run_data(7, 3)))
+
+    with ScriptedServer(answering(make)) as server:
+        with pytest.raises(DbtCloudMissingFinishedAtError):  # never a Running run handed back as the result
+            sync_wait(server, max_wait_seconds=30, finished_at_grace_seconds=1.5)
+        assert polls(server) >= 2
