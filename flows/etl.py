@@ -1,8 +1,10 @@
 """The ETL pattern a team copies: dbt Cloud job → gated Snowflake loads on its ``finished_at`` → audit → summary.
 
 On Error, Cancelled or the deadline the ``run_dbt_cloud_job`` subflow alerts and raises: nothing is loaded
-and this flow fails. ``dbt_cloud_etl_many`` runs several such pipelines concurrently, each with its own
-trigger-wait-branch, and fails after all have finished if any failed, naming each failure.
+and this flow fails. On Success every target is attempted, each on its own connection and in its own
+transaction; the flow fails after all of them if any failed, naming each. ``dbt_cloud_etl_many`` runs several
+such pipelines concurrently, each with its own trigger-wait-branch, and fails after all have finished if any
+failed, naming each failure.
 """
 
 from __future__ import annotations
@@ -20,9 +22,20 @@ from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials
 from flows.dbt_cloud import DbtCloudRunError, run_dbt_cloud_job
-from tasks.snowflake import LoadReport, LoadTarget, StaleDataError, load_incremental
+from tasks.snowflake import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    LoadReport,
+    LoadTarget,
+    describe_load_failure,
+    load_incremental,
+)
 
-__all__ = ["EtlFailed", "EtlPipeline", "EtlSummary", "dbt_cloud_etl", "dbt_cloud_etl_many"]
+__all__ = ["DEFAULT_LOOKBACK_SECONDS", "EtlFailed", "EtlPipeline", "EtlSummary", "dbt_cloud_etl", "dbt_cloud_etl_many"]
+
+# A business timestamp (UPDATED_AT of the source system) lags the dbt run that carries it: re-read the last hour.
+# Re-reading costs a compare, never a duplicate; 0 is exact only for a watermark dbt stamps as it writes the row.
+DEFAULT_LOOKBACK_SECONDS = 3600.0
 
 
 class EtlFailed(Exception):
@@ -58,7 +71,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "pipeline"
 
 
-def _connector(snowflake: SnowflakeConnector | str) -> SnowflakeConnector:
+def resolve_connector(snowflake: SnowflakeConnector | str) -> SnowflakeConnector:
+    """The connector block given, or the saved one of that name (with a clear error when there is none)."""
     if isinstance(snowflake, SnowflakeConnector):
         return snowflake
     try:
@@ -85,18 +99,24 @@ def dbt_cloud_etl(
     audit_table: str | None = None,
     check_newer_run: bool = True,
     check_model_built: bool = True,
+    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 ) -> EtlSummary:
     """Run dbt Cloud job ``job_id``; on Success load every target up to the run's ``finished_at`` and audit it.
 
     ``snowflake``: a prefect-snowflake ``SnowflakeConnector`` block or the name of a saved one.
     ``check_newer_run`` refuses a run not newer than the last one audited for a target; ``check_model_built``
     refuses a target whose source model did not build successfully in this run. Both refuse with nothing loaded.
+    ``lookback_seconds``: how far before the last watermark each window starts, for targets that do not set
+    their own. ``lock_timeout_seconds``/``statement_timeout_seconds`` bound each load's wait for its target's
+    lock and each statement.
     """
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to load after the dbt run.")
     name = pipeline or f"dbt-job-{job_id}"
-    connector = _connector(snowflake)
+    connector = resolve_connector(snowflake)
     dbt = run_dbt_cloud_job(
         job_id,
         credentials,
@@ -105,10 +125,12 @@ def dbt_cloud_etl(
         native_schedule=native_schedule,
         alert_blocks=alert_blocks,
     )
-    assert dbt.finished_at is not None, "a successful run always has finished_at"
+    if dbt.finished_at is None:  # the wait refuses such a run; never load without a watermark
+        raise EtlFailed(f"dbt Cloud run {dbt.run_id} succeeded without finished_at: no watermark, nothing loaded.")
     reports: list[LoadReport] = []
     failures: list[str] = []
     for target in targets:
+        # Every target is attempted: one failing (refused, or a database error) does not stop the others.
         try:
             reports.append(
                 load_incremental(
@@ -123,10 +145,14 @@ def dbt_cloud_etl(
                     audit_table=audit_table,
                     check_newer_run=check_newer_run,
                     check_model_built_ok=check_model_built,
+                    lookback_seconds=lookback_seconds,
+                    lock_timeout_seconds=lock_timeout_seconds,
+                    statement_timeout_seconds=statement_timeout_seconds,
                 )
             )
-        except (StaleDataError, ValueError) as exc:
-            failures.append(f"{target.name}: {exc}")
+        except Exception as exc:
+            failures.append(describe_load_failure(target.name, exc))
+            log.error("Load %s failed, nothing loaded for it: %s", target.name, failures[-1])
     summary = EtlSummary(
         pipeline=name,
         dbt_job_id=job_id,
@@ -137,23 +163,35 @@ def dbt_cloud_etl(
         loads=reports,
     )
     rows = "\n".join(
-        f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.watermark_from or 'start'} | "
-        f"{r.watermark_to.isoformat()} |"
+        f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.rows_updated} | {r.rows_null_key} | "
+        f"{r.rows_null_watermark} | {r.rows_future_watermark} | "
+        f"{r.watermark_from.isoformat() if r.watermark_from else 'start'} | "
+        f"{r.watermark_to.isoformat() if r.watermark_to else ''} |"
         for r in reports
     )
+    skipped = [r for r in reports if r.rows_skipped]
     create_markdown_artifact(
         key=f"dbt-cloud-etl-{_slug(name)}",
         markdown=(
             f"## {name}: dbt Cloud run [{dbt.run_id}]({dbt.url}) — {dbt.status}\n\n"
             f"finished_at (watermark): **{dbt.finished_at.isoformat()}**\n\n"
-            "| target | table | rows loaded | from | to |\n|---|---|---|---|---|\n"
+            "| target | table | rows written | of which changed | skipped: NULL key | skipped: NULL watermark | "
+            "skipped: watermark after the run | window from | to |\n|---|---|---|---|---|---|---|---|---|\n"
             + rows
-            + ("\n\n### Refused loads\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
+            + (
+                "\n\n**Rows skipped** (in no window, not loaded): "
+                + ", ".join(f"{r.target}: {r.rows_skipped}" for r in skipped)
+                if skipped
+                else ""
+            )
+            + ("\n\n### Failed or refused loads\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
         ),
         description=f"ETL cycle of {name}",
     )
     if failures:
-        raise EtlFailed(f"{len(failures)} load(s) of {name} refused or failed: " + "; ".join(failures))
+        raise EtlFailed(
+            f"{len(failures)} of {len(targets)} load(s) of {name} refused or failed: " + "; ".join(failures)
+        )
     log.info(
         "ETL %s: dbt run %s, finished_at %s, rows %s.",
         name,
@@ -181,8 +219,14 @@ def dbt_cloud_etl_many(
     alert_blocks: list[str] | None = None,
     check_newer_run: bool = True,
     check_model_built: bool = True,
+    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 ) -> list[EtlSummary]:
-    """Run several ETL pipelines concurrently; fail after all finished if any failed, naming each failed run."""
+    """Run several ETL pipelines concurrently; fail after all finished if any failed, naming each failed run.
+
+    The pipelines share the connector block, not a connection: every load opens a connection of its own.
+    """
     if not pipelines:
         raise ValueError("pipelines is empty.")
     options: dict[str, Any] = {
@@ -193,6 +237,9 @@ def dbt_cloud_etl_many(
         "alert_blocks": alert_blocks,
         "check_newer_run": check_newer_run,
         "check_model_built": check_model_built,
+        "lookback_seconds": lookback_seconds,
+        "lock_timeout_seconds": lock_timeout_seconds,
+        "statement_timeout_seconds": statement_timeout_seconds,
     }
     futures = [_pipeline_task.submit(item, snowflake, options) for item in pipelines]
     wait(futures)

@@ -52,6 +52,12 @@ class LoadLockTimeout(Exception):
     """A load could not take its target's write lock in time; nothing was loaded."""
 
 
+def describe_load_failure(name: str, exc: Exception) -> str:
+    """One line for a failed load: refusals as they are worded, other errors with their type."""
+    plain = isinstance(exc, StaleDataError | ValueError | LoadLockTimeout)
+    return f"{name}: {exc}" if plain else f"{name}: {type(exc).__name__}: {exc}"
+
+
 def quote_identifier(name: str, what: str = "identifier") -> str:
     """Quote one Snowflake identifier: a plain name upper-cased (as Snowflake resolves it unquoted), a name in
     double quotes exactly as written. Anything else is refused."""

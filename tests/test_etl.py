@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from flows.dbt_cloud import DbtCloudNativeScheduleOn, DbtCloudRunFailed, run_dbt
 from flows.demo import DEMO_TARGETS
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.etl import EtlFailed, EtlPipeline, dbt_cloud_etl, dbt_cloud_etl_many
+from flows.reconcile import dbt_cloud_reconcile
 from tests.conftest import ACCOUNT, TOKEN, WebhookReceiver
 from tests.test_flow import FAST, creds, saved_webhook
 
@@ -138,3 +139,46 @@ def test_native_schedule_policies(emulator: EmulatorServer, caplog: pytest.LogCa
     assert job.execute_steps == ["dbt build"] and job.name == "scheduled"  # the rest of the job as it was
     # Off now: "fail" runs.
     assert run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST).status == "Success"
+
+
+def add_order(connector: SnowflakeConnector, order_id: int, at: datetime) -> None:
+    with connector.get_connection() as connection:
+        connection.cursor().execute(
+            "INSERT INTO ANALYTICS.DBT_PROD.ORDERS VALUES (%(id)s, 1, 5, %(at)s)",
+            {"id": order_id, "at": at.astimezone(UTC).replace(tzinfo=None)},
+        )
+
+
+def test_a_late_row_is_loaded_by_the_next_cycle(emulator: EmulatorServer, snowflake: SnowflakeConnector) -> None:
+    first = dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), **FAST)
+    assert first.finished_at is not None
+    # Changed in the source system while the first dbt run ran: its UPDATED_AT is before that run's end, but
+    # it reaches the model only in the next run.
+    add_order(snowflake, 1001, first.finished_at - timedelta(seconds=1))
+    exact = dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), lookback_seconds=0, **FAST)
+    assert exact.rows_by_target == {"orders": 0}  # what every cycle did before: the row is in no window
+    again = dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), **FAST)  # default lookback
+    assert again.rows_by_target == {"orders": 1}
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS", "WHERE ORDER_ID = 1001") == 1
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 5
+
+
+def test_one_failing_target_does_not_stop_the_others(emulator: EmulatorServer, snowflake: SnowflakeConnector) -> None:
+    missing = ORDERS.model_copy(update={"name": "missing", "target_table": "ANALYTICS.MARTS.NO_SUCH_TABLE"})
+    with pytest.raises(EtlFailed, match=r"1 of 2 load\(s\) of .* failed: missing: ProgrammingError") as info:
+        dbt_cloud_etl(11, [missing, ORDERS], snowflake, creds(emulator), pipeline="partial", **FAST)
+    assert "orders" not in str(info.value).split("failed:")[1]
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4
+    with get_client(sync_client=True) as client:
+        artifact = next(a for a in client.read_artifacts() if a.key == "dbt-cloud-etl-partial")
+    assert "| orders |" in str(artifact.data) and "missing: ProgrammingError" in str(artifact.data)
+
+
+def test_reconcile_flow_repairs_drift(emulator: EmulatorServer, snowflake: SnowflakeConnector) -> None:
+    dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), **FAST)
+    with snowflake.get_connection() as connection:
+        connection.cursor().execute("DELETE FROM ANALYTICS.MARTS.ORDERS WHERE ORDER_ID = 2")
+    reports = dbt_cloud_reconcile([ORDERS], snowflake, pipeline="weekly")
+    assert [(r.target, r.kind, r.rows_loaded) for r in reports] == [("orders", "reconcile", 1)]
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4
+    assert count(snowflake, "ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT", "WHERE LOAD_KIND = 'reconcile'") == 1
