@@ -39,7 +39,7 @@ from dbtcloud_api.errors import (
     WaitTimedOut,
 )
 from dbtcloud_api.models import ModelResult, Run, RunStatus, parse_run_results
-from dbtcloud_api.polling import FixedInterval
+from dbtcloud_api.polling import FixedInterval, check_interval
 
 logger = logging.getLogger("dbtcloud_api.wait")
 
@@ -51,6 +51,7 @@ __all__ = [
     "WaitTimedOut",
     "await_run",
     "await_runs",
+    "check_wait_settings",
     "wait_for_run",
 ]
 
@@ -70,6 +71,18 @@ def _check_wait_seconds(name: str, value: object, *, allow_zero: bool = False) -
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'0 or more' if allow_zero else 'positive'}, got {value!r}")
     return float(value)
+
+
+def check_wait_settings(
+    max_wait_seconds: float, poll_interval_seconds: float | None = None, on_timeout: str | None = None
+) -> None:
+    """Refuse wait settings that would wait forever or poll flat out (NaN, infinity, 0, negative), or an unknown
+    ``on_timeout``, with a ``ValueError`` naming the setting. Call it before triggering anything."""
+    _check_wait_seconds("max_wait_seconds", max_wait_seconds)
+    if poll_interval_seconds is not None:
+        check_interval("poll_interval_seconds", poll_interval_seconds)
+    if on_timeout is not None and on_timeout not in ("cancel", "leave"):
+        raise ValueError(f"on_timeout must be 'cancel' or 'leave', got {on_timeout!r}")
 
 
 class PollSchedule(Protocol):
@@ -444,9 +457,7 @@ async def await_runs(
         check_id("run_id", run_id)
     for job_id in (job_ids or {}).values():
         check_id("job_id", job_id)
-    _check_wait_seconds("max_wait_seconds", max_wait_seconds)
-    if on_timeout not in ("cancel", "leave"):
-        raise ValueError(f"on_timeout must be 'cancel' or 'leave', got {on_timeout!r}")
+    check_wait_settings(max_wait_seconds, on_timeout=on_timeout)
 
     async def one(run_id: int) -> WaitOutcome:
         try:

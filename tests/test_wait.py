@@ -346,3 +346,20 @@ def test_a_finished_run_read_again_as_running_keeps_its_finished_state() -> None
         with pytest.raises(DbtCloudMissingFinishedAtError):  # never a Running run handed back as the result
             sync_wait(server, max_wait_seconds=30, finished_at_grace_seconds=1.5)
         assert polls(server) >= 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"max_wait_seconds": math.nan}, "max_wait_seconds"),
+        ({"max_wait_seconds": 10, "poll_interval_seconds": math.nan}, "poll_interval_seconds"),
+        ({"max_wait_seconds": 10, "poll_interval_seconds": math.inf}, "poll_interval_seconds"),
+        ({"max_wait_seconds": 10, "on_timeout": "ignore"}, "on_timeout"),
+    ],
+)
+def test_check_wait_settings_refuses_what_the_flows_must_not_start_with(settings: dict[str, Any], named: str) -> None:
+    from dbtcloud_api.wait import check_wait_settings
+
+    with pytest.raises(ValueError, match=named):
+        check_wait_settings(**settings)
+    check_wait_settings(600, 30, "leave")
