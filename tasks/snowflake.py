@@ -163,18 +163,6 @@ class LoadReport(BaseModel):
         return self.rows_null_key + self.rows_null_watermark + self.rows_future_watermark
 
 
-def _model_matches(model: ModelResult, wanted: str) -> bool:
-    if wanted.count(".") >= 2:
-        return model.unique_id == wanted
-    name, _, version = wanted.partition(".")
-    if model.name != name:
-        return False
-    if not version:
-        return True
-    have = str(getattr(model, "version", None) or "")
-    return have.lower().lstrip("v") == version.lower().lstrip("v") and have != ""
-
-
 def require_model_built(models: list[ModelResult], source_model: str) -> None:
     """Refuse when the source model did not build successfully in this run."""
     if not models:
@@ -185,7 +173,7 @@ def require_model_built(models: list[ModelResult], source_model: str) -> None:
     found = [
         m
         for m in models
-        if _model_matches(m, source_model) and (m.resource_type in (None, "model", "snapshot", "seed"))
+        if m.matches(source_model) and (m.resource_type in (None, "model", "snapshot", "seed"))
     ]
     if not found:
         raise StaleDataError(

@@ -420,3 +420,16 @@ def test_an_audit_table_of_an_earlier_version_is_upgraded(connector: SnowflakeCo
         load(connector, T0, run_id=1)
     report = load(connector, T0 + timedelta(minutes=10), run_id=2)
     assert report.watermark_from == T0 and target_rows(connector) == [(2, 20)]
+
+
+def test_the_model_guard_knows_versions() -> None:
+    v1 = ModelResult(unique_id="model.shop.dim_customers.v1", name="dim_customers", version="1", status="success")
+    v2 = ModelResult(unique_id="model.shop.dim_customers.v2", name="dim_customers", version="2", status="error")
+    require_model_built([v1, v2], "dim_customers.v1")
+    require_model_built([v1, v2], "model.shop.dim_customers.v1")
+    with pytest.raises(StaleDataError, match=r"model.shop.dim_customers.v2' ended 'error'"):
+        require_model_built([v1, v2], "dim_customers.v2")
+    with pytest.raises(StaleDataError, match="ended 'error'"):  # the bare name: every version must have built
+        require_model_built([v1, v2], "dim_customers")
+    with pytest.raises(StaleDataError, match="not built"):
+        require_model_built([v1, v2], "dim_customers.v3")
