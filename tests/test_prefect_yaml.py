@@ -16,6 +16,8 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 from rich.console import Console
 
+from tasks.snowflake import LoadTarget
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
 # What the deployments' templates resolve to in a real workspace (Prefect variables).
@@ -69,7 +71,7 @@ def resolve(value: Any) -> Any:
 
 def test_loads_as_the_cli_reads_it() -> None:
     configs = deployments()
-    assert {c["name"] for c in configs} == {"dbt-cloud-job", "nightly-etl"}
+    assert {c["name"] for c in configs} == {"dbt-cloud-job", "nightly-etl", "weekly-reconcile"}
     _, actions = _load_deploy_configs_and_actions(PREFECT_YAML, console=Console(quiet=True))
     assert actions["pull"] and "prefect.deployments.steps.set_working_directory" in actions["pull"][0]
 
@@ -96,9 +98,12 @@ def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) 
     parameters = resolve(deployment["parameters"])
     validated = flow.validate_parameters(parameters)
     assert set(validated) >= set(parameters)
-    assert isinstance(validated["job_id"], int) and validated["job_id"] == 987654
-    # No account IDs or tokens written into the file: they come from variables and blocks.
-    assert isinstance(deployment["parameters"]["job_id"], str) and "{{" in deployment["parameters"]["job_id"]
+    if "job_id" in parameters:
+        assert isinstance(validated["job_id"], int) and validated["job_id"] == 987654
+        # No account IDs or tokens written into the file: they come from variables and blocks.
+        assert isinstance(deployment["parameters"]["job_id"], str) and "{{" in deployment["parameters"]["job_id"]
+    for target in validated.get("targets", []):
+        assert LoadTarget.model_validate(target).lookback_seconds is not None
     assert "api_token" not in yaml.safe_dump(raw())
 
 
