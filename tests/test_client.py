@@ -559,7 +559,7 @@ def test_request_deadline_bounds_a_call_whatever_the_server_does() -> None:
                 started = time.monotonic()
                 with request_deadline(started + 1.0), pytest.raises(DbtCloudDeadlineExceeded, match="deadline"):
                     c.get_run(7)
-                assert time.monotonic() - started < 1.5
+                assert time.monotonic() - started < 2.5  # not 40 s, not the whole trickle
                 # A trigger cut by the deadline may have started a run: ambiguous, never resent.
                 with request_deadline(time.monotonic() + 0.5), pytest.raises(DbtCloudAmbiguousTriggerError):
                     c.trigger_job_run(11, "cut")
@@ -576,7 +576,7 @@ def test_total_timeout_ends_an_attempt_that_trickles() -> None:
             started = time.monotonic()
             with pytest.raises(DbtCloudTransportError, match="gave up after 2 attempt"):
                 c.get_run(7)
-            assert 1.3 < time.monotonic() - started < 2.5
+            assert 1.3 < time.monotonic() - started < 4
         assert len(server.seen) == 2
 
 
@@ -591,7 +591,7 @@ def test_no_retry_sleeps_past_the_deadline(emulator: EmulatorServer) -> None:
         started = time.monotonic()
         with request_deadline(started + 2), pytest.raises(DbtCloudRateLimitError):
             c.get_job(11)
-        assert time.monotonic() - started < 0.5  # the 30 s Retry-After does not fit: no sleep
+        assert time.monotonic() - started < 1.5  # the 30 s Retry-After does not fit: no sleep
         # The account is now held back 30 s by the 429: a call due in 2 s is not even sent.
         sent = len(emulator.emulator.requests)
         with request_deadline(time.monotonic() + 2), pytest.raises(DbtCloudDeadlineExceeded, match="rate limit"):
