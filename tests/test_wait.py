@@ -363,3 +363,18 @@ def test_check_wait_settings_refuses_what_the_flows_must_not_start_with(settings
     with pytest.raises(ValueError, match=named):
         check_wait_settings(**settings)
     check_wait_settings(600, 30, "leave")
+
+
+def test_emulator_success_without_finished_at_never_reaches_the_caller(spec_validator: Any) -> None:
+    from dbtcloud_api.emulator import Emulator, JobSpec
+
+    job = JobSpec(
+        id=21, name="no-finish", queue_seconds=0.05, start_seconds=0.05, run_seconds=0.2, finished_at_missing=True
+    )
+    with EmulatorServer(Emulator([job], account_id=ACCOUNT, token=TOKEN, validator=spec_validator)) as server:
+        with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as client:
+            run = client.trigger_job_run(21, "no finish")
+            with pytest.raises(DbtCloudMissingFinishedAtError, match="no watermark"):
+                wait_for_run(
+                    client, run.id, schedule=FAST, max_wait_seconds=30, finished_at_grace_seconds=1.5, job_id=21
+                )
