@@ -5,10 +5,10 @@ watermark and the newer-run guard are keyed on the load, source table and target
 sources feeding one target keep a watermark each. Rows written before the source was recorded (SOURCE_TABLE
 NULL) count for every source of their target.
 
-The lock table (``DBT_CLOUD_GATE_LOCKS`` beside the audit table) holds one row per target table. A load updates
+The lock table (``DBT_CLOUD_GATE_LOCKS`` beside the target) holds one row per target table. A load updates
 its target's row as the first statement of its transaction and holds it until COMMIT, so loads of one target
 serialize, and the guard read that follows sees every load committed before it. In Snowflake an UPDATE locks
-the whole lock table, so loads whose audit tables share a schema serialize (loads take seconds; correctness
+the whole lock table, so loads whose targets share a schema serialize (loads take seconds; correctness
 first); a blocked statement waits up to the session's LOCK_TIMEOUT. fakesnow (DuckDB's MVCC) does not wait: a
 second writer of the row fails at once, so the caller retries its transaction until its lock budget runs out.
 """

@@ -170,11 +170,7 @@ def require_model_built(models: list[ModelResult], source_model: str) -> None:
             f"The dbt run has no per-model results, so it is unknown whether {source_model!r} was rebuilt; "
             "nothing loaded (set check_model_built=False to load anyway)."
         )
-    found = [
-        m
-        for m in models
-        if m.matches(source_model) and (m.resource_type in (None, "model", "snapshot", "seed"))
-    ]
+    found = [m for m in models if m.matches(source_model) and (m.resource_type in (None, "model", "snapshot", "seed"))]
     if not found:
         raise StaleDataError(
             f"dbt model {source_model!r} was not built in this run (it is in no step's run_results.json); "
@@ -238,16 +234,29 @@ def _take_lock(cursor: Any, lock_parts: list[str], key: str, budget: float, stat
             return
         except Exception as exc:
             last = exc
-            audit.run(cursor, "ROLLBACK", timeout=statement_timeout)
+            _rollback(cursor, statement_timeout, None)
         if time.monotonic() + 0.25 >= deadline:
             break
         time.sleep(0.25)
     raise LoadLockTimeout(
         f"Waited {budget:.0f} s for the write lock of {key} (row {key!r} of {q.table_display(lock_parts)}): "
-        "another load of this target holds it, or a transaction of a crashed worker is still open (Snowflake "
-        "ends it with its session; ABORT the session's transaction to free it now). Nothing was loaded; raise "
+        "another load of this target holds it, or a transaction of a killed worker is still open (Snowflake "
+        "rolls it back when that session expires; SHOW LOCKS names it and SELECT SYSTEM$ABORT_TRANSACTION(<id>) "
+        "frees it now). Nothing was loaded; raise "
         f"lock_timeout_seconds to wait longer. Last error: {type(last).__name__}: {last}"
     ) from None
+
+
+def _rollback(cursor: Any, timeout: float, log: Any) -> None:
+    """Roll back; a failure to (a lost connection) must not hide the error that caused it. Snowflake rolls
+    back a transaction whose session ends."""
+    try:
+        audit.run(cursor, "ROLLBACK", timeout=timeout)
+    except Exception as exc:
+        if log is not None:
+            log.warning(
+                "ROLLBACK failed (%s: %s); the session's end rolls the transaction back.", type(exc).__name__, exc
+            )
 
 
 def _resolve_shape(cursor: Any, target: LoadTarget, timeout: float) -> q.LoadShape:
@@ -318,7 +327,8 @@ def run_load(
     source_parts = q.split_table(target.source_table, "source table")
     target_parts = q.split_table(target.target_table, "target table")
     audit_parts = q.split_table(audit_table or default_audit_table(target.target_table), "audit table")
-    lock_parts = audit.sibling(audit_parts, audit.LOCK_TABLE)
+    # Beside the target, so that every load of one target shares it, whatever audit table each names.
+    lock_parts = audit.sibling(target_parts, audit.LOCK_TABLE)
     source_name, target_name = q.table_display(source_parts), q.table_display(target_parts)
     connection = open_load_connection(connector, lock_timeout_seconds=lock_timeout, statement_timeout_seconds=timeout)
     try:
@@ -405,7 +415,7 @@ def run_load(
             )
             audit.run(cursor, "COMMIT", timeout=timeout)
         except BaseException:
-            audit.run(cursor, "ROLLBACK", timeout=timeout)
+            _rollback(cursor, timeout, log)
             raise
     finally:
         connection.close()
