@@ -85,7 +85,8 @@ async def watch(url: str, job_ids: list[int], rate: float, poll_interval: float)
     lags, late = [], 0
     for outcome in outcomes:
         run = outcome.run
-        assert run is not None and run.status is RunStatus.SUCCESS and run.finished_at is not None, outcome
+        if run is None or run.status is not RunStatus.SUCCESS or run.finished_at is None:
+            raise RuntimeError(f"a bench run did not succeed with a finished_at: {outcome}")
         # The wait returns right after the terminal poll; lag = that moment minus the run's real end.
         lag = outcome.detected_at - run.finished_at.timestamp() if outcome.detected_at else seen_at
         lags.append(lag)
