@@ -105,12 +105,24 @@ def dbt_cloud_etl(
 ) -> EtlSummary:
     """Run dbt Cloud job ``job_id``; on Success load every target up to the run's ``finished_at`` and audit it.
 
-    ``snowflake``: a prefect-snowflake ``SnowflakeConnector`` block or the name of a saved one.
-    ``check_newer_run`` refuses a run not newer than the last one audited for a target; ``check_model_built``
-    refuses a target whose source model did not build successfully in this run. Both refuse with nothing loaded.
-    ``lookback_seconds``: how far before the last watermark each window starts, for targets that do not set
-    their own. ``lock_timeout_seconds``/``statement_timeout_seconds`` bound each load's wait for its target's
-    lock and each statement.
+    Args:
+        job_id: The dbt Cloud job to trigger.
+        targets: The loads gated on the run: source model table, target table, key and watermark columns.
+        snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
+        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
+            DBT_CLOUD_* environment variables.
+        pipeline: A label for logs, the artifact and the audit history; default dbt-job-<job_id>.
+        poll_interval_seconds: How often to poll the run (the adaptive schedule's base interval).
+        max_wait_seconds: Give up on the run after this long (it is then cancelled, and the flow fails).
+        native_schedule: What to do when the job's own dbt Cloud schedule is on: warn, fail, or disable it.
+        alert_blocks: Notification blocks alerted when the run fails, as type-slug/name.
+        audit_table: The audit table; default DBT_CLOUD_GATE_AUDIT beside each target.
+        check_newer_run: Refuse a run that finished no later than the last one loaded for a target.
+        check_model_built: Refuse a target whose source model did not build successfully in this run.
+        lookback_seconds: Start each window this long before the last watermark (targets may set their own);
+            0 is exact only for a watermark dbt stamps as it writes the row.
+        lock_timeout_seconds: How long a load waits for its target's write lock before failing.
+        statement_timeout_seconds: The longest any one statement of a load may run.
     """
     log = get_run_logger()
     if not targets:
@@ -226,6 +238,21 @@ def dbt_cloud_etl_many(
     """Run several ETL pipelines concurrently; fail after all finished if any failed, naming each failed run.
 
     The pipelines share the connector block, not a connection: every load opens a connection of its own.
+
+    Args:
+        pipelines: The pipelines: each a dbt Cloud job and the loads gated on it.
+        snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
+        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
+            DBT_CLOUD_* environment variables.
+        poll_interval_seconds: How often to poll each run (the adaptive schedule's base interval).
+        max_wait_seconds: Give up on a run after this long (it is then cancelled, and its pipeline fails).
+        native_schedule: What to do when a job's own dbt Cloud schedule is on: warn, fail, or disable it.
+        alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
+        check_newer_run: Refuse a run that finished no later than the last one loaded for a target.
+        check_model_built: Refuse a target whose source model did not build successfully in its run.
+        lookback_seconds: Start each window this long before the last watermark (targets may set their own).
+        lock_timeout_seconds: How long a load waits for its target's write lock before failing.
+        statement_timeout_seconds: The longest any one statement of a load may run.
     """
     if not pipelines:
         raise ValueError("pipelines is empty.")

@@ -122,3 +122,13 @@ def test_bad_cron_or_zone_would_be_caught() -> None:
         CronSchedule(cron="61 * * * *", timezone="UTC")
     with pytest.raises(ValueError):
         CronSchedule(cron="0 5 * * *", timezone="Europe/Londn")
+
+
+def test_no_job_is_triggered_by_two_active_schedules() -> None:
+    # The pipeline owns the schedule: two active schedules reading one job variable run that job twice.
+    active: dict[str, list[str]] = {}
+    for deployment in raw()["deployments"]:
+        job = deployment.get("parameters", {}).get("job_id")
+        if job is not None and any(s.get("active", True) for s in deployment.get("schedules", [])):
+            active.setdefault(str(job), []).append(deployment["name"])
+    assert active and all(len(names) == 1 for names in active.values()), active
