@@ -272,8 +272,12 @@ def _resolve_shape(cursor: Any, target: LoadTarget, timeout: float) -> q.LoadSha
     watermark = q.resolve_name(target.watermark_column, "watermark column")
     missing = [name for name in [*keys, watermark] if name not in columns]
     if missing:
-        hints = [f"{name!r} (the source has {c!r}: write it in double quotes)" for name in missing for c in columns]
-        hints = [h for h in hints if h.split("'")[1].lower() == h.split("'")[3].lower()]
+        hints = [
+            f"{name!r} (the source has {c!r}: write it in double quotes, {q.render_name(c)!r})"
+            for name in missing
+            for c in columns
+            if c.lower() == name.lower()
+        ]
         raise ValueError(
             f"Columns {missing} of load {target.name!r} are not among the copied columns {columns}"
             + (f": {'; '.join(hints)}" if hints else "")
@@ -319,7 +323,7 @@ def run_load(
     """One load or reconcile of ``target`` and its audit row, in one transaction after the target's lock."""
     lock_timeout = _seconds(lock_timeout_seconds, "lock_timeout_seconds")
     timeout = _seconds(statement_timeout_seconds, "statement_timeout_seconds")
-    finished_at = dbt_finished_at.astimezone(UTC) if dbt_finished_at is not None else None
+    finished_at = audit.aware(dbt_finished_at)  # a naive value is UTC, never the machine's local time
     if kind == "incremental" and finished_at is None:
         raise StaleDataError(
             f"Load {target.name!r}: the dbt run has no finished_at, so there is no watermark; nothing loaded."

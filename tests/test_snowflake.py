@@ -283,7 +283,9 @@ def test_every_name_snowflake_accepts_in_quotes_works(connector: SnowflakeConnec
     assert sql(connector, 'SELECT "order id", "pct%%", "Mixed" FROM SRC.MARTS."odd %%table"', {"x": 1}) == [(1, 3, "x")]
     # A plain name resolves upper-cased, as in Snowflake: the error says how to name the quoted column.
     plain = odd.model_copy(update={"key_columns": ["order_id"], "watermark_column": "updated_at"})
-    with pytest.raises(ValueError, match=r"'UPDATED_AT' \(the source has 'updated_at': write it in double quotes"):
+    with pytest.raises(
+        ValueError, match=r"'UPDATED_AT' \(the source has 'updated_at': write it in double quotes, '\"updated_at\"'"
+    ):
         load(connector, T0, run_id=2, target=plain, check_newer_run=False)
 
 
