@@ -24,7 +24,7 @@ from dbtcloud_api.emulator import EmulatorServer, demo_emulator
 from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from flows.dbt_cloud import DbtCloudRunError
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
-from flows.etl import EtlSummary, dbt_cloud_etl
+from flows.etl import EtlFailed, EtlSummary, dbt_cloud_etl
 from tasks.snowflake import LoadTarget
 
 DEMO_TARGETS = [
@@ -91,11 +91,18 @@ def _report(run: Callable[[], EtlSummary]) -> int:
     try:
         summary = run()
     except DbtCloudRunError as exc:
-        print(f"run_id={exc.run_id} status={exc.status} url={exc.url} (nothing loaded)")
+        print(f"run_id={exc.run_id} status={exc.status} url={exc.url} (nothing loaded): {exc}")
+        return 1
+    except EtlFailed as exc:  # the dbt run succeeded; some loads were refused or failed (the others loaded)
+        print(f"ETL failed: {exc}")
         return 1
     finished = summary.finished_at.isoformat() if summary.finished_at else None
     rows = " ".join(f"{name}={count}" for name, count in summary.rows_by_target.items())
-    print(f"run_id={summary.dbt_run_id} status={summary.dbt_status} finished_at={finished} rows_loaded: {rows}")
+    skipped = " ".join(f"{load.target}={load.rows_skipped}" for load in summary.loads if load.rows_skipped)
+    print(
+        f"run_id={summary.dbt_run_id} status={summary.dbt_status} finished_at={finished} rows_loaded: {rows}"
+        + (f" rows_skipped: {skipped}" if skipped else "")
+    )
     return 0
 
 
