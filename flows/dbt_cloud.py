@@ -8,6 +8,9 @@ there unless it asks for the state (``return_state=True``).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,21 +24,29 @@ from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbtcloud_api import DbtCloudError, ModelResult, Run, RunStatus, run_url
+from dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
 from dbtcloud_api.client import TRIGGER_OVERRIDES
+from dbtcloud_api.errors import DbtCloudResponseError
 from dbtcloud_api.wait import WaitTimedOut
 from tasks.dbt_cloud import (
     DbtCloudJobAlreadyRunning,
     DbtCloudNativeScheduleOn,
+    cancel_dbt_cloud_run,
+    carries_scope_key,
     cause_with_key,
     check_native_schedule,
+    deadline_description,
     fetch_run_results,
     find_run_in_flight,
+    has_model_results,
     idempotency_key,
+    key_marker,
+    key_scope,
     retry_dbt_cloud_run,
     send_alerts,
     trigger_dbt_cloud_job,
     wait_for_dbt_cloud_run,
+    wait_timeout_seconds,
 )
 
 __all__ = [
@@ -44,6 +55,7 @@ __all__ = [
     "DbtCloudRunCancelled",
     "DbtCloudRunError",
     "DbtCloudRunFailed",
+    "DbtCloudRunInvalid",
     "DbtCloudRunResult",
     "DbtCloudRunTimedOut",
     "run_dbt_cloud_job",
@@ -84,7 +96,13 @@ class DbtCloudRunCancelled(DbtCloudRunError):
 
 
 class DbtCloudRunTimedOut(DbtCloudRunError):
-    """The run reached no terminal status before ``max_wait_seconds``."""
+    """The run reached no terminal status before ``max_wait_seconds``; the message says where it stood then
+    ("still queued after 600 s, never started" or "running for 540 s")."""
+
+
+class DbtCloudRunInvalid(DbtCloudRunError):
+    """dbt Cloud's answer about the run cannot be used: a Success without ``finished_at`` (no watermark), or an
+    answer that is not that run. Nothing downstream may run on it."""
 
 
 class DbtCloudRunResult(BaseModel):
@@ -109,11 +127,56 @@ OUTCOMES: dict[RunStatus, tuple[Outcome, type[DbtCloudRunError] | None]] = {
     RunStatus.ERROR: ("failed", DbtCloudRunFailed),
     RunStatus.CANCELLED: ("cancelled", DbtCloudRunCancelled),
 }
+NO_WATERMARK = "dbt Cloud reported Success without finished_at: there is no watermark, so nothing downstream may use it"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run's end means for the flow: its outcome, the error to raise (``None`` on success), and why."""
+
+    outcome: Outcome
+    error: type[DbtCloudRunError] | None
+    detail: str
+
+
+def judge(run: Run | None, *, deadline: str | None = None, left_running: bool = False) -> Verdict:
+    """The one mapping from how a wait ended to an outcome, for every flow: ``deadline`` (where the run stood when
+    it passed) when the wait timed out; a Success without ``finished_at`` is never a success."""
+    if deadline is not None:
+        left = "left running" if left_running else "cancelled"
+        return Verdict("timed-out", DbtCloudRunTimedOut, f"Timed out: {deadline}; the dbt Cloud run was {left}.")
+    if run is None:
+        return Verdict("failed", DbtCloudRunFailed, "The run was never read.")
+    known = run.known_status
+    if known is RunStatus.SUCCESS and run.finished_at is None:
+        return Verdict("failed", DbtCloudRunInvalid, f"{NO_WATERMARK}.")
+    outcome, error = OUTCOMES.get(known, ("failed", DbtCloudRunFailed)) if known else ("failed", DbtCloudRunFailed)
+    return Verdict(outcome, error, run.status_message or "")
 
 
 def build_result(
-    run: Run, job_id: int, credentials: DbtCloudCredentials, models: list[ModelResult]
+    run: Run,
+    job_id: int,
+    credentials: DbtCloudCredentials,
+    models: list[ModelResult],
+    *,
+    require_watermark: bool = True,
 ) -> DbtCloudRunResult:
+    """The result handed downstream. A Success without ``finished_at`` is refused (``DbtCloudRunInvalid``) unless
+    ``require_watermark=False``, which only the failure report (alert, artifacts, event) asks for."""
+    url = (
+        run.href
+        if run.href and run.href.startswith("http")
+        else run_url(credentials.access_url, credentials.account_id, run.id, run.project_id)
+    )
+    if require_watermark and run.known_status is RunStatus.SUCCESS and run.finished_at is None:
+        raise DbtCloudRunInvalid(
+            f"dbt Cloud run {run.id} of job {job_id}: {NO_WATERMARK}.",
+            run_id=run.id,
+            status=run.status_label,
+            url=url,
+            job_id=job_id,
+        )
     duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
     queued = (run.started_at - run.created_at).total_seconds() if run.started_at and run.created_at else None
     return DbtCloudRunResult(
@@ -126,9 +189,7 @@ def build_result(
         finished_at=run.finished_at,
         duration_seconds=duration,
         queued_seconds=queued,
-        url=run.href
-        if run.href and run.href.startswith("http")
-        else run_url(credentials.access_url, credentials.account_id, run.id, run.project_id),
+        url=url,
         cause=run.trigger.cause if run.trigger else None,
         models=models,
     )
@@ -165,7 +226,7 @@ def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> No
         key=f"{key}-models",
         table=[
             {
-                "model": m.name,
+                "model": m.label,
                 "type": m.resource_type or "",
                 "status": m.status,
                 "seconds": m.execution_time,
@@ -217,29 +278,76 @@ def alert_body(result: DbtCloudRunResult, outcome: Outcome, run: Run | None, det
         lines += [f"Failed step {step.index}: {step.name}", "Last log lines:", *step.last_log_lines(10)]
     failing = [m for m in result.models if m.status in ("error", "fail", "runtime error")]
     if failing:
-        lines.append("Failing models: " + ", ".join(f"{m.name} ({m.status})" for m in failing))
+        lines.append("Failing models: " + ", ".join(f"{m.label} ({m.status})" for m in failing))
     return "\n".join(lines)
+
+
+# What a flow run needs to cancel its dbt Cloud runs, kept in this process: the stored parameters hold a block
+# instance's token masked, so the on_cancellation hook reads it here first (bounded: the newest flow runs only).
+_CANCEL_CONTEXT: OrderedDict[str, tuple[DbtCloudCredentials, str]] = OrderedDict()
+_CANCEL_CONTEXT_LOCK = threading.Lock()
+_CANCEL_CONTEXT_SIZE = 1024
+
+
+def remember_for_cancellation(credentials: DbtCloudCredentials, scope: str) -> None:
+    """Keep the resolved credentials and the key scope of the current flow run for its cancellation hook."""
+    flow_run_id = runtime_flow_run.get_id()
+    if not flow_run_id:
+        return
+    with _CANCEL_CONTEXT_LOCK:
+        _CANCEL_CONTEXT[str(flow_run_id)] = (credentials, scope)
+        _CANCEL_CONTEXT.move_to_end(str(flow_run_id))
+        while len(_CANCEL_CONTEXT) > _CANCEL_CONTEXT_SIZE:
+            _CANCEL_CONTEXT.popitem(last=False)
+
+
+def _is_masked(token: object) -> bool:
+    return isinstance(token, str) and bool(token) and set(token) == {"*"}
+
+
+def credentials_of_flow_run(flow_run: FlowRun) -> DbtCloudCredentials:
+    """The credentials a flow run used, however they were passed: kept in this process, a saved block (by its
+    document ID or name, also when given as an instance whose stored token is masked), or the environment."""
+    with _CANCEL_CONTEXT_LOCK:
+        kept = _CANCEL_CONTEXT.get(str(flow_run.id))
+    if kept is not None:
+        return kept[0]
+    reference = (flow_run.parameters or {}).get("credentials")
+    if not isinstance(reference, dict):
+        return resolve_credentials(reference)
+    if not _is_masked(reference.get("api_token")):
+        return DbtCloudCredentials.model_validate(reference)
+    document_id = reference.get("_block_document_id")
+    name = reference.get("_block_document_name")
+    if document_id:
+        loaded = DbtCloudCredentials.load_from_ref(str(document_id))
+        if isinstance(loaded, DbtCloudCredentials):
+            return loaded
+    if name:
+        return resolve_credentials(str(name))
+    raise DbtCloudConfigError(
+        "The flow run was given an unsaved DbtCloudCredentials block and runs in another process: its stored "
+        "parameters hold the token masked. Save the block and pass it, or its name, so a cancellation can reach "
+        "the dbt Cloud run."
+    )
 
 
 def cancel_runs_of_flow_run(flow: Flow[..., Any], flow_run: FlowRun, job_ids: list[int]) -> None:
     """Cancel the unfinished dbt Cloud runs a Prefect flow run started (found by the key in their cause)."""
     log = flow_run_logger(flow_run, flow)
-    parameters = flow_run.parameters or {}
     try:
-        reference = parameters.get("credentials")
-        if isinstance(reference, dict):
-            creds = DbtCloudCredentials.model_validate(reference)
-        else:
-            creds = resolve_credentials(reference)
+        with _CANCEL_CONTEXT_LOCK:
+            kept = _CANCEL_CONTEXT.get(str(flow_run.id))
+        scope = kept[1] if kept is not None else key_scope(flow_run.id)
+        creds = credentials_of_flow_run(flow_run)
         with creds.get_client() as client:
             for job_id in sorted(set(job_ids)):
-                # The key without its closing bracket also matches the keys of a job started several times.
-                marker = idempotency_key(job_id, str(flow_run.id)).rstrip("]")
-                for run in client.find_runs_by_cause(job_id, marker, max_runs=100):
-                    if not run.is_terminal:
+                for run in client.find_runs_by_cause(job_id, key_marker(job_id, scope), max_runs=100):
+                    cause = run.trigger.cause if run.trigger else None
+                    if carries_scope_key(cause, job_id, scope) and not run.is_terminal:
                         client.cancel_run(run.id)
                         log.warning("Prefect flow run cancelled: cancelled dbt Cloud run %s of job %s.", run.id, job_id)
-    except (DbtCloudError, ValueError) as exc:
+    except Exception as exc:  # a hook must not raise; say why the dbt Cloud run may still be running
         log.error("Prefect flow run cancelled, but the dbt Cloud runs could not be cancelled: %s", exc)
 
 
@@ -291,12 +399,19 @@ def run_dbt_cloud_job(
     time, outside this pipeline): "warn" (log how to turn it off), "fail" (refuse), "disable" (turn it off through
     the API and note in the job's description which Prefect deployment owns it).
     ``alert_blocks``: saved notification blocks as ``type-slug/name`` (``slack-webhook/data-team``).
+
+    The run is tied to this place in the Prefect run tree (see ``tasks.dbt_cloud.key_scope``): a retry of this flow
+    run, or of any flow above it, waits on the run already started instead of starting another. The wait task's
+    Prefect timeout is a backstop ``max_wait_seconds`` + 120 s; the trigger task retries transient failures.
     """
     log = get_run_logger()
     if job_id <= 0:
         raise ValueError(f"job_id must be a positive dbt Cloud job ID, got {job_id}.")
-    if poll_interval_seconds <= 0 or max_wait_seconds <= 0:
-        raise ValueError("poll_interval_seconds and max_wait_seconds must be positive.")
+    if not (0 < poll_interval_seconds < float("inf")) or not (0 < max_wait_seconds < float("inf")):
+        raise ValueError(
+            "poll_interval_seconds and max_wait_seconds must be positive, finite numbers of seconds, got "
+            f"{poll_interval_seconds!r} and {max_wait_seconds!r}."
+        )
     creds = resolve_credentials(credentials)
     token = creds.api_token.get_secret_value()
     overrides = {
@@ -318,13 +433,18 @@ def run_dbt_cloud_job(
         }.items()
         if value is not None
     }
-    assert set(overrides) <= set(TRIGGER_OVERRIDES)
+    unknown = set(overrides) - set(TRIGGER_OVERRIDES)
+    if unknown:  # pragma: no cover - the flow's parameters and the client's list must agree
+        raise RuntimeError(f"trigger overrides {sorted(unknown)} are not known to the client")
 
+    scope = key_scope()
+    remember_for_cancellation(creds, scope)
     check_native_schedule(creds, job_id, native_schedule)
-    run_id = _start_run(creds, job_id, cause, overrides, if_running, retry_failed_run_id)
+    run_id = _start_run(creds, job_id, cause, overrides, if_running, retry_failed_run_id, scope)
     run: Run | None
+    deadline: str | None = None
     try:
-        run = wait_for_dbt_cloud_run(
+        run = wait_for_dbt_cloud_run.with_options(timeout_seconds=wait_timeout_seconds(max_wait_seconds))(
             creds,
             run_id,
             poll_interval_seconds=poll_interval_seconds,
@@ -333,14 +453,50 @@ def run_dbt_cloud_job(
             job_id=job_id,
             adaptive_polling=adaptive_polling,
         )
-        timed_out = False
     except WaitTimedOut as exc:
-        run, timed_out = exc.run, True
+        run, deadline = exc.run, deadline_description(exc)
+    except TimeoutError:  # the task's own backstop: the wait hung past its deadline
+        run, deadline = None, f"the wait did not end within its {wait_timeout_seconds(max_wait_seconds):g} s backstop"
+        if on_timeout == "cancel":
+            try:
+                run = cancel_dbt_cloud_run(creds, run_id)
+            except DbtCloudError as cancel_error:
+                log.error("Cancelling dbt Cloud run %s after the backstop failed: %s", run_id, cancel_error)
+    except DbtCloudResponseError as exc:  # a Success without finished_at, another run's data: never a success
+        return _fail(creds, job_id, run_id, None, Verdict("failed", DbtCloudRunInvalid, str(exc)), alert_blocks, token)
 
+    verdict = judge(run, deadline=deadline, left_running=on_timeout == "leave")
     models: list[ModelResult] = []
-    if run is not None and run.status in (RunStatus.SUCCESS, RunStatus.ERROR) and run.artifacts_saved is not False:
-        models = fetch_run_results(creds, run_id)
-    if run is None:  # never read before the deadline: report what is known
+    if deadline is None and has_model_results(run):
+        models = fetch_run_results(creds, run_id, run)
+    if verdict.error is not None:
+        return _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models)
+    if run is None:  # pragma: no cover - judge() never calls an unread run a success
+        raise RuntimeError("a run that was never read cannot be a success")
+    result = build_result(run, job_id, creds, models)
+    _publish(result, verdict.outcome, run)
+    log.info(
+        "dbt Cloud run %s of job %s succeeded; finished_at=%s.",
+        result.run_id,
+        job_id,
+        result.finished_at.isoformat() if result.finished_at else None,
+    )
+    return result
+
+
+def _fail(
+    creds: DbtCloudCredentials,
+    job_id: int,
+    run_id: int,
+    run: Run | None,
+    verdict: Verdict,
+    alert_blocks: list[str] | None,
+    token: str,
+    models: list[ModelResult] | None = None,
+) -> DbtCloudRunResult:
+    """Publish the failure (artifacts, event), send the alerts, and raise ``verdict.error``."""
+    log = get_run_logger()
+    if run is None:  # never read, or refused: report what is known
         result = DbtCloudRunResult(
             run_id=run_id,
             job_id=job_id,
@@ -354,38 +510,26 @@ def run_dbt_cloud_job(
             cause=None,
         )
     else:
-        result = build_result(run, job_id, creds, models)
-
-    if timed_out:
-        outcome: Outcome = "timed-out"
-        error_cls: type[DbtCloudRunError] | None = DbtCloudRunTimedOut
-        left = "left running" if on_timeout == "leave" else "cancelled"
-        detail = f"No terminal status within {max_wait_seconds:g} s; the dbt Cloud run was {left}."
+        result = build_result(run, job_id, creds, models or [], require_watermark=False)
+    _publish(result, verdict.outcome, run)
+    outcome = verdict.outcome.replace("-", " ")
+    if verdict.outcome == "timed-out":
+        message = f"dbt Cloud run {run_id} of job {job_id} {verdict.detail[0].lower()}{verdict.detail[1:]} "
+        message += f"Status now {result.status}: {result.url}"
+    elif verdict.error is DbtCloudRunInvalid:
+        message = f"dbt Cloud run {run_id} of job {job_id} cannot be used: {verdict.detail} ({result.url})"
     else:
-        assert run is not None
-        known = run.known_status
-        outcome, error_cls = (
-            OUTCOMES.get(known, ("failed", DbtCloudRunFailed)) if known else ("failed", DbtCloudRunFailed)
-        )
-        detail = run.status_message or ""
-    _publish(result, outcome, run)
-
-    if error_cls is None:
-        log.info(
-            "dbt Cloud run %s of job %s succeeded; finished_at=%s.",
-            result.run_id,
-            job_id,
-            result.finished_at.isoformat() if result.finished_at else None,
-        )
-        return result
-
-    message = f"dbt Cloud run {result.run_id} of job {job_id} {outcome} (status {result.status}): {result.url}"
+        message = f"dbt Cloud run {run_id} of job {job_id} {outcome} (status {result.status}): {result.url}"
     if alert_blocks:
         send_alerts(
-            alert_blocks, f"dbt Cloud job {job_id} {outcome}", alert_body(result, outcome, run, detail), secret=token
+            alert_blocks,
+            f"dbt Cloud job {job_id} {verdict.outcome}",
+            alert_body(result, verdict.outcome, run, verdict.detail),
+            secret=token,
         )
     log.error(message)
-    raise error_cls(message, run_id=result.run_id, status=result.status, url=result.url, job_id=job_id)
+    error = verdict.error or DbtCloudRunFailed
+    raise error(message, run_id=result.run_id, status=result.status, url=result.url, job_id=job_id)
 
 
 def _start_run(
@@ -395,10 +539,11 @@ def _start_run(
     overrides: dict[str, Any],
     if_running: str,
     retry_failed_run_id: int | None,
+    scope: str,
 ) -> int:
     log = get_run_logger()
     if retry_failed_run_id is not None:
-        return retry_dbt_cloud_run(creds, retry_failed_run_id)
+        return retry_dbt_cloud_run(creds, retry_failed_run_id, scope)
     if if_running in ("reuse", "fail"):
         in_flight = find_run_in_flight(creds, job_id)
         if in_flight is not None:
@@ -411,5 +556,5 @@ def _start_run(
             return in_flight.id
     elif if_running != "trigger":
         raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
-    key = idempotency_key(job_id)
+    key = idempotency_key(job_id, scope)
     return trigger_dbt_cloud_job(creds, job_id, cause_with_key(cause, key), key, overrides)

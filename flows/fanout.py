@@ -14,27 +14,30 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
-from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbtcloud_api import run_url
 from flows.dbt_cloud import (
-    OUTCOMES,
+    DbtCloudRunInvalid,
     DbtCloudRunResult,
-    Outcome,
+    DbtCloudRunTimedOut,
     alert_body,
     build_result,
     cancel_runs_of_flow_run,
     emit_run_event,
+    judge,
+    remember_for_cancellation,
 )
 from tasks.dbt_cloud import (
-    IDEMPOTENCY_PREFIX,
     cause_with_key,
     check_native_schedule,
+    idempotency_key,
+    key_scope,
     send_alerts,
     trigger_dbt_cloud_job,
     wait_for_dbt_cloud_runs,
+    wait_timeout_seconds,
 )
 
 __all__ = ["DbtCloudJobRequest", "DbtCloudRunsFailed", "run_dbt_cloud_jobs"]
@@ -90,16 +93,16 @@ def run_dbt_cloud_jobs(
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
+    scope = key_scope()
+    remember_for_cancellation(creds, scope)
     check_native_schedule(creds, [r.job_id for r in requests], native_schedule)
 
-    owner = runtime_flow_run.get_id() or "adhoc"
     counts: dict[int, int] = {}
     futures = []
     for request in requests:
         counts[request.job_id] = counts.get(request.job_id, 0) + 1
         # A job asked for several times gets one key per occurrence: each is its own run, none is doubled.
-        suffix = f":{counts[request.job_id]}" if counts[request.job_id] > 1 else ""
-        key = f"[{IDEMPOTENCY_PREFIX}{owner}:{request.job_id}{suffix}]"
+        key = idempotency_key(request.job_id, scope, counts[request.job_id])
         futures.append(
             trigger_dbt_cloud_job.submit(
                 creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides
@@ -122,7 +125,7 @@ def run_dbt_cloud_jobs(
             )
     log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
 
-    outcomes = wait_for_dbt_cloud_runs(
+    outcomes = wait_for_dbt_cloud_runs.with_options(timeout_seconds=wait_timeout_seconds(max_wait_seconds))(
         creds,
         started,
         poll_interval_seconds=poll_interval_seconds,
@@ -135,34 +138,41 @@ def run_dbt_cloud_jobs(
     for outcome in outcomes:
         job_id = started[outcome.run_id]
         run = outcome.run
-        if run is None:
+        if run is None:  # never read, or an answer that cannot be trusted (a Success without finished_at...)
+            reason = str(outcome.error) if outcome.error else "never read"
+            url = run_url(creds.access_url, creds.account_id, outcome.run_id)
             failures.append(
-                {
-                    "job_id": job_id,
-                    "run_id": outcome.run_id,
-                    "status": "Unknown",
-                    "url": run_url(creds.access_url, creds.account_id, outcome.run_id),
-                    "error": str(outcome.error) if outcome.error else "never read",
-                }
+                {"job_id": job_id, "run_id": outcome.run_id, "status": "Unknown", "url": url, "error": reason}
             )
+            if alert_blocks:
+                send_alerts(
+                    alert_blocks,
+                    f"dbt Cloud job {job_id} failed",
+                    f"dbt Cloud job {job_id}: run {outcome.run_id} cannot be used.\nRun: {url}\n{reason}",
+                    secret=token,
+                )
             continue
-        result = build_result(run, job_id, creds, outcome.models)
-        kind: Outcome
-        if outcome.timed_out:
-            kind = "timed-out"
-        elif run.known_status is not None:
-            kind = OUTCOMES[run.known_status][0]
-        else:
-            kind = "failed"
+        verdict = judge(
+            run,
+            deadline=(outcome.deadline or "no terminal status before the deadline") if outcome.timed_out else None,
+            left_running=on_timeout == "leave",
+        )
+        kind = verdict.outcome
+        result = build_result(run, job_id, creds, outcome.models, require_watermark=verdict.error is None)
         emit_run_event(result, kind)
-        if kind == "succeeded":
+        if verdict.error is None:
             results.append(result)
             continue
-        failures.append({"job_id": job_id, "run_id": run.id, "status": result.status, "url": result.url, "error": kind})
+        error = verdict.detail if verdict.error in (DbtCloudRunTimedOut, DbtCloudRunInvalid) else kind
+        failures.append(
+            {"job_id": job_id, "run_id": run.id, "status": result.status, "url": result.url, "error": error}
+        )
         if alert_blocks:
-            detail = run.status_message or ("No terminal status before the deadline." if outcome.timed_out else "")
             send_alerts(
-                alert_blocks, f"dbt Cloud job {job_id} {kind}", alert_body(result, kind, run, detail), secret=token
+                alert_blocks,
+                f"dbt Cloud job {job_id} {kind}",
+                alert_body(result, kind, run, verdict.detail),
+                secret=token,
             )
 
     create_table_artifact(
@@ -183,7 +193,7 @@ def run_dbt_cloud_jobs(
         named = "; ".join(
             f"job {f['job_id']}: run {f['run_id']} {f['status']}"
             + (f" ({f['url']})" if f["url"] else "")
-            + (f" - {f['error']}" if f["status"] in ("not started", "Unknown") else "")
+            + (f" - {f['error']}" if f["error"] not in ("failed", "cancelled") else "")
             for f in failures
         )
         raise DbtCloudRunsFailed(

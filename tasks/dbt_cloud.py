@@ -1,29 +1,38 @@
-"""Prefect tasks for dbt Cloud: trigger, wait, cancel, per-model results, alerts.
+"""Prefect tasks for dbt Cloud: trigger, wait, cancel, per-model results, alerts; and the idempotency key.
 
 Clients are built inside each task from the credentials block (a client is not a hashable task input).
+The trigger and wait tasks carry Prefect's own retries and timeouts, set as any Prefect user sets them
+(``trigger_dbt_cloud_job.with_options(retries=5, timeout_seconds=900)``); a retry of the trigger looks for
+the run carrying its key before starting one, so no retry, of the task or of any flow above it, starts two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import inspect
 import json
 import logging
+import re
 import uuid
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import NotificationBlock
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.dbt_cloud import DbtCloudCredentials
@@ -34,16 +43,56 @@ from dbtcloud_api import (
     Run,
     parse_run_results,
 )
-from dbtcloud_api.client import MAX_CAUSE_LENGTH, DbtCloudClient
-from dbtcloud_api.errors import scrub
-from dbtcloud_api.models import ACTIVE_STATUSES
+from dbtcloud_api.client import MAX_CAUSE_LENGTH, AsyncDbtCloudClient, DbtCloudClient
+from dbtcloud_api.errors import (
+    DbtCloudNotFoundError,
+    DbtCloudRateLimitError,
+    DbtCloudResponseError,
+    DbtCloudServerError,
+    DbtCloudTransportError,
+    scrub,
+)
+from dbtcloud_api.models import ACTIVE_STATUSES, RunStatus, merge_run_results
 from dbtcloud_api.polling import make_schedule
-from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
+from dbtcloud_api.wait import PollSchedule, WaitTimedOut, await_runs, wait_for_run
 
 T = TypeVar("T")
+_LOG = logging.getLogger("dbtcloud_api")
 IDEMPOTENCY_PREFIX = "dcg:"
 # How many times an ambiguous trigger is followed by a search and a new attempt before giving up.
 MAX_TRIGGER_ATTEMPTS = 3
+# Prefect's own retries of the trigger task (each attempt looks for the key first) and their delays.
+TRIGGER_RETRIES = 2
+TRIGGER_RETRY_DELAYS = [10.0, 30.0]
+# Bounds one trigger attempt: a search, up to MAX_TRIGGER_ATTEMPTS POSTs, each retried by the client.
+TRIGGER_TIMEOUT_SECONDS = 600.0
+# The wait task's hard backstop past ``max_wait_seconds``: the wait ends on its own deadline and then cancels,
+# which may take the client's retries; this only fires should something inside hang.
+WAIT_BACKSTOP_SECONDS = 120.0
+# Errors after which another attempt can succeed. Auth, bad request, not found and configuration errors cannot.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    DbtCloudServerError,
+    DbtCloudTransportError,
+    DbtCloudRateLimitError,
+    DbtCloudResponseError,
+    DbtCloudAmbiguousTriggerError,
+    TimeoutError,
+)
+
+
+def wait_timeout_seconds(max_wait_seconds: float) -> float:
+    """The wait task's ``timeout_seconds`` for a wait of ``max_wait_seconds``: a hard backstop a little past it."""
+    return float(max_wait_seconds) + WAIT_BACKSTOP_SECONDS
+
+
+def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failure another attempt can heal (5xx, 429, no answer, an
+    ambiguous trigger, the task's own timeout); never a refused token, a bad request or a bad setting."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the result cannot be read: a crash, retrying is the safe side for an idempotent task
+        return True
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 class DbtCloudJobAlreadyRunning(DbtCloudError):
@@ -104,10 +153,66 @@ def check_native_schedule(
         )
 
 
-def idempotency_key(job_id: int, flow_run_id: str | None = None) -> str:
-    """The marker put in a run's cause: ties a dbt Cloud run to the Prefect flow run that started it."""
-    owner = flow_run_id or runtime_flow_run.get_id() or f"adhoc-{uuid.uuid4()}"
-    return f"[{IDEMPOTENCY_PREFIX}{owner}:{job_id}]"
+def key_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient | None = None) -> str:
+    """The part of the idempotency key that names where in a Prefect run tree a trigger happens.
+
+    The ROOT flow run's ID (kept by a retry of the root), plus, for a subflow, a digest of the path from the
+    root down to it. Each hop is the name of the task run that tracks the subflow in its parent
+    (``run-dbt-cloud-job-0``, ``run-dbt-cloud-job-1`` for the second call): Prefect numbers them in call order,
+    and a retry of the parent numbers them again the same way. A subflow called inside a task gets a random
+    tracking key from Prefect; its hop is then the flow's name and its parameters (a pipeline's job and targets).
+    So a retry of the flow, of its parent, or of any ancestor finds the runs started before, and two calls of one
+    job in one parent get two scopes; two calls with equal parameters from tasks of one flow run share one.
+    Outside a flow run the scope is unique to this call (``adhoc-<uuid>``).
+    """
+    owner = flow_run_id or runtime_flow_run.get_id()
+    if not owner:
+        return f"adhoc-{uuid.uuid4()}"
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return key_scope(owner, own)
+    current = client.read_flow_run(UUID(str(owner)))
+    hops: list[str] = []
+    while current.parent_task_run_id is not None:
+        tracking = client.read_task_run(current.parent_task_run_id)
+        hops.append(_hop_name(tracking, current.parameters or {}))
+        if tracking.flow_run_id is None:
+            break
+        current = client.read_flow_run(tracking.flow_run_id)
+    if not hops:
+        return str(current.id)
+    digest = hashlib.sha256("/".join(reversed(hops)).encode()).hexdigest()[:12]
+    return f"{current.id}.{digest}"
+
+
+def _hop_name(tracking: TaskRun, parameters: dict[str, Any]) -> str:
+    """A name for one subflow call that a retry of its parent reproduces."""
+    if str(tracking.dynamic_key).isdigit():  # call order in the parent flow run
+        return tracking.name
+    flow_name = tracking.name.removesuffix(f"-{tracking.dynamic_key}")
+    arguments = json.dumps(parameters, sort_keys=True, default=str)
+    return f"{flow_name}({hashlib.sha256(arguments.encode()).hexdigest()[:16]})"
+
+
+def idempotency_key(job_id: int, scope: str | None = None, occurrence: int = 1) -> str:
+    """The marker put in a run's cause: ties a dbt Cloud run to the place in a Prefect run tree that started it.
+
+    ``[dcg:<scope>:<job_id>]``, or ``[dcg:<scope>:<job_id>:<n>]`` for the n-th trigger of one job by one flow run
+    (a fan-out that lists a job twice). ``scope`` defaults to :func:`key_scope` of the current flow run.
+    """
+    suffix = f":{occurrence}" if occurrence > 1 else ""
+    return f"{key_marker(job_id, scope or key_scope())}{suffix}]"
+
+
+def key_marker(job_id: int, scope: str) -> str:
+    """The text every key of ``job_id`` in ``scope`` starts with (a search string for ``find_runs_by_cause``)."""
+    return f"[{IDEMPOTENCY_PREFIX}{scope}:{job_id}"
+
+
+def carries_scope_key(cause: str | None, job_id: int, scope: str) -> bool:
+    """Whether ``cause`` carries a key :func:`idempotency_key` makes for ``job_id`` in ``scope`` (any occurrence;
+    not job 110's when asked for job 11)."""
+    return re.search(re.escape(key_marker(job_id, scope)) + r"(?::\d+)?\]", cause or "") is not None
 
 
 def cause_with_key(cause: str | None, key: str) -> str:
@@ -128,15 +233,19 @@ def cause_with_key(cause: str | None, key: str) -> str:
 
 
 def _trigger_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # One trigger per (flow run, job, key): a retry of the flow run reuses the persisted run ID.
-    return f"dbt-cloud-trigger-{context.task_run.flow_run_id}-{parameters['job_id']}-{parameters['key']}"
+    # One trigger per key: a rerun of the task, of its flow run or of a new subflow run in the same place of the
+    # run tree (same key) reuses the persisted run ID; without the cached result, the search by key does.
+    return f"dbt-cloud-trigger-{parameters['job_id']}-{hashlib.sha256(parameters['key'].encode()).hexdigest()[:32]}"
 
 
 @task(
     name="trigger-dbt-cloud-job",
     cache_key_fn=_trigger_cache_key,
     persist_result=True,
-    retries=0,
+    retries=TRIGGER_RETRIES,
+    retry_delay_seconds=TRIGGER_RETRY_DELAYS,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=TRIGGER_TIMEOUT_SECONDS,
 )
 def trigger_dbt_cloud_job(
     credentials: DbtCloudCredentials,
@@ -147,16 +256,17 @@ def trigger_dbt_cloud_job(
 ) -> int:
     """Start a run of ``job_id`` and return its ID; never starts two runs for one ``key``.
 
-    After an ambiguous failure (the request may have created a run), and on a retry of the flow run, it first
-    looks for a run of the job whose cause carries ``key``.
+    Every attempt (first, Prefect retry of this task, rerun after a retry of any flow above it) first looks for a
+    run of the job whose cause carries ``key``, and reuses it; after an ambiguous failure (the request may have
+    created a run) it looks again before any new attempt. Retries (default 2, after 10 s then 30 s) only follow a
+    failure another attempt can heal; ``timeout_seconds`` (default 600) bounds one attempt.
     """
     log = get_run_logger()
     with credentials.get_client() as client:
-        if (runtime_flow_run.get_run_count() or 1) > 1:
-            found = client.find_runs_by_cause(job_id, key, max_runs=100)
-            if found:
-                log.info("Flow run retry: reusing dbt Cloud run %s of job %s, started earlier.", found[0].id, job_id)
-                return found[0].id
+        found = client.find_runs_by_cause(job_id, key, max_runs=100)
+        if found:
+            log.info("dbt Cloud run %s of job %s carries this trigger's key %s: reusing it.", found[0].id, job_id, key)
+            return found[0].id
         for attempt in range(1, MAX_TRIGGER_ATTEMPTS + 1):
             try:
                 run = client.trigger_job_run(job_id, cause, **(overrides or {}))
@@ -164,14 +274,14 @@ def trigger_dbt_cloud_job(
                 log.warning("Trigger of job %s may or may not have started a run (%s); looking for it.", job_id, exc)
                 found = client.find_runs_by_cause(job_id, key, max_runs=100)
                 if found:
-                    log.info("Found dbt Cloud run %s carrying this flow run's key; using it.", found[0].id)
+                    log.info("Found dbt Cloud run %s carrying this trigger's key; using it.", found[0].id)
                     return found[0].id
                 if attempt == MAX_TRIGGER_ATTEMPTS:
                     raise
                 continue
             log.info("Triggered dbt Cloud job %s: run %s (%s).", job_id, run.id, run.href or "no link")
             return run.id
-    raise AssertionError("unreachable")  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @task(name="find-dbt-cloud-run-in-flight", cache_policy=NO_CACHE)
@@ -189,18 +299,42 @@ def find_run_in_flight(credentials: DbtCloudCredentials, job_id: int) -> Run | N
 
 @task(
     name="retry-dbt-cloud-run",
-    cache_key_fn=lambda ctx, p: f"dbt-cloud-retry-{ctx.task_run.flow_run_id}-{p['run_id']}",
+    cache_key_fn=lambda ctx, p: f"dbt-cloud-retry-{p.get('scope') or ctx.task_run.flow_run_id}-{p['run_id']}",
     persist_result=True,
 )
-def retry_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int) -> int:
-    """Retry a failed run from its point of failure; returns the new run's ID (reused on a flow retry)."""
+def retry_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int, scope: str | None = None) -> int:
+    """Retry a failed run from its point of failure; returns the new run's ID.
+
+    The ID is kept per ``scope`` (see :func:`key_scope`): a retry of the flow or of an ancestor reuses it in
+    this process (the retry endpoint takes no cause, so no key can be searched for).
+    """
     with credentials.get_client() as client:
         run = client.retry_run(run_id)
     get_run_logger().info("Retrying dbt Cloud run %s from its point of failure: new run %s.", run_id, run.id)
     return run.id
 
 
-@task(name="wait-for-dbt-cloud-run", cache_policy=NO_CACHE)
+def deadline_description(exc: WaitTimedOut) -> str:
+    """Where the run stood when the wait's deadline passed ("still queued after 600 s, never started", "running
+    for 540 s"), as the wait recorded it, whatever was done to the run after (a cancel)."""
+    described = getattr(exc, "description", None)
+    if isinstance(described, str) and described:
+        return described
+    return describe_run_at(exc.run, exc.waited_seconds)
+
+
+def describe_run_at(run: Run | None, waited_seconds: float, now: datetime | None = None) -> str:
+    """Where ``run`` (as last read) stood after a wait of ``waited_seconds``: queued, never started, or running."""
+    now = now or datetime.now(UTC)
+    if run is None:
+        return f"never read in {waited_seconds:.0f} s of waiting"
+    if run.started_at is None:
+        since = (now - run.created_at).total_seconds() if run.created_at else waited_seconds
+        return f"still {run.status_label.lower()} after {since:.0f} s, never started"
+    return f"running for {(now - run.started_at).total_seconds():.0f} s (started at {run.started_at.isoformat()})"
+
+
+@task(name="wait-for-dbt-cloud-run", cache_policy=NO_CACHE, timeout_seconds=wait_timeout_seconds(7200))
 def wait_for_dbt_cloud_run(
     credentials: DbtCloudCredentials,
     run_id: int,
@@ -215,7 +349,9 @@ def wait_for_dbt_cloud_run(
 
     With ``adaptive_polling`` and a ``job_id``, it reads the job's recent successful runs once and polls around
     their durations (see ``dbtcloud_api.polling``); otherwise every ``poll_interval_seconds``.
-    Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``.
+    Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``,
+    whose ``description`` says where the run stood at the deadline. Its ``timeout_seconds`` is a hard backstop
+    (``wait_timeout_seconds(max_wait_seconds)``, set per call by the flows).
     """
     log = get_run_logger()
     with credentials.get_client() as client:
@@ -245,10 +381,17 @@ def wait_for_dbt_cloud_run(
                 _cancel_quietly(client, [run_id], log)
             raise
         except WaitTimedOut as exc:
+            if not getattr(exc, "description", None):  # the wait did not say where the run stood: say it now
+                exc.description = describe_run_at(exc.run, exc.waited_seconds)
             if on_timeout == "cancel":
                 try:
                     exc.run = client.cancel_run(run_id)
-                    log.warning("Deadline of %g s passed: cancelled dbt Cloud run %s.", max_wait_seconds, run_id)
+                    log.warning(
+                        "Deadline of %g s passed (%s): cancelled dbt Cloud run %s.",
+                        max_wait_seconds,
+                        deadline_description(exc),
+                        run_id,
+                    )
                 except DbtCloudError as cancel_error:
                     log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
             else:
@@ -256,7 +399,23 @@ def wait_for_dbt_cloud_run(
             raise
 
 
-@task(name="wait-for-dbt-cloud-runs", cache_policy=NO_CACHE)
+@dataclass
+class RunWaitOutcome:
+    """How the wait for one run of a fan-out ended.
+
+    ``run`` is the run as last read (after the cancel, for one cancelled at the deadline); ``deadline`` says where
+    it stood when the deadline passed; ``error`` is what stopped the wait otherwise; ``models`` its merged results.
+    """
+
+    run_id: int
+    run: Run | None
+    timed_out: bool = False
+    deadline: str | None = None
+    error: DbtCloudError | None = None
+    models: list[ModelResult] = field(default_factory=list)
+
+
+@task(name="wait-for-dbt-cloud-runs", cache_policy=NO_CACHE, timeout_seconds=wait_timeout_seconds(7200))
 def wait_for_dbt_cloud_runs(
     credentials: DbtCloudCredentials,
     runs: dict[int, int],
@@ -264,14 +423,15 @@ def wait_for_dbt_cloud_runs(
     max_wait_seconds: float = 7200,
     on_timeout: Literal["cancel", "leave"] = "cancel",
     adaptive_polling: bool = True,
-) -> list[WaitOutcome]:
+) -> list[RunWaitOutcome]:
     """Wait for many runs (run ID → job ID) in one task, on one event loop: no thread and no task run per run.
 
-    Each job's history is read once. Returns one outcome per run, in order; never raises for a run's outcome.
+    Each job's history is read once; each finished run's results are read from every step that can build models.
+    Returns one outcome per run, in order; never raises for a run's outcome.
     """
     log = get_run_logger()
 
-    async def main() -> list[WaitOutcome]:
+    async def main() -> list[RunWaitOutcome]:
         async with credentials.get_async_client() as client:
             histories: dict[int, list[float]] = {}
             for job_id in sorted(set(runs.values())):
@@ -285,15 +445,35 @@ def wait_for_dbt_cloud_runs(
                 job_id: make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
                 for job_id, history in histories.items()
             }
-            return await await_runs(
+            waited = await await_runs(
                 client,
                 list(runs),
                 schedules=lambda run_id: schedules[runs[run_id]],
                 max_wait_seconds=max_wait_seconds,
                 on_timeout=on_timeout,
+                fetch_results=False,
                 not_found_grace_seconds=client.retry.not_found_grace_seconds,
                 log=log,
             )
+
+            async def finish(outcome: Any) -> RunWaitOutcome:
+                timeout = getattr(outcome, "timeout", None)
+                result = RunWaitOutcome(
+                    outcome.run_id,
+                    outcome.run,
+                    timed_out=outcome.timed_out,
+                    error=outcome.error,
+                    deadline=(
+                        (deadline_description(timeout) if timeout is not None else describe_run_at(outcome.run, 0))
+                        if outcome.timed_out
+                        else None
+                    ),
+                )
+                if not outcome.timed_out and has_model_results(outcome.run):
+                    result.models = await aread_model_results(client, outcome.run_id, outcome.run, log)
+                return result
+
+            return list(await asyncio.gather(*(finish(outcome) for outcome in waited)))
 
     try:
         return run_async(main())
@@ -347,21 +527,93 @@ def cancel_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int) -> Run:
         return client.cancel_run(run_id)
 
 
-@task(name="fetch-dbt-cloud-run-results", cache_policy=NO_CACHE)
-def fetch_run_results(credentials: DbtCloudCredentials, run_id: int, step: int | None = None) -> list[ModelResult]:
-    """Per-model results (name, status, time, message) from the run's ``run_results.json``; [] if it has none."""
-    log = get_run_logger()
-    with credentials.get_client() as client:
+def has_model_results(run: Run | None) -> bool:
+    """Whether a finished run can have run_results.json: it ran (Success or Error) and kept its artifacts."""
+    return run is not None and run.status in (RunStatus.SUCCESS, RunStatus.ERROR) and run.artifacts_saved is not False
+
+
+def _result_steps(run: Run | None) -> list[int | None]:
+    """The ``step`` of each run_results.json to read: every finished step that can build models, in order; the
+    default (last) step when the run's steps are unknown."""
+    steps = run.model_steps() if run is not None else None
+    return [None] if steps is None else list(steps)
+
+
+def _parse_step(
+    raw: bytes, run_id: int, step: int | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> list[ModelResult]:
+    try:
+        return parse_run_results(json.loads(raw))
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("run_results.json of dbt Cloud run %s (step %s) could not be read: %s", run_id, step, exc)
+        return []
+
+
+def _step_missing(
+    exc: DbtCloudError, run_id: int, step: int | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    if isinstance(exc, DbtCloudNotFoundError):  # a step of a command this client does not know left none
+        log.info("dbt Cloud run %s step %s has no run_results.json.", run_id, step)
+    else:
+        log.warning("No run_results.json for dbt Cloud run %s (step %s): %s", run_id, step, exc)
+
+
+def read_model_results(
+    client: DbtCloudClient,
+    run_id: int,
+    run: Run | None = None,
+    log: logging.Logger | logging.LoggerAdapter[Any] = _LOG,
+) -> list[ModelResult]:
+    """The run's per-node results, merged over every step that can build models (a later step's result for a
+    node wins). One artifact request per such step; one more to read the steps when ``run`` lacks them."""
+    if run is None or not run.run_steps:
+        try:
+            run = client.get_run(run_id, ("run_steps",))
+        except DbtCloudError as exc:
+            log.warning("Could not read dbt Cloud run %s's steps (%s); reading its last step's results.", run_id, exc)
+    per_step: list[list[ModelResult]] = []
+    for step in _result_steps(run):
         try:
             raw = client.get_run_artifact(run_id, "run_results.json", step=step)
         except DbtCloudError as exc:
-            log.warning("No run_results.json for dbt Cloud run %s: %s", run_id, exc)
-            return []
-    try:
-        return parse_run_results(json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        log.warning("run_results.json of dbt Cloud run %s could not be read: %s", run_id, exc)
-        return []
+            _step_missing(exc, run_id, step, log)
+            continue
+        per_step.append(_parse_step(raw, run_id, step, log))
+    return merge_run_results(per_step)
+
+
+async def aread_model_results(
+    client: AsyncDbtCloudClient,
+    run_id: int,
+    run: Run | None = None,
+    log: logging.Logger | logging.LoggerAdapter[Any] = _LOG,
+) -> list[ModelResult]:
+    """The asyncio twin of :func:`read_model_results`."""
+    if run is None or not run.run_steps:
+        try:
+            run = await client.get_run(run_id, ("run_steps",))
+        except DbtCloudError as exc:
+            log.warning("Could not read dbt Cloud run %s's steps (%s); reading its last step's results.", run_id, exc)
+    per_step: list[list[ModelResult]] = []
+    for step in _result_steps(run):
+        try:
+            raw = await client.get_run_artifact(run_id, "run_results.json", step=step)
+        except DbtCloudError as exc:
+            _step_missing(exc, run_id, step, log)
+            continue
+        per_step.append(_parse_step(raw, run_id, step, log))
+    return merge_run_results(per_step)
+
+
+@task(name="fetch-dbt-cloud-run-results", cache_policy=NO_CACHE)
+def fetch_run_results(credentials: DbtCloudCredentials, run_id: int, run: Run | None = None) -> list[ModelResult]:
+    """Per-node results (name, version, status, time, message) of every step of the run that can build models
+    (``dbt run``, ``build``, ``seed``, ``snapshot``...; not ``deps``, ``test``, ``source freshness``, ``docs``,
+    ``compile``), merged, a later step winning; [] if there are none. ``run`` (read with its steps) saves a read.
+    """
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        return read_model_results(client, run_id, run, log)
 
 
 def load_notification_block(reference: str | NotificationBlock) -> NotificationBlock:

@@ -12,7 +12,7 @@ from dbtcloud_api.emulator import EmulatorServer
 from flows.dbt_cloud import DbtCloudNativeScheduleOn
 from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
 from tests.conftest import TOKEN, WebhookReceiver
-from tests.test_flow import FAST, creds, prefect_texts, saved_webhook
+from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, saved_webhook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -79,3 +79,23 @@ def test_fan_out_refuses_before_triggering_when_a_job_is_scheduled_in_dbt_cloud(
     with pytest.raises(DbtCloudNativeScheduleOn, match=r"job 13 \('scheduled'\)"):
         run_dbt_cloud_jobs([11, 13, 11], creds(emulator), native_schedule="fail", **FAST)
     assert emulator.emulator.trigger_count == {}
+
+
+def test_fan_out_reads_every_building_step_and_names_deadlines_and_missing_watermarks(
+    emulator: EmulatorServer, webhook: WebhookReceiver
+) -> None:
+    block = saved_webhook(webhook, "fanout-issue8-alerts")
+    emulator.emulator.add_job(multi_step_job(21))
+    emulator.emulator.set_job(12, outcome="success", finished_at_missing=True)
+    emulator.emulator.set_job(13, queue_seconds=60)
+    with pytest.raises(DbtCloudRunsFailed) as info:
+        run_dbt_cloud_jobs(
+            [21, 12, 13], creds(emulator), alert_blocks=[block], poll_interval_seconds=0.05, max_wait_seconds=3
+        )
+    [multi] = info.value.results
+    assert [m.name for m in multi.models] == ["raw_orders", "stg_orders", "orders"]
+    failures = {f["job_id"]: f for f in info.value.failures}
+    assert "finished_at" in failures[12]["error"]
+    assert "still queued after" in failures[13]["error"] and "never started" in failures[13]["error"]
+    bodies = sorted(alert["body"] for alert in webhook.received)
+    assert len(bodies) == 2 and any("never started" in b for b in bodies) and any("finished_at" in b for b in bodies)

@@ -6,26 +6,40 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from prefect import flow
+from prefect import flow, task
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.logging.handlers import APILogHandler
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, RunStatus
-from dbtcloud_api.emulator import EmulatorServer, Fault
+from dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, Run, RunStatus
+from dbtcloud_api.emulator import EmulatorServer, Fault, JobSpec, StepSpec
 from flows.dbt_cloud import (
+    _CANCEL_CONTEXT,
     DbtCloudJobAlreadyRunning,
     DbtCloudRunCancelled,
     DbtCloudRunError,
     DbtCloudRunFailed,
+    DbtCloudRunInvalid,
     DbtCloudRunResult,
     DbtCloudRunTimedOut,
+    build_result,
+    credentials_of_flow_run,
+    judge,
     run_dbt_cloud_job,
+)
+from tasks.dbt_cloud import (
+    cause_with_key,
+    idempotency_key,
+    trigger_dbt_cloud_job,
+    wait_for_dbt_cloud_run,
+    wait_timeout_seconds,
 )
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN, WebhookReceiver
 
@@ -389,3 +403,187 @@ def test_long_cause_keeps_the_key_within_255(emulator: EmulatorServer, caplog: p
     cause = emulator.emulator.runs[result.run_id].cause
     assert len(cause) == 255 and cause.endswith(":11]") and "[dcg:" in cause
     assert "to leave room for the" in caplog.text
+
+
+def multi_step_job(job_id: int = 21) -> JobSpec:
+    return JobSpec(
+        id=job_id,
+        queue_seconds=0.05,
+        start_seconds=0.05,
+        run_seconds=0.3,
+        models=["stg_orders", "orders"],
+        steps=[StepSpec("dbt seed", models=["raw_orders"]), StepSpec("dbt run"), StepSpec("dbt test")],
+    )
+
+
+def test_multi_step_job_models_come_from_every_step_that_builds(emulator: EmulatorServer) -> None:
+    emulator.emulator.add_job(multi_step_job())
+    result = run_dbt_cloud_job(21, creds(emulator), **FAST)
+    assert [(m.name, m.resource_type, m.status) for m in result.models] == [
+        ("raw_orders", "model", "success"),
+        ("stg_orders", "model", "success"),
+        ("orders", "model", "success"),
+    ]
+    # One artifact request per step that can build models (seed, run), none for the test step or the last step.
+    reads = [r.query.get("step") for r in emulator.emulator.requests if r.path.endswith("/run_results.json")]
+    assert sorted(reads, key=str) == [["4"], ["5"]]
+
+
+def test_build_result_refuses_a_success_without_finished_at(emulator: EmulatorServer) -> None:
+    run = Run(id=5, account_id=ACCOUNT, status=RunStatus.SUCCESS, finished_at=None)
+    with pytest.raises(DbtCloudRunInvalid, match="without finished_at"):
+        build_result(run, 11, creds(emulator), [])
+    verdict = judge(run)
+    assert verdict.outcome == "failed" and verdict.error is DbtCloudRunInvalid
+
+
+def test_success_without_finished_at_alerts_and_fails(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+    block = saved_webhook(webhook, "watermark-alerts")
+    emulator.emulator.set_job(11, finished_at_missing=True)
+    with pytest.raises(DbtCloudRunError) as info:
+        run_dbt_cloud_job(11, creds(emulator), alert_blocks=[block], poll_interval_seconds=0.05, max_wait_seconds=3)
+    assert isinstance(info.value, DbtCloudRunInvalid) and "finished_at" in str(info.value)
+    assert len(webhook.received) == 1 and "finished_at" in webhook.received[0]["body"]
+    assert emulator.emulator.trigger_count[11] == 1
+
+
+def test_timeout_reports_where_the_run_stood_at_the_deadline(
+    emulator: EmulatorServer, webhook: WebhookReceiver
+) -> None:
+    block = saved_webhook(webhook, "deadline-alerts")
+    emulator.emulator.set_job(11, queue_seconds=60)
+    with pytest.raises(DbtCloudRunTimedOut) as queued:
+        run_dbt_cloud_job(11, creds(emulator), alert_blocks=[block], poll_interval_seconds=0.1, max_wait_seconds=0.8)
+    assert "still queued after" in str(queued.value) and "never started" in str(queued.value)
+    assert "still queued after" in webhook.received[0]["body"] and "never started" in webhook.received[0]["body"]
+    with pytest.raises(DbtCloudRunTimedOut) as running:
+        run_dbt_cloud_job(14, creds(emulator), alert_blocks=[block], poll_interval_seconds=0.1, max_wait_seconds=1.5)
+    assert "running for" in str(running.value) and "never started" not in str(running.value)
+    assert "running for" in webhook.received[1]["body"]
+    # The status after the cancel is reported as such, never as the state at the deadline.
+    assert running.value.status == "Cancelled" and "Status now Cancelled" in str(running.value)
+
+
+def test_tasks_carry_prefect_retries_and_timeouts() -> None:
+    assert trigger_dbt_cloud_job.retries >= 1 and trigger_dbt_cloud_job.retry_condition_fn is not None
+    assert trigger_dbt_cloud_job.timeout_seconds is not None and trigger_dbt_cloud_job.timeout_seconds > 0
+    assert wait_for_dbt_cloud_run.timeout_seconds == wait_timeout_seconds(7200) > 7200
+    assert wait_timeout_seconds(10) - 10 <= 180
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault(kind="slow", delay=5, method="POST", times=1)],
+        [
+            Fault(kind="lost_response", method="POST", times=1),
+            Fault(kind="slow", delay=5, method="GET", path=r"/runs/$", skip=1, times=1),
+        ],
+    ],
+    ids=["answer-after-task-timeout", "lost-answer-then-search-hangs"],
+)
+def test_trigger_task_retry_after_an_ambiguous_trigger_starts_one_run(
+    emulator: EmulatorServer, faults: list[Fault]
+) -> None:
+    for fault in faults:
+        emulator.emulator.add_fault(fault)
+    credentials = creds(emulator)
+    # Prefect's own retry of the task: the first attempt is cut by the task's timeout after the run was created.
+    trigger = trigger_dbt_cloud_job.with_options(retries=1, retry_delay_seconds=0, timeout_seconds=2)
+
+    @flow
+    def parent() -> int:
+        key = idempotency_key(11)
+        return trigger(credentials, 11, cause_with_key("task retry", key), key)
+
+    run_id = parent()
+    assert all(f.hits == 1 for f in faults)
+    assert [r.id for r in runs_of(emulator, 11)] == [run_id] and emulator.emulator.trigger_count[11] == 1
+
+
+def _parent_retried(credentials: DbtCloudCredentials, shape: str) -> Any:
+    @flow
+    def middle() -> int:
+        return run_dbt_cloud_job(11, credentials, **FAST).run_id
+
+    @task
+    def in_task() -> int:
+        return run_dbt_cloud_job(11, credentials, **FAST).run_id
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def parent() -> int:
+        if shape == "parent":
+            return run_dbt_cloud_job(11, credentials, **FAST).run_id
+        if shape == "grandparent":
+            return middle()
+        return in_task()
+
+    return parent
+
+
+@pytest.mark.parametrize("shape", ["parent", "grandparent", "subflow-in-a-task"])
+def test_ancestor_retry_after_a_failure_mid_wait_reuses_the_run(emulator: EmulatorServer, shape: str) -> None:
+    # A 403 on a poll kills the wait; the subflow fails, then its parent; the ROOT's retry must find the run.
+    emulator.emulator.add_fault(Fault(kind="status", status=403, method="GET", path=r"/runs/\d+/$", times=1))
+    run_id = _parent_retried(creds(emulator), shape)()
+    assert [r.id for r in runs_of(emulator, 11)] == [run_id] and emulator.emulator.trigger_count[11] == 1
+
+
+def test_two_calls_of_one_job_in_one_parent_start_two_runs(emulator: EmulatorServer) -> None:
+    credentials = creds(emulator)
+
+    @flow
+    def twice() -> list[int]:
+        return [run_dbt_cloud_job(11, credentials, **FAST).run_id for _ in range(2)]
+
+    first, second = twice()
+    assert first != second and emulator.emulator.trigger_count[11] == 2
+
+
+def _cancel_mid_run(emulator: EmulatorServer, credentials: Any, forget: bool) -> tuple[int, Any]:
+    state_box: dict[str, Any] = {}
+
+    def run() -> None:
+        state_box["state"] = run_dbt_cloud_job(14, credentials, return_state=True, **FAST)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    run_id = wait_for_status(emulator, lambda r: r.job_id == 14, RunStatus.RUNNING)
+    with get_client(sync_client=True) as client:
+        flow_runs = [
+            fr
+            for fr in client.read_flow_runs()
+            if fr.parameters.get("job_id") == 14 and fr.state is not None and not fr.state.is_final()
+        ]
+    assert len(flow_runs) == 1
+    if forget:  # the hook runs in another process (the runner's): nothing kept in memory
+        _CANCEL_CONTEXT.clear()
+    for hook in run_dbt_cloud_job.on_cancellation_hooks:
+        hook(run_dbt_cloud_job, flow_runs[0], flow_runs[0].state)
+    # The hook itself cancelled the run (not the wait's deadline, 20 s later).
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as c:
+        assert c.get_run(run_id).status is RunStatus.CANCELLED
+    thread.join(timeout=30)
+    return run_id, state_box.get("state")
+
+
+@pytest.mark.parametrize("how", ["instance", "saved-instance-other-process", "name-other-process"])
+def test_prefect_cancellation_cancels_the_dbt_cloud_run_however_credentials_are_given(
+    emulator: EmulatorServer, how: str
+) -> None:
+    credentials: DbtCloudCredentials | str = creds(emulator)
+    if how != "instance":
+        creds(emulator).save("cancel-how", overwrite=True)
+        credentials = "cancel-how" if how.startswith("name") else DbtCloudCredentials.load("cancel-how")
+    run_id, state = _cancel_mid_run(emulator, credentials, forget=how.endswith("other-process"))
+    assert state is not None and state.is_failed()
+    assert [r.id for r in runs_of(emulator, 14)] == [run_id]
+    with pytest.raises(DbtCloudRunCancelled):
+        state.result()
+
+
+def test_unsaved_block_in_another_process_says_why_it_cannot_cancel(emulator: EmulatorServer) -> None:
+    stored = run_dbt_cloud_job.serialize_parameters({"job_id": 14, "credentials": creds(emulator)})
+    assert stored["credentials"]["api_token"] == "**********"
+    with pytest.raises(DbtCloudConfigError, match="unsaved DbtCloudCredentials block"):
+        credentials_of_flow_run(FlowRun(flow_id=uuid.uuid4(), parameters=stored))
