@@ -169,8 +169,12 @@ def key_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient |
     if not owner:
         return f"adhoc-{uuid.uuid4()}"
     if client is None:
-        with get_client(sync_client=True) as own:
-            return key_scope(owner, own)
+        try:
+            with get_client(sync_client=True) as own:
+                return key_scope(owner, own)
+        except Exception as exc:  # no Prefect API at hand: this flow run's own retries still find the run
+            _LOG.warning("Could not read the Prefect run tree (%s); keying dbt Cloud runs on flow run %s.", exc, owner)
+            return str(owner)
     current = client.read_flow_run(UUID(str(owner)))
     hops: list[str] = []
     while current.parent_task_run_id is not None:
@@ -372,6 +376,7 @@ def wait_for_dbt_cloud_run(
                 schedule=schedule,
                 not_found_grace_seconds=client.retry.not_found_grace_seconds,
                 log=log,
+                job_id=job_id,
             )
         except TerminationSignal:
             # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook
@@ -454,6 +459,7 @@ def wait_for_dbt_cloud_runs(
                 fetch_results=False,
                 not_found_grace_seconds=client.retry.not_found_grace_seconds,
                 log=log,
+                job_ids=runs,
             )
 
             async def finish(outcome: Any) -> RunWaitOutcome:
