@@ -54,7 +54,7 @@ from dbtcloud_api.errors import (
 )
 from dbtcloud_api.models import ACTIVE_STATUSES, RunStatus, merge_run_results
 from dbtcloud_api.polling import make_schedule
-from dbtcloud_api.wait import PollSchedule, WaitTimedOut, await_runs, wait_for_run
+from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
 
 T = TypeVar("T")
 _LOG = logging.getLogger("dbtcloud_api")
@@ -321,10 +321,7 @@ def retry_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int, scope: st
 def deadline_description(exc: WaitTimedOut) -> str:
     """Where the run stood when the wait's deadline passed ("still queued after 600 s, never started", "running
     for 540 s"), as the wait recorded it, whatever was done to the run after (a cancel)."""
-    described = getattr(exc, "description", None)
-    if isinstance(described, str) and described:
-        return described
-    return describe_run_at(exc.run, exc.waited_seconds)
+    return exc.description or describe_run_at(exc.run, exc.waited_seconds)
 
 
 def describe_run_at(run: Run | None, waited_seconds: float, now: datetime | None = None) -> str:
@@ -386,8 +383,6 @@ def wait_for_dbt_cloud_run(
                 _cancel_quietly(client, [run_id], log)
             raise
         except WaitTimedOut as exc:
-            if not getattr(exc, "description", None):  # the wait did not say where the run stood: say it now
-                exc.description = describe_run_at(exc.run, exc.waited_seconds)
             if on_timeout == "cancel":
                 try:
                     exc.run = client.cancel_run(run_id)
@@ -462,8 +457,8 @@ def wait_for_dbt_cloud_runs(
                 job_ids=runs,
             )
 
-            async def finish(outcome: Any) -> RunWaitOutcome:
-                timeout = getattr(outcome, "timeout", None)
+            async def finish(outcome: WaitOutcome) -> RunWaitOutcome:
+                timeout = outcome.timeout
                 result = RunWaitOutcome(
                     outcome.run_id,
                     outcome.run,
