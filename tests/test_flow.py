@@ -587,3 +587,16 @@ def test_unsaved_block_in_another_process_says_why_it_cannot_cancel(emulator: Em
     assert stored["credentials"]["api_token"] == "**********"
     with pytest.raises(DbtCloudConfigError, match="unsaved DbtCloudCredentials block"):
         credentials_of_flow_run(FlowRun(flow_id=uuid.uuid4(), parameters=stored))
+
+
+def test_wait_task_backstop_fails_the_flow_as_timed_out_and_cancels(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should the wait hang past its own deadline, the task's Prefect timeout ends it; the run is cancelled.
+    monkeypatch.setattr("flows.dbt_cloud.wait_timeout_seconds", lambda max_wait: 1.5)
+    started = time.monotonic()
+    with pytest.raises(DbtCloudRunTimedOut, match="backstop") as info:
+        run_dbt_cloud_job(14, creds(emulator), poll_interval_seconds=0.1, max_wait_seconds=20)
+    assert time.monotonic() - started < 15
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as client:
+        assert client.get_run(info.value.run_id).status is RunStatus.CANCELLED
