@@ -343,6 +343,7 @@ def test_credentials_from_environment_and_saved_block(
     monkeypatch.setenv("DBT_CLOUD_ACCESS_URL", "http://dbt.example.com")
     with pytest.raises(DbtCloudConfigError, match="plain http"):
         resolve_credentials(None)
+    monkeypatch.delenv("DBT_CLOUD_ACCESS_URL")  # the block named below has its own access URL
     creds(emulator).save("env-named", overwrite=True)
     monkeypatch.setenv("DBT_CLOUD_CREDENTIALS_BLOCK", "env-named")
     assert resolve_credentials(None).access_url == emulator.url
