@@ -27,7 +27,7 @@ from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
 from dbtcloud_api.client import TRIGGER_OVERRIDES
 from dbtcloud_api.errors import DbtCloudResponseError
-from dbtcloud_api.wait import WaitTimedOut
+from dbtcloud_api.wait import WaitTimedOut, check_wait_settings
 from tasks.dbt_cloud import (
     DbtCloudJobAlreadyRunning,
     DbtCloudNativeScheduleOn,
@@ -405,13 +405,10 @@ def run_dbt_cloud_job(
     Prefect timeout is a backstop ``max_wait_seconds`` + 120 s; the trigger task retries transient failures.
     """
     log = get_run_logger()
-    if job_id <= 0:
-        raise ValueError(f"job_id must be a positive dbt Cloud job ID, got {job_id}.")
-    if not (0 < poll_interval_seconds < float("inf")) or not (0 < max_wait_seconds < float("inf")):
-        raise ValueError(
-            "poll_interval_seconds and max_wait_seconds must be positive, finite numbers of seconds, got "
-            f"{poll_interval_seconds!r} and {max_wait_seconds!r}."
-        )
+    if isinstance(job_id, bool) or not 0 < job_id < 2**63:
+        raise ValueError(f"job_id must be a positive dbt Cloud job ID, got {job_id!r}.")
+    # Before anything is triggered: NaN, infinite, zero or negative settings, or an unknown on_timeout.
+    check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
     creds = resolve_credentials(credentials)
     token = creds.api_token.get_secret_value()
     overrides = {

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbtcloud_api import run_url
+from dbtcloud_api.wait import check_wait_settings
 from flows.dbt_cloud import (
     DbtCloudRunInvalid,
     DbtCloudRunResult,
@@ -91,6 +92,7 @@ def run_dbt_cloud_jobs(
     log = get_run_logger()
     if not jobs:
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
+    check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
     scope = key_scope()

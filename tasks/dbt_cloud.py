@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -43,18 +44,20 @@ from dbtcloud_api import (
     Run,
     parse_run_results,
 )
-from dbtcloud_api.client import MAX_CAUSE_LENGTH, AsyncDbtCloudClient, DbtCloudClient
+from dbtcloud_api.client import MAX_CAUSE_LENGTH, AsyncDbtCloudClient, DbtCloudClient, request_deadline
 from dbtcloud_api.errors import (
+    DbtCloudMissingFinishedAtError,
     DbtCloudNotFoundError,
     DbtCloudRateLimitError,
     DbtCloudResponseError,
+    DbtCloudRunMismatchError,
     DbtCloudServerError,
     DbtCloudTransportError,
     scrub,
 )
 from dbtcloud_api.models import ACTIVE_STATUSES, RunStatus, merge_run_results
 from dbtcloud_api.polling import make_schedule
-from dbtcloud_api.wait import PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
+from dbtcloud_api.wait import AFTER_WAIT_SECONDS, PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
 
 T = TypeVar("T")
 _LOG = logging.getLogger("dbtcloud_api")
@@ -92,6 +95,10 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
         exc = state.result(raise_on_failure=False)
     except Exception:  # the result cannot be read: a crash, retrying is the safe side for an idempotent task
         return True
+    # A run of another ID/job read back, or a Success without finished_at, was already retried by the client:
+    # another attempt would read the same answer.
+    if isinstance(exc, DbtCloudRunMismatchError | DbtCloudMissingFinishedAtError):
+        return False
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
@@ -360,7 +367,8 @@ def wait_for_dbt_cloud_run(
             history: list[float] = []
             if adaptive_polling and job_id is not None:
                 try:
-                    history = client.job_history(job_id)
+                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                        history = client.job_history(job_id)
                 except DbtCloudError as exc:
                     log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
             schedule = make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
@@ -385,7 +393,9 @@ def wait_for_dbt_cloud_run(
         except WaitTimedOut as exc:
             if on_timeout == "cancel":
                 try:
-                    exc.run = client.cancel_run(run_id)
+                    # Bounded: a server that misbehaved until the deadline must not hold the cancel for minutes.
+                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                        exc.run = client.cancel_run(run_id)
                     log.warning(
                         "Deadline of %g s passed (%s): cancelled dbt Cloud run %s.",
                         max_wait_seconds,
@@ -438,7 +448,8 @@ def wait_for_dbt_cloud_runs(
                 histories[job_id] = []
                 if adaptive_polling:
                     try:
-                        histories[job_id] = await client.job_history(job_id)
+                        with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                            histories[job_id] = await client.job_history(job_id)
                     except DbtCloudError as exc:
                         log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
             schedules = {
