@@ -388,21 +388,40 @@ def run_dbt_cloud_job(
 ) -> DbtCloudRunResult:
     """Trigger dbt Cloud job ``job_id``, wait for the run, and return its result, or alert and fail.
 
-    Credentials: a ``DbtCloudCredentials`` block, the name of a saved one, or (None) the environment
-    (``DBT_CLOUD_CREDENTIALS_BLOCK``, or ``DBT_CLOUD_ACCOUNT_ID`` + ``DBT_CLOUD_API_TOKEN``).
-    ``if_running``: "trigger" (dbt Cloud queues it), "reuse" (wait on the run already in flight), "fail".
-    ``retry_failed_run_id`` reruns that failed run from its point of failure instead of starting a new run.
-    ``adaptive_polling`` (default on): poll around the durations of the job's recent successful runs, aiming at
-    the median detection lag of fixed polling every ``poll_interval_seconds`` with fewer calls; without history
-    it polls every ``poll_interval_seconds``.
-    ``native_schedule``: what to do when the job's own dbt Cloud schedule is on (it would run the job a second
-    time, outside this pipeline): "warn" (log how to turn it off), "fail" (refuse), "disable" (turn it off through
-    the API and note in the job's description which Prefect deployment owns it).
-    ``alert_blocks``: saved notification blocks as ``type-slug/name`` (``slack-webhook/data-team``).
-
     The run is tied to this place in the Prefect run tree (see ``tasks.dbt_cloud.key_scope``): a retry of this flow
     run, or of any flow above it, waits on the run already started instead of starting another. The wait task's
     Prefect timeout is a backstop ``max_wait_seconds`` + 120 s; the trigger task retries transient failures.
+
+    Args:
+        job_id: The dbt Cloud job to trigger.
+        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
+            DBT_CLOUD_ACCOUNT_ID, DBT_CLOUD_API_TOKEN (and DBT_CLOUD_ACCESS_URL) environment variables.
+        cause: Why the run was started, shown in dbt Cloud (an idempotency key is appended).
+        steps_override: dbt commands to run instead of the job's steps, e.g. ["dbt build --select orders+"].
+        git_sha: Run the project at this commit.
+        git_branch: Run the project from this branch.
+        schema_override: Build into this schema instead of the job's.
+        dbt_version_override: Run with this dbt version.
+        threads_override: Run with this many threads.
+        target_name_override: The dbt target name for this run.
+        generate_docs_override: Generate docs in this run (true) or not (false).
+        timeout_seconds_override: dbt Cloud's own time limit for this run, in seconds.
+        azure_pull_request_id: The Azure DevOps pull request this run is for (CI jobs).
+        github_pull_request_id: The GitHub pull request this run is for (CI jobs).
+        gitlab_merge_request_id: The GitLab merge request this run is for (CI jobs).
+        non_native_pull_request_id: The pull request of another git provider this run is for (CI jobs).
+        poll_interval_seconds: How often to poll the run (the adaptive schedule's base interval).
+        adaptive_polling: Poll around the durations of the job's recent successful runs (fewer calls at the
+            same median lag); without history, every poll_interval_seconds.
+        max_wait_seconds: Give up after this long: alert, fail, and cancel the run unless on_timeout is leave.
+        on_timeout: At the deadline, cancel the dbt Cloud run, or leave it running.
+        if_running: When the job already has a run in flight: trigger (dbt Cloud queues a new one), reuse (wait on
+            that run), or fail.
+        retry_failed_run_id: Rerun this failed run from its point of failure instead of starting a new run.
+        native_schedule: When the job's own dbt Cloud schedule is on (it would run the job a second time): warn,
+            fail, or disable it through the API.
+        alert_blocks: Notification blocks alerted when the run fails, as type-slug/name
+            (slack-webhook/data-team).
     """
     log = get_run_logger()
     if isinstance(job_id, bool) or not 0 < job_id < 2**63:

@@ -88,6 +88,17 @@ def run_dbt_cloud_jobs(
     """Trigger every job concurrently, wait for all runs, and return their results in the order given.
 
     Fails with ``DbtCloudRunsFailed`` after all runs finished if any did not succeed (each alerted).
+
+    Args:
+        jobs: The jobs to run: job IDs, or requests with a cause and trigger overrides each.
+        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
+            DBT_CLOUD_* environment variables.
+        poll_interval_seconds: How often to poll each run (the adaptive schedule's base interval).
+        adaptive_polling: Poll around the durations of each job's recent successful runs.
+        max_wait_seconds: Give up on a run after this long: alert, and cancel it unless on_timeout is leave.
+        on_timeout: At the deadline, cancel the dbt Cloud run, or leave it running.
+        native_schedule: When a job's own dbt Cloud schedule is on: warn, fail, or disable it through the API.
+        alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
     """
     log = get_run_logger()
     if not jobs:

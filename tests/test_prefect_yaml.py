@@ -132,3 +132,12 @@ def test_no_job_is_triggered_by_two_active_schedules() -> None:
         if job is not None and any(s.get("active", True) for s in deployment.get("schedules", [])):
             active.setdefault(str(job), []).append(deployment["name"])
     assert active and all(len(names) == 1 for names in active.values()), active
+
+
+def test_every_parameter_of_every_deployed_flow_is_described() -> None:
+    # The Prefect UI's run form shows these descriptions (read from the flows' docstrings).
+    for deployment in deployments():
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+        properties = flow.parameters.model_dump()["properties"]
+        missing = [name for name, schema in properties.items() if not schema.get("description")]
+        assert not missing, f"{deployment['entrypoint']}: parameters without a description: {missing}"
