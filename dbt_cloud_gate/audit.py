@@ -5,16 +5,18 @@ watermark and the newer-run guard are keyed on the load, source table and target
 sources feeding one target keep a watermark each. Rows written before the source was recorded (SOURCE_TABLE
 NULL) count for every source of their target.
 
-The lock table (``DBT_CLOUD_GATE_LOCKS`` beside the target) holds one row per target table. A load updates
-its target's row as the first statement of its transaction and holds it until COMMIT, so loads of one target
-serialize, and the guard read that follows sees every load committed before it. In Snowflake an UPDATE locks
-the whole lock table, so loads whose targets share a schema serialize (loads take seconds; correctness
-first); a blocked statement waits up to the session's LOCK_TIMEOUT. fakesnow (DuckDB's MVCC) does not wait: a
-second writer of the row fails at once, so the caller retries its transaction until its lock budget runs out.
+Each target has a lock table of its own beside it (``<TARGET>__DBT_CLOUD_GATE_LOCK``, one row). A load updates
+that row as the first statement of its transaction and holds it until COMMIT, so loads of one target
+serialize, and the guard read that follows sees every load committed before it. A table of its own per target,
+because Snowflake locks a whole table for an UPDATE: a shared lock table would make every target wait behind
+one long or abandoned transaction. A blocked statement waits up to the session's LOCK_TIMEOUT. fakesnow
+(DuckDB's MVCC) does not wait: a second writer of the row fails at once, so the caller retries its transaction
+until its lock budget runs out.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,9 +47,10 @@ AUDIT_SCHEMA: tuple[tuple[str, str], ...] = (
     ("ROWS_NULL_KEY", "NUMBER"),
     ("ROWS_NULL_WATERMARK", "NUMBER"),
     ("ROWS_FUTURE_WATERMARK", "NUMBER"),
+    ("ROWS_DUPLICATES_REMOVED", "NUMBER"),
 )
 AUDIT_COLUMNS = tuple(name for name, _ in AUDIT_SCHEMA)
-LOCK_TABLE = "DBT_CLOUD_GATE_LOCKS"
+LOCK_SUFFIX = "__DBT_CLOUD_GATE_LOCK"
 AUDIT_TABLE = "DBT_CLOUD_GATE_AUDIT"
 # pyformat needs a parameter for formatting to happen (and so for %% in names to become %).
 _ALWAYS = {"_dcg": None}
@@ -77,6 +80,14 @@ def aware(value: Any) -> datetime | None:
 def sibling(table_parts: list[str], name: str) -> list[str]:
     """A table beside ``table_parts`` (same database and schema)."""
     return [*table_parts[:-1], name]
+
+
+def lock_table(target_parts: list[str]) -> list[str]:
+    """The lock table of a target: beside it, named after it (a digest when the name would pass 255 chars)."""
+    name = target_parts[-1] + LOCK_SUFFIX
+    if len(name) > 255:
+        name = "T" + hashlib.sha256(target_parts[-1].encode()).hexdigest()[:20] + LOCK_SUFFIX
+    return sibling(target_parts, name)
 
 
 def ensure_audit_table(cursor: Any, audit_parts: list[str], timeout: float | None = None) -> None:
@@ -133,6 +144,36 @@ def last_load(
     return aware(row[1]), aware(row[2])
 
 
+def loaded_runs(
+    cursor: Any, audit_parts: list[str], *, source: str, target: str, run_id: int, timeout: float | None = None
+) -> int:
+    """How many incremental loads of dbt run ``run_id`` from ``source`` into ``target`` are audited."""
+    run(
+        cursor,
+        f"SELECT COUNT(*) FROM {table_sql(audit_parts)} WHERE TARGET = %(target)s "
+        "AND (SOURCE_TABLE = %(source)s OR SOURCE_TABLE IS NULL) AND (LOAD_KIND = %(kind)s OR LOAD_KIND IS NULL) "
+        "AND DBT_RUN_ID = %(run)s",
+        {"target": target, "source": source, "kind": KIND_INCREMENTAL, "run": run_id},
+        timeout=timeout,
+    )
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def other_sources(
+    cursor: Any, audit_parts: list[str], *, source: str, target: str, timeout: float | None = None
+) -> list[str]:
+    """The other source tables audited as loading into ``target``."""
+    run(
+        cursor,
+        f"SELECT DISTINCT SOURCE_TABLE FROM {table_sql(audit_parts)} WHERE TARGET = %(target)s "
+        "AND SOURCE_TABLE IS NOT NULL AND SOURCE_TABLE <> %(source)s",
+        {"target": target, "source": source},
+        timeout=timeout,
+    )
+    return sorted(str(row[0]) for row in cursor.fetchall())
+
+
 def write_audit_row(cursor: Any, audit_parts: list[str], values: dict[str, Any], timeout: float | None = None) -> None:
     """Insert one audit row; ``values`` maps column names (``AUDIT_COLUMNS``) to values, missing ones NULL."""
     unknown = set(values) - set(AUDIT_COLUMNS)
@@ -154,13 +195,16 @@ __all__ = [
     "AUDIT_TABLE",
     "KIND_INCREMENTAL",
     "KIND_RECONCILE",
-    "LOCK_TABLE",
+    "LOCK_SUFFIX",
     "aware",
     "ensure_audit_table",
     "ensure_lock_row",
     "last_load",
+    "loaded_runs",
     "lock_statement",
+    "lock_table",
     "naive_utc",
+    "other_sources",
     "run",
     "sibling",
     "sql_name",

@@ -86,6 +86,11 @@ class LoadShape:
     columns: tuple[str, ...]  # exact names
     keys: tuple[str, ...]
     watermark: str
+    # Per copied column, the target's type when comparing needs the source value cast to it (a NUMBER(12,4)
+    # source into NUMBER(12,2) would differ after every write otherwise), and the spatial columns, which are
+    # compared by their WKB and left out of the tie-break (they cannot be ordered).
+    casts: tuple[tuple[str, str], ...] = ()
+    spatial: frozenset[str] = frozenset()
 
     @property
     def compared(self) -> tuple[str, ...]:
@@ -122,7 +127,9 @@ def candidates(shape: LoadShape, condition: str) -> str:
     """The rows to load: those matching ``condition`` with no NULL key, one per key (latest watermark wins;
     ties broken by the other columns, so the winner is deterministic)."""
     tiebreak = "".join(
-        f", {sql_name(c)} ASC NULLS LAST" for c in shape.columns if c not in (*shape.keys, shape.watermark)
+        f", {sql_name(c)} ASC NULLS LAST"
+        for c in shape.columns
+        if c not in (*shape.keys, shape.watermark) and c not in shape.spatial
     )
     return (
         f"SELECT {_cols(shape.columns)} FROM {shape.source} WHERE ({condition}) AND {_keys_not_null(shape)} "
@@ -131,11 +138,60 @@ def candidates(shape: LoadShape, condition: str) -> str:
     )
 
 
+def _differs(shape: LoadShape, column: str) -> str:
+    """NULL-safe, exact: the target's value against the source's as the target would store it."""
+    name = sql_name(column)
+    if column in shape.spatial:
+        return f"ST_ASWKB(t.{name}) IS DISTINCT FROM ST_ASWKB(s.{name})"
+    cast = dict(shape.casts).get(column)
+    source = f"CAST(s.{name} AS {cast})" if cast else f"s.{name}"
+    return f"t.{name} IS DISTINCT FROM {source}"
+
+
+def comparison_cast(data_type: str, precision: object, scale: object, datetime_precision: object) -> str | None:
+    """The type to cast a source value to before comparing it with a target column of this type, or None.
+
+    Only types whose stored value can differ from the value inserted (rounding, precision) are cast.
+    """
+    kind = (data_type or "").upper()
+    if kind in ("NUMBER", "DECIMAL", "NUMERIC") and isinstance(precision, int) and isinstance(scale, int):
+        return f"NUMBER({precision},{scale})"
+    if kind in ("FLOAT", "DOUBLE", "REAL", "FLOAT4", "FLOAT8", "DOUBLE PRECISION"):
+        return "FLOAT"
+    if kind in ("TIMESTAMP_NTZ", "TIMESTAMP_LTZ", "TIMESTAMP_TZ"):
+        return f"{kind}({datetime_precision})" if isinstance(datetime_precision, int) else kind
+    if kind in ("DATE", "BOOLEAN"):
+        return kind
+    return None
+
+
+SPATIAL_TYPES = frozenset({"GEOGRAPHY", "GEOMETRY"})
+
+
+def columns_query(table_parts: list[str]) -> str:
+    """The target's columns and types from INFORMATION_SCHEMA (``%(schema)s``, ``%(table)s``)."""
+    database = f"{sql_name(table_parts[0])}." if len(table_parts) == 3 else ""
+    schema = "%(schema)s" if len(table_parts) >= 2 else "CURRENT_SCHEMA()"
+    return (
+        f"SELECT * FROM {database}INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {schema} AND TABLE_NAME = %(table)s"
+    )
+
+
+def dedupe_target(shape: LoadShape, condition: str) -> str:
+    """Delete every row of a key the target holds more than once, where the source has that key (the insert
+    then writes it once again): duplicates an earlier fault left behind."""
+    return (
+        f"DELETE FROM {shape.target} t USING (SELECT {_cols(shape.keys)} FROM {shape.target} "
+        f"GROUP BY {_cols(shape.keys)} HAVING COUNT(*) > 1) d WHERE {_keys_match(shape, 't', 'd')} "
+        f"AND EXISTS (SELECT 1 FROM ({candidates(shape, condition)}) s WHERE {_keys_match(shape, 's', 't')})"
+    )
+
+
 def delete_changed(shape: LoadShape, condition: str) -> str | None:
     """Delete target rows whose key is among the candidates with different content (None: keys only)."""
     if not shape.compared:
         return None
-    differs = " OR ".join(f"t.{sql_name(c)} IS DISTINCT FROM s.{sql_name(c)}" for c in shape.compared)
+    differs = " OR ".join(_differs(shape, c) for c in shape.compared)
     return (
         f"DELETE FROM {shape.target} t USING ({candidates(shape, condition)}) s "
         f"WHERE {_keys_match(shape, 't', 's')} AND ({differs})"

@@ -24,18 +24,16 @@ from blocks.dbt_cloud import DbtCloudCredentials
 from flows.dbt_cloud import DbtCloudRunError, run_dbt_cloud_job
 from tasks.snowflake import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DEFAULT_LOOKBACK_SECONDS,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     LoadReport,
     LoadTarget,
+    check_load_settings,
     describe_load_failure,
     load_incremental,
 )
 
 __all__ = ["DEFAULT_LOOKBACK_SECONDS", "EtlFailed", "EtlPipeline", "EtlSummary", "dbt_cloud_etl", "dbt_cloud_etl_many"]
-
-# A business timestamp (UPDATED_AT of the source system) lags the dbt run that carries it: re-read the last hour.
-# Re-reading costs a compare, never a duplicate; 0 is exact only for a watermark dbt stamps as it writes the row.
-DEFAULT_LOOKBACK_SECONDS = 3600.0
 
 
 class EtlFailed(Exception):
@@ -127,6 +125,13 @@ def dbt_cloud_etl(
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to load after the dbt run.")
+    # Before the dbt run is triggered: a setting that cannot work must not cost a run.
+    check_load_settings(
+        lookback_seconds=lookback_seconds,
+        lock_timeout_seconds=lock_timeout_seconds,
+        statement_timeout_seconds=statement_timeout_seconds,
+        audit_table=audit_table,
+    )
     name = pipeline or f"dbt-job-{job_id}"
     connector = resolve_connector(snowflake)
     dbt = run_dbt_cloud_job(
@@ -175,7 +180,8 @@ def dbt_cloud_etl(
         loads=reports,
     )
     rows = "\n".join(
-        f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.rows_updated} | {r.rows_null_key} | "
+        f"| {r.target} | {r.target_table} | {r.rows_loaded}{' (already loaded)' if r.already_loaded else ''} | "
+        f"{r.rows_updated} | {r.rows_null_key} | "
         f"{r.rows_null_watermark} | {r.rows_future_watermark} | "
         f"{r.watermark_from.isoformat() if r.watermark_from else 'start'} | "
         f"{r.watermark_to.isoformat() if r.watermark_to else ''} |"
@@ -256,6 +262,11 @@ def dbt_cloud_etl_many(
     """
     if not pipelines:
         raise ValueError("pipelines is empty.")
+    check_load_settings(
+        lookback_seconds=lookback_seconds,
+        lock_timeout_seconds=lock_timeout_seconds,
+        statement_timeout_seconds=statement_timeout_seconds,
+    )
     options: dict[str, Any] = {
         "credentials": credentials,
         "poll_interval_seconds": poll_interval_seconds,

@@ -21,6 +21,7 @@ from tasks.snowflake import (
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     LoadReport,
     LoadTarget,
+    check_load_settings,
     describe_load_failure,
 )
 
@@ -52,6 +53,11 @@ def dbt_cloud_reconcile(
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to reconcile.")
+    check_load_settings(
+        lock_timeout_seconds=lock_timeout_seconds,
+        statement_timeout_seconds=statement_timeout_seconds,
+        audit_table=audit_table,
+    )
     connector = resolve_connector(snowflake)
     reports: list[LoadReport] = []
     failures: list[str] = []
@@ -73,14 +79,14 @@ def dbt_cloud_reconcile(
             log.error("Reconcile of %s failed, nothing changed for it: %s", target.name, failures[-1])
     table = "\n".join(
         f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.rows_updated} | {r.rows_deleted} | "
-        f"{r.rows_null_key} | {r.watermark_to.isoformat() if r.watermark_to else ''} |"
+        f"{r.rows_duplicates_removed} | {r.rows_null_key} | {r.watermark_to.isoformat() if r.watermark_to else ''} |"
         for r in reports
     )
     create_markdown_artifact(
         key=f"dbt-cloud-reconcile-{re.sub(r'[^a-z0-9]+', '-', pipeline.lower()).strip('-') or 'pipeline'}",
         markdown=(
             f"## Reconcile {pipeline}\n\n| target | table | rows written | of which changed | deleted | "
-            "skipped: NULL key | up to |\n|---|---|---|---|---|---|---|\n"
+            "duplicates removed | skipped: NULL key | up to |\n|---|---|---|---|---|---|---|---|\n"
             + table
             + ("\n\n### Failed\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
         ),

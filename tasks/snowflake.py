@@ -34,6 +34,9 @@ from dbtcloud_api import ModelResult
 
 SUCCESS_MODEL_STATUSES = frozenset({"success"})
 AUDIT_COLUMNS = audit.AUDIT_COLUMNS
+# A business timestamp (UPDATED_AT of the source system) lags the dbt run that carries it: re-read the last hour.
+# Re-reading costs a compare, never a duplicate; 0 is exact only for a watermark dbt stamps as it writes the row.
+DEFAULT_LOOKBACK_SECONDS = 3600.0
 DEFAULT_LOCK_TIMEOUT_SECONDS = 300.0
 DEFAULT_STATEMENT_TIMEOUT_SECONDS = 3600.0
 # Each try to take the lock is bounded so that fakesnow's fail-at-once conflicts are retried.
@@ -152,6 +155,8 @@ class LoadReport(BaseModel):
     rows_null_key: int = 0
     rows_null_watermark: int = 0
     rows_future_watermark: int = 0
+    rows_duplicates_removed: int = Field(default=0, description="Target rows of keys held more than once (reconcile).")
+    already_loaded: bool = Field(default=False, description="This dbt run was loaded before: nothing to do.")
     lookback_seconds: float = 0
     watermark_from: datetime | None
     watermark_to: datetime | None
@@ -198,6 +203,25 @@ def _seconds(value: float, what: str) -> float:
     return float(value)
 
 
+def check_load_settings(
+    *,
+    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    audit_table: str | None = None,
+) -> None:
+    """Refuse load settings that cannot work (NaN, infinite, negative, a bad audit table name) with a
+    ``ValueError`` naming the setting: flows call it before triggering anything."""
+    if isinstance(lookback_seconds, bool) or not isinstance(lookback_seconds, int | float):
+        raise ValueError(f"lookback_seconds must be a number of seconds, got {lookback_seconds!r}.")
+    if not math.isfinite(lookback_seconds) or not 0 <= lookback_seconds <= 366 * 86400:
+        raise ValueError(f"lookback_seconds must be finite, from 0 to a year of seconds, got {lookback_seconds!r}.")
+    _seconds(lock_timeout_seconds, "lock_timeout_seconds")
+    _seconds(statement_timeout_seconds, "statement_timeout_seconds")
+    if audit_table is not None:
+        q.split_table(audit_table, "audit table")
+
+
 def open_load_connection(
     connector: SnowflakeConnector, *, lock_timeout_seconds: float, statement_timeout_seconds: float
 ) -> Any:
@@ -239,7 +263,7 @@ def _take_lock(cursor: Any, lock_parts: list[str], key: str, budget: float, stat
             break
         time.sleep(0.25)
     raise LoadLockTimeout(
-        f"Waited {budget:.0f} s for the write lock of {key} (row {key!r} of {q.table_display(lock_parts)}): "
+        f"Waited {budget:.0f} s for the write lock of {key} ({q.table_display(lock_parts)}): "
         "another load of this target holds it, or a transaction of a killed worker is still open (Snowflake "
         "rolls it back when that session expires; SHOW LOCKS names it and SELECT SYSTEM$ABORT_TRANSACTION(<id>) "
         "frees it now). Nothing was loaded; raise "
@@ -283,13 +307,44 @@ def _resolve_shape(cursor: Any, target: LoadTarget, timeout: float) -> q.LoadSha
             + (f": {'; '.join(hints)}" if hints else "")
             + "."
         )
+    casts, spatial = _target_types(cursor, target_parts, timeout)
     return q.LoadShape(
         source=q.table_sql(source_parts),
         target=q.table_sql(target_parts),
         columns=tuple(columns),
         keys=tuple(keys),
         watermark=watermark,
+        casts=tuple((c, casts[c]) for c in columns if c in casts),
+        spatial=frozenset(c for c in columns if c in spatial),
     )
+
+
+def _target_types(cursor: Any, target_parts: list[str], timeout: float) -> tuple[dict[str, str], set[str]]:
+    """Per target column, the type to cast a source value to before comparing, and the spatial columns."""
+    audit.run(
+        cursor,
+        q.columns_query(target_parts),
+        {"schema": target_parts[-2] if len(target_parts) >= 2 else None, "table": target_parts[-1]},
+        timeout=timeout,
+    )
+    names = [str(d[0]).upper() for d in cursor.description]
+    casts: dict[str, str] = {}
+    spatial: set[str] = set()
+    for row in cursor.fetchall():
+        field = dict(zip(names, row, strict=False))
+        column, kind = str(field.get("COLUMN_NAME")), str(field.get("DATA_TYPE") or "").upper()
+        if kind in q.SPATIAL_TYPES:
+            spatial.add(column)
+        cast = q.comparison_cast(
+            kind, field.get("NUMERIC_PRECISION"), field.get("NUMERIC_SCALE"), field.get("DATETIME_PRECISION")
+        )
+        if cast:
+            casts[column] = cast
+    return casts, spatial
+
+
+def _count(cursor: Any) -> int:
+    return max(int(cursor.rowcount or 0), 0)
 
 
 def _write(cursor: Any, shape: q.LoadShape, condition: str, params: dict[str, Any], timeout: float) -> tuple[int, int]:
@@ -297,8 +352,8 @@ def _write(cursor: Any, shape: q.LoadShape, condition: str, params: dict[str, An
     replaced = 0
     delete = q.delete_changed(shape, condition)
     if delete:
-        replaced = max(int(audit.run(cursor, delete, params, timeout=timeout).rowcount or 0), 0)
-    written = max(int(audit.run(cursor, q.insert_missing(shape, condition), params, timeout=timeout).rowcount or 0), 0)
+        replaced = _count(audit.run(cursor, delete, params, timeout=timeout))
+    written = _count(audit.run(cursor, q.insert_missing(shape, condition), params, timeout=timeout))
     return written, min(replaced, written)
 
 
@@ -331,8 +386,9 @@ def run_load(
     source_parts = q.split_table(target.source_table, "source table")
     target_parts = q.split_table(target.target_table, "target table")
     audit_parts = q.split_table(audit_table or default_audit_table(target.target_table), "audit table")
-    # Beside the target, so that every load of one target shares it, whatever audit table each names.
-    lock_parts = audit.sibling(target_parts, audit.LOCK_TABLE)
+    # Beside the target and its own, so that every load of one target shares it whatever audit table each names,
+    # and a transaction left open on another target never blocks this one.
+    lock_parts = audit.lock_table(target_parts)
     source_name, target_name = q.table_display(source_parts), q.table_display(target_parts)
     connection = open_load_connection(connector, lock_timeout_seconds=lock_timeout, statement_timeout_seconds=timeout)
     try:
@@ -345,6 +401,43 @@ def run_load(
             last_watermark, last_finished = audit.last_load(
                 cursor, audit_parts, source=source_name, target=target_name, timeout=timeout
             )
+            if (
+                kind == "incremental"
+                and dbt_run_id is not None
+                and audit.loaded_runs(
+                    cursor, audit_parts, source=source_name, target=target_name, run_id=dbt_run_id, timeout=timeout
+                )
+            ):
+                # A retry of the flow after a partial failure: this target already has this run's data.
+                _rollback(cursor, timeout, log)
+                if log is not None:
+                    log.info(
+                        "%s already holds dbt run %s's data from %s: nothing to do.",
+                        target_name,
+                        dbt_run_id,
+                        source_name,
+                    )
+                return LoadReport(
+                    target=target.name,
+                    target_table=target.target_table,
+                    source_table=target.source_table,
+                    rows_loaded=0,
+                    already_loaded=True,
+                    lookback_seconds=lookback_seconds,
+                    watermark_from=None,
+                    watermark_to=finished_at,
+                    dbt_run_id=dbt_run_id,
+                )
+            if propagate_deletes:
+                others = audit.other_sources(
+                    cursor, audit_parts, source=source_name, target=target_name, timeout=timeout
+                )
+                if others:
+                    raise StaleDataError(
+                        f"propagate_deletes would delete from {target.target_table} the rows that "
+                        f"{', '.join(others)} loaded into it too; nothing changed. Reconcile without "
+                        "propagate_deletes, or give each source a target of its own."
+                    )
             if kind == "incremental" and finished_at is not None:
                 if check_newer_run and last_finished is not None and finished_at <= last_finished:
                     raise StaleDataError(
@@ -386,10 +479,13 @@ def run_load(
                     + f" in {target.source_table}; nothing loaded (on_invalid_rows='fail'). Fix the rows, or set "
                     "on_invalid_rows='skip' to load the rest and report them."
                 )
+            duplicates = 0
+            if kind == "reconcile":
+                duplicates = _count(audit.run(cursor, q.dedupe_target(shape, condition), params, timeout=timeout))
             written, replaced = _write(cursor, shape, condition, params, timeout)
             deleted = 0
             if propagate_deletes:
-                deleted = max(int(audit.run(cursor, q.delete_gone(shape), params, timeout=timeout).rowcount or 0), 0)
+                deleted = _count(audit.run(cursor, q.delete_gone(shape), params, timeout=timeout))
             audit.write_audit_row(
                 cursor,
                 audit_parts,
@@ -412,6 +508,7 @@ def run_load(
                     "ROWS_NULL_KEY": null_key,
                     "ROWS_NULL_WATERMARK": null_watermark,
                     "ROWS_FUTURE_WATERMARK": future_watermark,
+                    "ROWS_DUPLICATES_REMOVED": duplicates,
                     "LOOKBACK_SECONDS": float(lookback_seconds),
                     "LOADED_AT": audit.naive_utc(datetime.now(UTC)),
                 },
@@ -434,6 +531,7 @@ def run_load(
         rows_null_key=null_key,
         rows_null_watermark=null_watermark,
         rows_future_watermark=future_watermark,
+        rows_duplicates_removed=duplicates,
         lookback_seconds=lookback_seconds,
         watermark_from=lower,
         watermark_to=upper,
@@ -475,7 +573,7 @@ def load_incremental(
     audit_table: str | None = None,
     check_newer_run: bool = True,
     check_model_built_ok: bool = True,
-    lookback_seconds: float = 0.0,
+    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
     lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
     statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 ) -> LoadReport:
@@ -486,8 +584,7 @@ def load_incremental(
     if check_model_built_ok:
         require_model_built(models, target.source_model)
     lookback = target.lookback_seconds if target.lookback_seconds is not None else lookback_seconds
-    if isinstance(lookback, bool) or not math.isfinite(lookback) or lookback < 0:
-        raise ValueError(f"lookback_seconds must be a finite number of seconds, 0 or more; got {lookback!r}.")
+    check_load_settings(lookback_seconds=lookback)
     return run_load(
         connector,
         target,

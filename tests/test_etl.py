@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect_snowflake import SnowflakeConnector
 
@@ -17,7 +18,7 @@ from dbtcloud_api.emulator import EmulatorServer
 from flows.dbt_cloud import DbtCloudNativeScheduleOn, DbtCloudRunFailed, run_dbt_cloud_job
 from flows.demo import DEMO_TARGETS
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
-from flows.etl import EtlFailed, EtlPipeline, dbt_cloud_etl, dbt_cloud_etl_many
+from flows.etl import EtlFailed, EtlPipeline, EtlSummary, dbt_cloud_etl, dbt_cloud_etl_many
 from flows.reconcile import dbt_cloud_reconcile
 from tests.conftest import ACCOUNT, TOKEN, WebhookReceiver
 from tests.test_flow import FAST, creds, saved_webhook
@@ -182,3 +183,33 @@ def test_reconcile_flow_repairs_drift(emulator: EmulatorServer, snowflake: Snowf
     assert [(r.target, r.kind, r.rows_loaded) for r in reports] == [("orders", "reconcile", 1)]
     assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4
     assert count(snowflake, "ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT", "WHERE LOAD_KIND = 'reconcile'") == 1
+
+
+def test_a_retry_after_a_partial_failure_finishes_the_loads_on_the_same_run(
+    emulator: EmulatorServer, snowflake: SnowflakeConnector
+) -> None:
+    copy = ORDERS.model_copy(update={"name": "copy", "target_table": "ANALYTICS.MARTS.ORDERS_COPY"})
+    attempts: list[str] = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def nightly() -> EtlSummary:
+        try:
+            return dbt_cloud_etl(11, [ORDERS, copy], snowflake, creds(emulator), pipeline="retry", **FAST)
+        except EtlFailed as exc:
+            attempts.append(str(exc))
+            # What an operator fixes between the attempts: the missing table.
+            with snowflake.get_connection() as connection:
+                connection.cursor().execute(
+                    "CREATE TABLE ANALYTICS.MARTS.ORDERS_COPY "
+                    "(ORDER_ID NUMBER, CUSTOMER_ID NUMBER, AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ)"
+                )
+            raise
+
+    summary = nightly()
+    assert len(attempts) == 1 and "copy:" in attempts[0]
+    assert emulator.emulator.trigger_count[11] == 1  # the retry waited on the run already started
+    loads = {load.target: load for load in summary.loads}
+    assert loads["orders"].already_loaded and loads["orders"].rows_loaded == 0
+    assert loads["copy"].rows_loaded == 4
+    assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4 and count(snowflake, "ANALYTICS.MARTS.ORDERS_COPY") == 4
+    assert [row[3] for row in audit(snowflake)] == [summary.dbt_run_id, summary.dbt_run_id]
