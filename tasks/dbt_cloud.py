@@ -29,7 +29,6 @@ from prefect.blocks.notifications import NotificationBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import TaskRun
-from prefect.context import TaskRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
@@ -73,6 +72,8 @@ TRIGGER_TIMEOUT_SECONDS = 600.0
 # which may take the client's retries; this only fires should something inside hang.
 WAIT_BACKSTOP_SECONDS = 120.0
 # Errors after which another attempt can succeed. Auth, bad request, not found and configuration errors cannot.
+# How a reusable run must not have ended: a retry after these runs dbt again.
+FAILED_STATUSES = frozenset({RunStatus.ERROR, RunStatus.CANCELLED})
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     DbtCloudServerError,
     DbtCloudTransportError,
@@ -226,6 +227,14 @@ def carries_scope_key(cause: str | None, job_id: int, scope: str) -> bool:
     return re.search(re.escape(key_marker(job_id, scope)) + r"(?::\d+)?\]", cause or "") is not None
 
 
+def cause_with_attempt(cause: str, key: str, attempt: int) -> str:
+    """``cause`` with ``key`` marked as its ``attempt``-th run (``[dcg:...]+2``), cut to dbt Cloud's 255 chars."""
+    marked = f"{key}+{attempt}"
+    text = cause.replace(key, "").rstrip()
+    room = MAX_CAUSE_LENGTH - len(marked) - 1
+    return f"{text[:room].rstrip()} {marked}".lstrip()
+
+
 def cause_with_key(cause: str | None, key: str) -> str:
     """``cause`` (default: the flow run's name) with ``key`` appended, within dbt Cloud's 255 characters."""
     text = (cause or "").strip() or f"Triggered by Prefect flow run {runtime_flow_run.get_name() or 'outside a flow'}"
@@ -243,16 +252,11 @@ def cause_with_key(cause: str | None, key: str) -> str:
     return f"{text} {key}"
 
 
-def _trigger_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # One trigger per key: a rerun of the task, of its flow run or of a new subflow run in the same place of the
-    # run tree (same key) reuses the persisted run ID; without the cached result, the search by key does.
-    return f"dbt-cloud-trigger-{parameters['job_id']}-{hashlib.sha256(parameters['key'].encode()).hexdigest()[:32]}"
-
-
 @task(
     name="trigger-dbt-cloud-job",
-    cache_key_fn=_trigger_cache_key,
-    persist_result=True,
+    # No cached result: whether a run carrying the key can be reused depends on how that run ended (see below),
+    # which only the search by key can tell. Every attempt searches first anyway.
+    cache_policy=NO_CACHE,
     retries=TRIGGER_RETRIES,
     retry_delay_seconds=TRIGGER_RETRY_DELAYS,
     retry_condition_fn=retry_if_transient,
@@ -275,18 +279,36 @@ def trigger_dbt_cloud_job(
     log = get_run_logger()
     with credentials.get_client() as client:
         found = client.find_runs_by_cause(job_id, key, max_runs=100)
-        if found:
-            log.info("dbt Cloud run %s of job %s carries this trigger's key %s: reusing it.", found[0].id, job_id, key)
+        if found and found[0].status not in FAILED_STATUSES:
+            log.info(
+                "dbt Cloud run %s of job %s carries this trigger's key %s (%s): reusing it.",
+                found[0].id,
+                job_id,
+                key,
+                found[0].status_label,
+            )
             return found[0].id
+        if found:
+            # A retry after the run failed or was cancelled (at the deadline, say): run dbt again, as a new attempt
+            # of the same key, so that a search still finds it and a retry of this attempt reuses it.
+            attempt_no = len(found) + 1
+            log.info(
+                "dbt Cloud run %s carrying key %s ended %s: triggering attempt %d.",
+                found[0].id,
+                key,
+                found[0].status_label,
+                attempt_no,
+            )
+            cause = cause_with_attempt(cause, key, attempt_no)
         for attempt in range(1, MAX_TRIGGER_ATTEMPTS + 1):
             try:
                 run = client.trigger_job_run(job_id, cause, **(overrides or {}))
             except DbtCloudAmbiguousTriggerError as exc:
                 log.warning("Trigger of job %s may or may not have started a run (%s); looking for it.", job_id, exc)
-                found = client.find_runs_by_cause(job_id, key, max_runs=100)
-                if found:
-                    log.info("Found dbt Cloud run %s carrying this trigger's key; using it.", found[0].id)
-                    return found[0].id
+                again = client.find_runs_by_cause(job_id, key, max_runs=100)
+                if len(again) > len(found):  # a run this attempt started
+                    log.info("Found dbt Cloud run %s carrying this trigger's key; using it.", again[0].id)
+                    return again[0].id
                 if attempt == MAX_TRIGGER_ATTEMPTS:
                     raise
                 continue

@@ -213,3 +213,16 @@ def test_a_retry_after_a_partial_failure_finishes_the_loads_on_the_same_run(
     assert loads["copy"].rows_loaded == 4
     assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4 and count(snowflake, "ANALYTICS.MARTS.ORDERS_COPY") == 4
     assert [row[3] for row in audit(snowflake)] == [summary.dbt_run_id, summary.dbt_run_id]
+
+
+def test_a_retry_after_the_dbt_run_failed_runs_dbt_again(
+    emulator: EmulatorServer, snowflake: SnowflakeConnector
+) -> None:
+    # A transient dbt failure: a retry of the pipeline must run the job again, not wait on the failed run.
+    with pytest.raises(DbtCloudRunFailed):
+        dbt_cloud_etl.with_options(retries=1, retry_delay_seconds=0)(12, [ORDERS], snowflake, creds(emulator), **FAST)
+    runs = emulator.emulator.runs_of(12)
+    assert emulator.emulator.trigger_count[12] == 2 and len(runs) == 2
+    first, second = sorted(runs, key=lambda r: r.id)
+    key = first.cause.split(" ")[-1]
+    assert key.startswith("[dcg:") and second.cause.endswith(f" {key}+2")  # one key, its second attempt
