@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.events import emit_event
 from prefect.flows import Flow
@@ -349,6 +351,29 @@ def cancel_runs_of_flow_run(flow: Flow[..., Any], flow_run: FlowRun, job_ids: li
                         log.warning("Prefect flow run cancelled: cancelled dbt Cloud run %s of job %s.", run.id, job_id)
     except Exception as exc:  # a hook must not raise; say why the dbt Cloud run may still be running
         log.error("Prefect flow run cancelled, but the dbt Cloud runs could not be cancelled: %s", exc)
+
+
+def cancel_runs_below(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """An ``on_cancellation`` hook for flows that call ``run_dbt_cloud_job`` as a subflow (the ETL flows):
+    cancelling the Prefect flow run cancels the dbt Cloud runs its subflows started. The process running an
+    in-process subflow is stopped with its parent, so the subflow's own hook may never run."""
+    log = flow_run_logger(flow_run, flow)
+    try:
+        with get_client(sync_client=True) as prefect:
+            pending, seen = [flow_run.id], 0
+            while pending and seen < 1000:  # bounded: a run tree, not a graph
+                parent = pending.pop()
+                children = prefect.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]))
+                )
+                seen += len(children)
+                for child in children:
+                    job_id = (child.parameters or {}).get("job_id")
+                    if isinstance(job_id, int) and child.state is not None and not child.state.is_final():
+                        cancel_runs_of_flow_run(flow, child, [job_id])
+                    pending.append(child.id)
+    except Exception as exc:  # a hook must not raise; say why dbt Cloud runs may still be running
+        log.error("Prefect flow run cancelled, but its dbt Cloud runs could not be looked up: %s", exc)
 
 
 def _cancel_on_prefect_cancellation(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:

@@ -21,7 +21,7 @@ from prefect_snowflake import SnowflakeConnector
 from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials
-from flows.dbt_cloud import DbtCloudRunError, run_dbt_cloud_job
+from flows.dbt_cloud import DbtCloudRunError, cancel_runs_below, run_dbt_cloud_job
 from tasks.snowflake import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_LOOKBACK_SECONDS,
@@ -82,7 +82,7 @@ def resolve_connector(snowflake: SnowflakeConnector | str) -> SnowflakeConnector
         ) from None
 
 
-@flow(name="dbt-cloud-etl")
+@flow(name="dbt-cloud-etl", on_cancellation=[cancel_runs_below])
 def dbt_cloud_etl(
     job_id: int,
     targets: list[LoadTarget],
@@ -225,7 +225,7 @@ def _pipeline_task(item: EtlPipeline, snowflake: SnowflakeConnector | str, optio
     return dbt_cloud_etl(item.job_id, item.targets, snowflake, pipeline=item.name, **options)
 
 
-@flow(name="dbt-cloud-etl-many")
+@flow(name="dbt-cloud-etl-many", on_cancellation=[cancel_runs_below])
 def dbt_cloud_etl_many(
     pipelines: list[EtlPipeline],
     snowflake: SnowflakeConnector | str,

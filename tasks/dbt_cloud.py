@@ -519,16 +519,28 @@ def wait_for_dbt_cloud_runs(
 
 
 def _prefect_cancellation_requested() -> bool:
-    """Whether this task's flow run is being cancelled in Prefect (its state is Cancelling or Cancelled)."""
+    """Whether this task's flow run, or a flow run above it, is being cancelled in Prefect (Cancelling or
+    Cancelled): cancelling a deployed ETL flow run stops the process that runs its in-process subflows, whose own
+    state is still Running."""
     flow_run_id = runtime_flow_run.get_id()
     if not flow_run_id:
         return False
     try:
         with get_client(sync_client=True) as prefect:
-            state = prefect.read_flow_run(UUID(flow_run_id)).state
+            current = prefect.read_flow_run(UUID(flow_run_id))
+            for _ in range(32):  # a run tree deeper than this is not a real one
+                state = current.state
+                if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                    return True
+                if current.parent_task_run_id is None:
+                    return False
+                parent = prefect.read_task_run(current.parent_task_run_id).flow_run_id
+                if parent is None:
+                    return False
+                current = prefect.read_flow_run(parent)
     except Exception:  # no API at hand: do not guess
         return False
-    return state is not None and (state.is_cancelling() or state.is_cancelled())
+    return False
 
 
 def _cancel_quietly(

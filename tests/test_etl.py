@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +15,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect_snowflake import SnowflakeConnector
 
-from dbtcloud_api import DbtCloudClient
+from dbtcloud_api import DbtCloudClient, RunStatus
 from dbtcloud_api.emulator import EmulatorServer
 from flows.dbt_cloud import DbtCloudNativeScheduleOn, DbtCloudRunFailed, run_dbt_cloud_job
 from flows.demo import DEMO_TARGETS
@@ -226,3 +228,33 @@ def test_a_retry_after_the_dbt_run_failed_runs_dbt_again(
     first, second = sorted(runs, key=lambda r: r.id)
     key = first.cause.split(" ")[-1]
     assert key.startswith("[dcg:") and second.cause.endswith(f" {key}+2")  # one key, its second attempt
+
+
+def test_cancelling_the_etl_flow_run_cancels_the_dbt_cloud_run(
+    emulator: EmulatorServer, snowflake: SnowflakeConnector
+) -> None:
+    emulator.emulator.set_job(11, run_seconds=30.0)
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            state=dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), return_state=True, **FAST)
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not [r for r in emulator.emulator.runs_of(11) if r.started] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with get_client(sync_client=True) as client:
+        etl_runs = [
+            fr
+            for fr in client.read_flow_runs()
+            if fr.name and fr.parameters.get("job_id") == 11 and "targets" in fr.parameters and not fr.state.is_final()
+        ]
+    assert len(etl_runs) == 1
+    # What the runner does when a deployed ETL flow run is cancelled: the ETL flow's hooks run.
+    for hook in dbt_cloud_etl.on_cancellation_hooks:
+        hook(dbt_cloud_etl, etl_runs[0], etl_runs[0].state)
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as client:
+        assert client.get_run(emulator.emulator.runs_of(11)[0].id).status is RunStatus.CANCELLED
+    thread.join(timeout=60)
+    assert outcome["state"].is_failed() and count(snowflake, "ANALYTICS.MARTS.ORDERS") == 0
