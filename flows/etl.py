@@ -28,8 +28,8 @@ from tasks.snowflake import (
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     LoadReport,
     LoadTarget,
+    attempt_each,
     check_load_settings,
-    describe_load_failure,
     load_incremental,
 )
 
@@ -144,32 +144,27 @@ def dbt_cloud_etl(
     )
     if dbt.finished_at is None:  # the wait refuses such a run; never load without a watermark
         raise EtlFailed(f"dbt Cloud run {dbt.run_id} succeeded without finished_at: no watermark, nothing loaded.")
-    reports: list[LoadReport] = []
-    failures: list[str] = []
-    for target in targets:
-        # Every target is attempted: one failing (refused, or a database error) does not stop the others.
-        try:
-            reports.append(
-                load_incremental(
-                    connector,
-                    target,
-                    dbt_run_id=dbt.run_id,
-                    dbt_job_id=dbt.job_id,
-                    dbt_account_id=dbt.account_id,
-                    dbt_finished_at=dbt.finished_at,
-                    models=dbt.models,
-                    pipeline=name,
-                    audit_table=audit_table,
-                    check_newer_run=check_newer_run,
-                    check_model_built_ok=check_model_built,
-                    lookback_seconds=lookback_seconds,
-                    lock_timeout_seconds=lock_timeout_seconds,
-                    statement_timeout_seconds=statement_timeout_seconds,
-                )
-            )
-        except Exception as exc:
-            failures.append(describe_load_failure(target.name, exc))
-            log.error("Load %s failed, nothing loaded for it: %s", target.name, failures[-1])
+    # Every target is attempted: one failing (refused, or a database error) does not stop the others.
+    reports, failures = attempt_each(
+        targets,
+        lambda target: load_incremental(
+            connector,
+            target,
+            dbt_run_id=dbt.run_id,
+            dbt_job_id=dbt.job_id,
+            dbt_account_id=dbt.account_id,
+            dbt_finished_at=dbt.finished_at,
+            models=dbt.models,
+            pipeline=name,
+            audit_table=audit_table,
+            check_newer_run=check_newer_run,
+            check_model_built_ok=check_model_built,
+            lookback_seconds=lookback_seconds,
+            lock_timeout_seconds=lock_timeout_seconds,
+            statement_timeout_seconds=statement_timeout_seconds,
+        ),
+        log,
+    )
     summary = EtlSummary(
         pipeline=name,
         dbt_job_id=job_id,

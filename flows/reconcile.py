@@ -21,8 +21,8 @@ from tasks.snowflake import (
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     LoadReport,
     LoadTarget,
+    attempt_each,
     check_load_settings,
-    describe_load_failure,
 )
 
 __all__ = ["dbt_cloud_reconcile"]
@@ -59,24 +59,20 @@ def dbt_cloud_reconcile(
         audit_table=audit_table,
     )
     connector = resolve_connector(snowflake)
-    reports: list[LoadReport] = []
-    failures: list[str] = []
-    for target in targets:
-        try:
-            reports.append(
-                reconcile_target(
-                    connector,
-                    target,
-                    pipeline=pipeline,
-                    audit_table=audit_table,
-                    propagate_deletes=propagate_deletes,
-                    lock_timeout_seconds=lock_timeout_seconds,
-                    statement_timeout_seconds=statement_timeout_seconds,
-                )
-            )
-        except Exception as exc:
-            failures.append(describe_load_failure(target.name, exc))
-            log.error("Reconcile of %s failed, nothing changed for it: %s", target.name, failures[-1])
+    reports, failures = attempt_each(
+        targets,
+        lambda target: reconcile_target(
+            connector,
+            target,
+            pipeline=pipeline,
+            audit_table=audit_table,
+            propagate_deletes=propagate_deletes,
+            lock_timeout_seconds=lock_timeout_seconds,
+            statement_timeout_seconds=statement_timeout_seconds,
+        ),
+        log,
+        "Reconcile",
+    )
     table = "\n".join(
         f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.rows_updated} | {r.rows_deleted} | "
         f"{r.rows_duplicates_removed} | {r.rows_null_key} | {r.watermark_to.isoformat() if r.watermark_to else ''} |"

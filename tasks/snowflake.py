@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -59,6 +60,22 @@ def describe_load_failure(name: str, exc: Exception) -> str:
     """One line for a failed load: refusals as they are worded, other errors with their type."""
     plain = isinstance(exc, StaleDataError | ValueError | LoadLockTimeout)
     return f"{name}: {exc}" if plain else f"{name}: {type(exc).__name__}: {exc}"
+
+
+def attempt_each(
+    targets: list[LoadTarget], call: Callable[[LoadTarget], LoadReport], log: Any, what: str = "Load"
+) -> tuple[list[LoadReport], list[str]]:
+    """Run ``call`` for every target, one failing (refused, or a database error) never stopping the others;
+    returns the reports and one line per failure."""
+    reports: list[LoadReport] = []
+    failures: list[str] = []
+    for target in targets:
+        try:
+            reports.append(call(target))
+        except Exception as exc:
+            failures.append(describe_load_failure(target.name, exc))
+            log.error("%s of %s failed, nothing changed for it: %s", what, target.name, failures[-1])
+    return reports, failures
 
 
 def quote_identifier(name: str, what: str = "identifier") -> str:
