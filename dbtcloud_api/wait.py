@@ -148,10 +148,11 @@ class RunWatcher:
         return time.monotonic() + max(self.deadline - self.clock(), LATE_READ_SECONDS)
 
     def includes(self) -> tuple[str, ...]:
-        """What to ask for with the next poll: step progress only while the run is running."""
+        """What to ask for with the next poll: the trigger (its cause) always, step progress while the run is
+        running, so that the poll that sees the end carries what the result needs and no re-read follows."""
         if self.last is not None and self.last.status == RunStatus.RUNNING:
-            return ("run_steps",)
-        return ()
+            return ("run_steps", "trigger")
+        return ("trigger",)
 
     def grace(self) -> float:
         """404 grace left for this poll (a run triggered moments ago may not be readable yet)."""
@@ -273,8 +274,9 @@ class RunWatcher:
         return run
 
     def needs_final_read(self, run: Run) -> bool:
-        """Whether the terminal run should be read once more with its steps, job and trigger."""
-        return run.job is None or run.trigger is None or not run.run_steps
+        """Whether the terminal run must be read once more: it lacks its trigger, or it ran and its steps were not
+        asked for (it ended between a poll that saw it queued and this one). A run that never started has none."""
+        return run.trigger is None or (not run.run_steps and run.started_at is not None)
 
     def _log_status(self, run: Run, previous: Run | None) -> None:
         if run.known_status is None:

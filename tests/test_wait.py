@@ -378,3 +378,16 @@ def test_emulator_success_without_finished_at_never_reaches_the_caller(spec_vali
                 wait_for_run(
                     client, run.id, schedule=FAST, max_wait_seconds=30, finished_at_grace_seconds=1.5, job_id=21
                 )
+
+
+def test_the_poll_that_sees_the_end_is_the_last_read(client: DbtCloudClient, emulator: EmulatorServer) -> None:
+    # The terminal poll carries the trigger and (the run having been seen running) its steps: no re-read follows.
+    emulator.emulator.set_job(11, run_seconds=1.0)
+    run = client.trigger_job_run(11, "no re-read")
+    done = wait_for_run(client, run.id, schedule=FixedInterval(0.05), max_wait_seconds=30, job_id=11)
+    assert done.status is RunStatus.SUCCESS and done.trigger is not None and done.run_steps
+    reads = [r for r in emulator.emulator.requests if r.method == "GET" and r.path.endswith(f"/runs/{run.id}/")]
+    assert all("trigger" in ",".join(r.query.get("include_related", [])) for r in reads)
+    running = [r for r in reads if "run_steps" in ",".join(r.query.get("include_related", []))]
+    assert running and reads[-1] is running[-1]
+    assert len(reads) - len(running) <= 3  # queued/starting polls only; nothing read after the end
