@@ -36,6 +36,7 @@ from tasks.dbt_cloud import (
     cancel_dbt_cloud_run,
     carries_scope_key,
     cause_with_key,
+    check_alert_blocks,
     check_native_schedule,
     deadline_description,
     fetch_run_results,
@@ -453,6 +454,7 @@ def run_dbt_cloud_job(
         raise ValueError(f"job_id must be a positive dbt Cloud job ID, got {job_id!r}.")
     # Before anything is triggered: NaN, infinite, zero or negative settings, or an unknown on_timeout.
     check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
+    check_alert_blocks(alert_blocks)
     creds = resolve_credentials(credentials)
     token = creds.api_token.get_secret_value()
     overrides = {

@@ -32,6 +32,7 @@ from flows.dbt_cloud import (
 )
 from tasks.dbt_cloud import (
     cause_with_key,
+    check_alert_blocks,
     check_native_schedule,
     idempotency_key,
     key_scope,
@@ -104,6 +105,7 @@ def run_dbt_cloud_jobs(
     if not jobs:
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
     check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
+    check_alert_blocks(alert_blocks)
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
     scope = key_scope()

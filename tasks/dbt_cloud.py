@@ -677,6 +677,24 @@ def load_notification_block(reference: str | NotificationBlock) -> NotificationB
     return block
 
 
+def check_alert_blocks(references: list[str] | None) -> None:
+    """Load every alert block before anything is triggered: a misspelt name found only when a run fails would
+    lose that alert. Raises ``ValueError`` naming each block that cannot be loaded and how to create it."""
+    problems: list[str] = []
+    for reference in references or []:
+        try:
+            load_notification_block(reference)
+        except Exception as exc:
+            problems.append(f"{reference!r}: {str(exc).rstrip('. ')}")
+    if problems:
+        raise ValueError(
+            "Alert blocks that cannot be loaded: "
+            + "; ".join(problems)
+            + ". Nothing was triggered: save the block first (Prefect UI > Blocks, or "
+            "SlackWebhook(url=...).save('name')), or fix the name."
+        )
+
+
 @task(name="send-dbt-cloud-alert", cache_policy=NO_CACHE)
 def send_alerts(
     alert_blocks: Sequence[str | NotificationBlock], subject: str, body: str, secret: str | None = None

@@ -34,6 +34,7 @@ from flows.dbt_cloud import (
     judge,
     run_dbt_cloud_job,
 )
+from flows.fanout import run_dbt_cloud_jobs
 from tasks.dbt_cloud import (
     cause_with_key,
     idempotency_key,
@@ -148,8 +149,23 @@ def test_error_alerts_and_fails(emulator: EmulatorServer, webhook: WebhookReceiv
 
 
 def test_alert_delivery_failure_does_not_hide_the_run_failure(emulator: EmulatorServer) -> None:
+    # A saved block whose endpoint is down: the alert fails to go out, the run's failure still surfaces.
+    CustomWebhookNotificationBlock(
+        name="down", url="http://127.0.0.1:9/hook", json_data={"body": "{{body}}"}, allow_private_urls=True
+    ).save("endpoint-down", overwrite=True)
     with pytest.raises(DbtCloudRunFailed):
+        run_dbt_cloud_job(12, creds(emulator), alert_blocks=["custom-webhook/endpoint-down"], **FAST)
+
+
+def test_alert_blocks_that_cannot_be_loaded_are_refused_before_anything_is_triggered(
+    emulator: EmulatorServer,
+) -> None:
+    with pytest.raises(ValueError, match=r"'custom-webhook/does-not-exist'.*'no-slash'.*Nothing was triggered") as info:
         run_dbt_cloud_job(12, creds(emulator), alert_blocks=["custom-webhook/does-not-exist", "no-slash"], **FAST)
+    assert "'.." not in str(info.value) and ".. " not in str(info.value)  # no doubled full stop
+    with pytest.raises(ValueError, match="custom-webhook/does-not-exist"):
+        run_dbt_cloud_jobs([12], creds(emulator), alert_blocks=["custom-webhook/does-not-exist"], **FAST)
+    assert emulator.emulator.trigger_count.get(12, 0) == 0 and not emulator.emulator.runs_of(12)
 
 
 def test_cancelled_from_outside_mid_run_is_a_failure(emulator: EmulatorServer) -> None:
