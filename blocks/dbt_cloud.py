@@ -164,10 +164,16 @@ def resolve_credentials(credentials: DbtCloudCredentials | str | None = None) ->
 
 
 def _problems(exc: ValidationError) -> str:
-    """The problems of a validation error, one per field, without the input values (a token among them)."""
+    """The problems of a validation error, one per setting, named as the environment variable that holds it,
+    without the input values (a token among them)."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}" for error in exc.errors()
+        f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors(include_input=False, include_url=False)
     )
+
+
+def _variable(location: tuple[int | str, ...]) -> str:
+    field = str(location[0]) if location else ""
+    return f"DBT_CLOUD_{field.upper()}" if field in DbtCloudSettings.model_fields else field or "value"
 
 
 def _load_block(name: str, where: str) -> DbtCloudCredentials:

@@ -545,7 +545,8 @@ def _describe_error(
     for name, problems in field_errors.items():
         parts.append(f"{name}: {' '.join(problems)}")
     if parts:
-        return " ".join(parts)
+        # Without its own final full stop: the caller adds a sentence after it (no "token.. Check").
+        return " ".join(parts).rstrip(". ")
     content_type = response.headers.get("content-type", "unknown content type").split(";")[0]
     snippet = " ".join(_TAGS.sub(" ", response.text[:2000]).split())[:160]
     return f"no dbt Cloud error body ({content_type}, {len(response.content)} bytes){': ' + snippet if snippet else ''}"

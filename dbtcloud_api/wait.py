@@ -292,7 +292,18 @@ class RunWatcher:
                 )
             return
         was = f" (was {previous.status_label})" if previous is not None else ""
-        self.log.info("dbt Cloud run %s is %s%s after %.1f s.", self.run_id, run.status_label, was, self.elapsed())
+        # The wait's own time, named as such; the run's time in dbt Cloud apart, once it is known.
+        took = ""
+        if run.is_terminal and run.started_at is not None and run.finished_at is not None:
+            took = f"; the run took {(run.finished_at - run.started_at).total_seconds():.1f} s in dbt Cloud"
+        self.log.info(
+            "dbt Cloud run %s is %s%s, %.1f s into this wait%s.",
+            self.run_id,
+            run.status_label,
+            was,
+            self.elapsed(),
+            took,
+        )
 
     def _log_steps(self, run: Run) -> None:
         for step in sorted(run.run_steps, key=lambda s: s.index):
