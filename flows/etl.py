@@ -65,7 +65,8 @@ class EtlPipeline(BaseModel):
     name: str | None = None
 
 
-def _slug(text: str) -> str:
+def artifact_slug(text: str) -> str:
+    """``text`` as the tail of a Prefect artifact key (lowercase letters, digits and dashes only)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "pipeline"
 
 
@@ -184,7 +185,7 @@ def dbt_cloud_etl(
     )
     skipped = [r for r in reports if r.rows_skipped]
     create_markdown_artifact(
-        key=f"dbt-cloud-etl-{_slug(name)}",
+        key=f"dbt-cloud-etl-{artifact_slug(name)}",
         markdown=(
             f"## {name}: dbt Cloud run [{dbt.run_id}]({dbt.url}) — {dbt.status}\n\n"
             f"finished_at (watermark): **{dbt.finished_at.isoformat()}**\n\n"

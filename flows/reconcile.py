@@ -8,13 +8,11 @@ gone from the source. Each target is attempted; the flow fails after all if any 
 
 from __future__ import annotations
 
-import re
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect_snowflake import SnowflakeConnector
 
-from flows.etl import EtlFailed, resolve_connector
+from flows.etl import EtlFailed, artifact_slug, resolve_connector
 from tasks.reconcile import reconcile_target
 from tasks.snowflake import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -79,7 +77,7 @@ def dbt_cloud_reconcile(
         for r in reports
     )
     create_markdown_artifact(
-        key=f"dbt-cloud-reconcile-{re.sub(r'[^a-z0-9]+', '-', pipeline.lower()).strip('-') or 'pipeline'}",
+        key=f"dbt-cloud-reconcile-{artifact_slug(pipeline)}",
         markdown=(
             f"## Reconcile {pipeline}\n\n| target | table | rows written | of which changed | deleted | "
             "duplicates removed | skipped: NULL key | up to |\n|---|---|---|---|---|---|---|---|\n"

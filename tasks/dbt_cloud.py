@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -28,7 +28,7 @@ from prefect.blocks.core import Block
 from prefect.blocks.notifications import NotificationBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
@@ -183,18 +183,30 @@ def key_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient |
         except Exception as exc:  # no Prefect API at hand: this flow run's own retries still find the run
             _LOG.warning("Could not read the Prefect run tree (%s); keying dbt Cloud runs on flow run %s.", exc, owner)
             return str(owner)
-    current = client.read_flow_run(UUID(str(owner)))
     hops: list[str] = []
-    while current.parent_task_run_id is not None:
-        tracking = client.read_task_run(current.parent_task_run_id)
-        hops.append(_hop_name(tracking, current.parameters or {}))
-        if tracking.flow_run_id is None:
-            break
-        current = client.read_flow_run(tracking.flow_run_id)
+    for current, tracking in flow_runs_upwards(client, owner):
+        if tracking is not None:
+            hops.append(_hop_name(tracking, current.parameters or {}))
     if not hops:
         return str(current.id)
     digest = hashlib.sha256("/".join(reversed(hops)).encode()).hexdigest()[:12]
     return f"{current.id}.{digest}"
+
+
+# A run tree deeper than this is not a real one: the walk up stops there.
+MAX_RUN_TREE_DEPTH = 32
+
+
+def flow_runs_upwards(client: SyncPrefectClient, flow_run_id: str | UUID) -> Iterator[tuple[FlowRun, TaskRun | None]]:
+    """The flow run, then each flow run above it up to the root, each with the task run that tracks it in its
+    parent (None for the top one)."""
+    current = client.read_flow_run(UUID(str(flow_run_id)))
+    for _ in range(MAX_RUN_TREE_DEPTH):
+        tracking = client.read_task_run(current.parent_task_run_id) if current.parent_task_run_id else None
+        yield current, tracking
+        if tracking is None or tracking.flow_run_id is None:
+            return
+        current = client.read_flow_run(tracking.flow_run_id)
 
 
 def _hop_name(tracking: TaskRun, parameters: dict[str, Any]) -> str:
@@ -527,20 +539,12 @@ def _prefect_cancellation_requested() -> bool:
         return False
     try:
         with get_client(sync_client=True) as prefect:
-            current = prefect.read_flow_run(UUID(flow_run_id))
-            for _ in range(32):  # a run tree deeper than this is not a real one
-                state = current.state
-                if state is not None and (state.is_cancelling() or state.is_cancelled()):
-                    return True
-                if current.parent_task_run_id is None:
-                    return False
-                parent = prefect.read_task_run(current.parent_task_run_id).flow_run_id
-                if parent is None:
-                    return False
-                current = prefect.read_flow_run(parent)
+            return any(
+                run.state is not None and (run.state.is_cancelling() or run.state.is_cancelled())
+                for run, _ in flow_runs_upwards(prefect, flow_run_id)
+            )
     except Exception:  # no API at hand: do not guess
         return False
-    return False
 
 
 def _cancel_quietly(

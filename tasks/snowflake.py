@@ -475,25 +475,20 @@ def run_load(
                 upper, lower = last_watermark, None
                 condition = q.reconcile_condition(shape)
             params = {"wm_to": audit.naive_utc(upper), "wm_from": audit.naive_utc(lower) if lower else None}
-            window = q.incremental_condition(shape, lower is not None)
-            audit.run(cursor, q.invalid_row_counts(shape, window), params, timeout=timeout)
+            audit.run(cursor, q.invalid_row_counts(shape, condition), params, timeout=timeout)
             counts = cursor.fetchone() or (0, 0, 0)
             null_watermark, future_watermark, null_key = (int(v or 0) for v in counts)
             if kind == "reconcile":
                 null_watermark = future_watermark = 0  # a reconcile takes the first; the next load the second
-                audit.run(cursor, q.invalid_row_counts(shape, condition), params, timeout=timeout)
-                null_key = int((cursor.fetchone() or (0, 0, 0))[2] or 0)
             invalid = {
                 "a NULL key": null_key,
                 "a NULL watermark": null_watermark,
                 f"a watermark after {upper.isoformat()}": future_watermark,
             }
-            found = {what: n for what, n in invalid.items() if n}
-            if found and target.on_invalid_rows == "fail":
+            skipped = ", ".join(f"{n} row(s) with {what}" for what, n in invalid.items() if n)
+            if skipped and target.on_invalid_rows == "fail":
                 raise InvalidRowsError(
-                    f"Load {target.name!r}: "
-                    + ", ".join(f"{n} row(s) with {what}" for what, n in found.items())
-                    + f" in {target.source_table}; nothing loaded (on_invalid_rows='fail'). Fix the rows, or set "
+                    f"Load {target.name!r}: {skipped} in {target.source_table}; nothing loaded (on_invalid_rows='fail'). Fix the rows, or set "
                     "on_invalid_rows='skip' to load the rest and report them."
                 )
             duplicates = 0
@@ -555,11 +550,11 @@ def run_load(
         dbt_run_id=dbt_run_id,
     )
     if log is not None:
-        if found:
+        if skipped:
             log.warning(
                 "Load %s skipped %s: they are in no window and were not loaded (on_invalid_rows='skip').",
                 target.name,
-                ", ".join(f"{n} row(s) with {what}" for what, n in found.items()),
+                skipped,
             )
         log.info(
             "%s %s: %s row(s) written (%s changed, %s new), %s deleted, into %s (watermark %s → %s).",
