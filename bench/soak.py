@@ -23,7 +23,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from blocks.dbt_cloud import DbtCloudCredentials
 from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
 from dbtcloud_api.emulator.state import Outcome
-from flows.embedded import WebhookReceiver, fakesnow_connector, fakesnow_server, seed_demo_tables
+from flows.embedded import AlertSink, fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
 from tasks.snowflake import LoadTarget, load_incremental
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--fault-rate", type=float, default=0.10)
     args = parser.parse_args(argv)
-    receiver = WebhookReceiver()
+    receiver = AlertSink()
     try:
         CustomWebhookNotificationBlock(
             name="soak",

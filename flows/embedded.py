@@ -104,7 +104,7 @@ def seed_demo_tables(connector: SnowflakeConnector, new_rows: int = 3, now: date
             )
 
 
-class WebhookReceiver:
+class AlertSink:
     """A local HTTP endpoint that records every POST body: where alert blocks send in tests and the soak."""
 
     def __init__(self) -> None:

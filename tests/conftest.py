@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
 from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec  # noqa: E402
 from dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator  # noqa: E402
-from flows.embedded import WebhookReceiver  # noqa: E402
+from flows.embedded import AlertSink  # noqa: E402
 
 TOKEN = "tok_sEcReT_0123456789abcdef"
 ACCOUNT = 4242
@@ -97,7 +97,7 @@ def prefect_harness() -> Iterator[None]:
 
 
 @pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
+def webhook() -> Iterator[AlertSink]:
+    receiver = AlertSink()
     yield receiver
     receiver.close()

@@ -22,7 +22,7 @@ from flows.demo import DEMO_TARGETS
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.etl import EtlFailed, EtlPipeline, EtlSummary, dbt_cloud_etl, dbt_cloud_etl_many
 from flows.reconcile import dbt_cloud_reconcile
-from tests.conftest import ACCOUNT, TOKEN, WebhookReceiver
+from tests.conftest import ACCOUNT, TOKEN, AlertSink
 from tests.test_flow import FAST, creds, saved_webhook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -88,7 +88,7 @@ def test_etl_success_loads_and_audits_the_dbt_run(emulator: EmulatorServer, snow
 
 
 def test_etl_dbt_failure_loads_nothing_and_alerts(
-    emulator: EmulatorServer, snowflake: SnowflakeConnector, webhook: WebhookReceiver
+    emulator: EmulatorServer, snowflake: SnowflakeConnector, webhook: AlertSink
 ) -> None:
     block = saved_webhook(webhook, "etl-alerts")
     with pytest.raises(DbtCloudRunFailed) as info:

@@ -11,7 +11,7 @@ from bench.soak import run_soak
 from dbtcloud_api.emulator import EmulatorServer
 from flows.dbt_cloud import DbtCloudNativeScheduleOn
 from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
-from tests.conftest import TOKEN, WebhookReceiver
+from tests.conftest import TOKEN, AlertSink
 from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, saved_webhook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -25,7 +25,7 @@ def task_runs_of(flow_run_id: object) -> list[str]:
     return sorted(r.name.rsplit("-", 1)[0] for r in runs)
 
 
-def test_fan_out_mixed_outcomes(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+def test_fan_out_mixed_outcomes(emulator: EmulatorServer, webhook: AlertSink) -> None:
     block = saved_webhook(webhook, "fanout-alerts")
     jobs: list[int | DbtCloudJobRequest] = [11, 11, 12, DbtCloudJobRequest(job_id=13, cause="with a cause")]
     with pytest.raises(DbtCloudRunsFailed) as info:
@@ -56,7 +56,7 @@ def test_task_runs_per_dbt_run_do_not_grow_with_duration(emulator: EmulatorServe
     assert counts[0].count("check-dbt-cloud-job-schedules") == 1 and len(counts[0]) == 5
 
 
-def test_soak_under_faults_reduced(webhook: WebhookReceiver) -> None:
+def test_soak_under_faults_reduced(webhook: AlertSink) -> None:
     block = saved_webhook(webhook, "soak-alerts")
     report = run_soak(
         runs=30,
@@ -82,7 +82,7 @@ def test_fan_out_refuses_before_triggering_when_a_job_is_scheduled_in_dbt_cloud(
 
 
 def test_fan_out_reads_every_building_step_and_names_deadlines_and_missing_watermarks(
-    emulator: EmulatorServer, webhook: WebhookReceiver
+    emulator: EmulatorServer, webhook: AlertSink
 ) -> None:
     block = saved_webhook(webhook, "fanout-issue8-alerts")
     emulator.emulator.add_job(multi_step_job(21))

@@ -42,7 +42,7 @@ from tasks.dbt_cloud import (
     wait_for_dbt_cloud_run,
     wait_timeout_seconds,
 )
-from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN, WebhookReceiver
+from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN, AlertSink
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -53,7 +53,7 @@ def creds(emulator: EmulatorServer, token: str = TOKEN) -> DbtCloudCredentials:
     return DbtCloudCredentials(account_id=ACCOUNT, api_token=token, access_url=emulator.url)
 
 
-def saved_webhook(receiver: WebhookReceiver, name: str) -> str:
+def saved_webhook(receiver: AlertSink, name: str) -> str:
     CustomWebhookNotificationBlock(
         name="tests",
         url=receiver.url,
@@ -132,7 +132,7 @@ def test_success_returns_exact_finished_at_models_artifacts_and_event(emulator: 
     assert related["dbt-cloud.job.11"] == "job" and related[f"dbt-cloud.account.{ACCOUNT}"] == "account"
 
 
-def test_error_alerts_and_fails(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+def test_error_alerts_and_fails(emulator: EmulatorServer, webhook: AlertSink) -> None:
     block = saved_webhook(webhook, "error-alerts")
     with pytest.raises(DbtCloudRunFailed) as info:
         run_dbt_cloud_job(12, creds(emulator), alert_blocks=[block], **FAST)
@@ -376,7 +376,7 @@ def test_bad_parameters_are_refused(emulator: EmulatorServer) -> None:
     assert emulator.emulator.trigger_count == {}
 
 
-def test_token_absent_from_logs_artifacts_events_and_alerts(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+def test_token_absent_from_logs_artifacts_events_and_alerts(emulator: EmulatorServer, webhook: AlertSink) -> None:
     block = saved_webhook(webhook, "leak-check")
     run_dbt_cloud_job(11, creds(emulator), **FAST)
     with pytest.raises(DbtCloudRunFailed):
@@ -454,7 +454,7 @@ def test_build_result_refuses_a_success_without_finished_at(emulator: EmulatorSe
     assert verdict.outcome == "failed" and verdict.error is DbtCloudRunInvalid
 
 
-def test_success_without_finished_at_alerts_and_fails(emulator: EmulatorServer, webhook: WebhookReceiver) -> None:
+def test_success_without_finished_at_alerts_and_fails(emulator: EmulatorServer, webhook: AlertSink) -> None:
     block = saved_webhook(webhook, "watermark-alerts")
     emulator.emulator.set_job(11, finished_at_missing=True)
     with pytest.raises(DbtCloudRunError) as info:
@@ -464,9 +464,7 @@ def test_success_without_finished_at_alerts_and_fails(emulator: EmulatorServer, 
     assert emulator.emulator.trigger_count[11] == 1
 
 
-def test_timeout_reports_where_the_run_stood_at_the_deadline(
-    emulator: EmulatorServer, webhook: WebhookReceiver
-) -> None:
+def test_timeout_reports_where_the_run_stood_at_the_deadline(emulator: EmulatorServer, webhook: AlertSink) -> None:
     block = saved_webhook(webhook, "deadline-alerts")
     emulator.emulator.set_job(11, queue_seconds=60)
     with pytest.raises(DbtCloudRunTimedOut) as queued:
