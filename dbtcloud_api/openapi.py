@@ -1,8 +1,8 @@
-"""Validation of requests against the dbt Cloud OpenAPI v2 spec (path, method, query, body).
+"""Validation of requests against the dbt Cloud OpenAPI specs, v2 and v3 (path, method, query, body).
 
 Used by the emulator (every request it receives) and by the tests (every request the client sends).
 The spec is not vendored: it is read from ``DBT_CLOUD_OPENAPI_SPEC`` or from ``../shared/dbt-cloud/``
-beside the project checkout.
+beside the project checkout. The v3 spec (webhook subscriptions) is ``openapi-v3.yaml`` in the same folder.
 """
 
 from __future__ import annotations
@@ -24,17 +24,21 @@ SPEC_ENV = "DBT_CLOUD_OPENAPI_SPEC"
 _SPEC_URI = "urn:dbt-cloud-openapi-v2"
 
 
-def default_spec_path() -> Path | None:
-    """Where the spec is: ``$DBT_CLOUD_OPENAPI_SPEC``, else ``shared/dbt-cloud/openapi-v2.yaml`` beside the repo."""
+def default_spec_path(version: str = "v2") -> Path | None:
+    """Where the spec is: ``$DBT_CLOUD_OPENAPI_SPEC``, else ``shared/dbt-cloud/openapi-v2.yaml`` beside the repo.
+
+    ``version="v3"``: ``openapi-v3.yaml`` in the folder of the v2 spec.
+    """
+    name = f"openapi-{version}.yaml"
     configured = os.environ.get(SPEC_ENV)
     if configured:
-        return Path(configured)
+        return Path(configured) if version == "v2" else Path(configured).with_name(name)
     here = Path(__file__).resolve()
     for parent in here.parents:
-        candidate = parent / "shared" / "dbt-cloud" / "openapi-v2.yaml"
+        candidate = parent / "shared" / "dbt-cloud" / name
         if candidate.is_file():
             return candidate
-        sibling = parent.parent / "shared" / "dbt-cloud" / "openapi-v2.yaml"
+        sibling = parent.parent / "shared" / "dbt-cloud" / name
         if sibling.is_file():
             return sibling
     return None
@@ -175,9 +179,9 @@ def _load(path: str) -> SpecValidator:
     return SpecValidator(spec)
 
 
-def load_default_validator() -> SpecValidator | None:
-    """The validator for the default spec location, or ``None`` if the spec cannot be found."""
-    path = default_spec_path()
+def load_default_validator(version: str = "v2") -> SpecValidator | None:
+    """The validator for the default spec location (``v2`` or ``v3``), or ``None`` if the spec cannot be found."""
+    path = default_spec_path(version)
     if path is None or not path.is_file():
         return None
     return _load(str(path))
