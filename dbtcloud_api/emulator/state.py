@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from dbtcloud_api.emulator.webhooks import WebhookHub
 from dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep, format_timestamp
 from dbtcloud_api.openapi import SpecValidator
 
@@ -253,6 +254,12 @@ def _error(code: int, message: str, data: Any = None) -> Reply:
     return Reply(code, _envelope(data, code, message), {"Content-Type": "application/json"})
 
 
+_V3_MESSAGES = {
+    400: "The request was invalid. Please double check the provided data and try again.",
+    404: "Requested resource not found.",
+    405: "Method not allowed.",
+}
+
 _HTML_502 = (
     "<html><head><title>{code} Bad Gateway</title></head><body><center><h1>{code} Bad Gateway</h1></center>"
     "<hr><center>nginx</center></body></html>"
@@ -295,6 +302,8 @@ class Emulator:
         self._next_trigger_id = 90_000_001 + base
         self._job_runs: dict[int, int] = {}
         self._window: deque[float] = deque()
+        # v3 webhook subscriptions and the deliveries they get (dbtcloud_api.emulator.webhooks).
+        self.webhooks = WebhookHub.for_emulator(self)
         for spec in jobs or []:
             self.add_job(spec)
 
@@ -412,6 +421,7 @@ class Emulator:
         self.runs[run.id] = run
         self._by_job.setdefault(spec.id, []).append(run)
         self._replan(spec.id, now)
+        self.webhooks.track(run)
         return run
 
     def _next_outcome(self, spec: JobSpec) -> Outcome:
@@ -434,6 +444,7 @@ class Emulator:
             run.started = run.dequeued + run.start_s
             run.finished = run.started + run.run_s
             slot_free = run.end() if run.cancelled_at is not None else run.finished
+        self.webhooks.wake()
 
     def _cancel(self, run: _Run, now: float) -> None:
         if run.status_at(now).is_terminal:
@@ -803,8 +814,9 @@ class Emulator:
             return _error(401, "Invalid token.")
         if body_error:
             return _error(400, body_error)
-        if self.validator is not None:
-            problems = self.validator.validate(method, path, query, body, has_body=bool(raw_body))
+        validator = self.webhooks.validator if path.startswith("/api/v3/") else self.validator
+        if validator is not None:
+            problems = validator.validate(method, path, query, body, has_body=bool(raw_body))
             record.spec_problems = problems
             if problems:
                 if any(p.startswith("no operation") for p in problems):
@@ -816,12 +828,17 @@ class Emulator:
                     "The request was invalid. Please double check the provided data and try again.",
                     {"__all__": problems},
                 )
-        prefix = f"/api/v2/accounts/{self.account_id}/"
+        version = "v3" if path.startswith("/api/v3/") else "v2"
+        prefix = f"/api/{version}/accounts/{self.account_id}/"
         if not path.startswith(prefix):
-            if re.match(r"^/api/v2/accounts/\d+/", path):
+            if re.match(rf"^/api/{version}/accounts/\d+/", path):
                 return _error(403, "You do not have permission to access this account.")
             return _error(404, "Requested resource not found.")
         rest = path[len(prefix) :]
+        if version == "v3":
+            code, data, extra = self.webhooks.handle(method, rest, query, body, now)
+            message = _V3_MESSAGES.get(code, "Success!" if code < 300 else "The request failed.")
+            return Reply(code, _envelope(data, code, message, extra), {"Content-Type": "application/json"})
         includes = set(
             ",".join(query.get("include_related", [])).replace("[", "").replace("]", "").replace('"', "").split(",")
         )
@@ -979,6 +996,9 @@ class Emulator:
     # -- admin endpoints (for tests and for processes that cannot hold the emulator object) ---------
 
     def _admin(self, method: str, path: str, body: Any) -> Reply:
+        if path.startswith("/_emulator/webhooks/"):
+            code, data = self.webhooks.admin(method, path[len("/_emulator/webhooks/") :], body)
+            return Reply(code, _envelope(data, code), {"Content-Type": "application/json"})
         if method == "GET" and path == "/_emulator/requests":
             return self._ok([asdict(record) for record in self.requests])
         if method == "GET" and path == "/_emulator/runs":
