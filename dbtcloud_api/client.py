@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpcore
@@ -62,6 +62,7 @@ from dbtcloud_api.models import Job, Run, RunPage, RunStatus
 from dbtcloud_api.polling import durations_from_runs
 from dbtcloud_api.ratelimit import RateLimiter
 from dbtcloud_api.urls import DEFAULT_ACCESS_URL, describe_character, normalize_access_url
+from dbtcloud_api.webhooks import SubscriptionSettings, WebhookSubscription, check_subscription_id, subscription_body
 
 logger = logging.getLogger("dbtcloud_api")
 
@@ -969,6 +970,62 @@ class _Core:
         job_id = _check_id("job id", body.get("id"))
         return self._build("POST", f"jobs/{job_id}/", Job.model_validate, json_body=body, kind="write")
 
+    # -- API v3: webhook subscriptions (another base path than v2's) ----------------------------------------
+
+    def _build_v3(self, method: str, suffix: str, model: Callable[[Any], T], **options: Any) -> _Call[T]:
+        path = f"/api/v3/accounts/{self.account_id}/webhooks/{suffix}"
+        return _Call(method, path, parse=_parser(f"{method} {path}", model), **options)
+
+    def list_webhook_subscriptions_call(self, limit: int, offset: int) -> _Call[list[WebhookSubscription]]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise DbtCloudConfigError(f"limit must be an integer between 1 and {MAX_PAGE_SIZE}, got {limit!r}.")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise DbtCloudConfigError(f"offset must be an integer, 0 or more, got {offset!r}.")
+
+        def to_list(data: Any) -> list[WebhookSubscription]:
+            if not isinstance(data, list):
+                raise ValueError("the subscription list is not a list")
+            return [WebhookSubscription.model_validate(item) for item in data]
+
+        params = [("limit", str(limit)), ("offset", str(offset))]
+        return self._build_v3("GET", "subscriptions", to_list, params=params)
+
+    def create_webhook_subscription_call(
+        self, name: str, client_url: str, settings: SubscriptionSettings
+    ) -> _Call[WebhookSubscription]:
+        # A create retried after a lost answer can make a second subscription; ensure-style callers list first.
+        body = subscription_body(name=name, client_url=client_url, **settings)
+        return self._build_v3("POST", "subscriptions", WebhookSubscription.model_validate, json_body=body, kind="write")
+
+    def get_webhook_subscription_call(self, subscription_id: str) -> _Call[WebhookSubscription]:
+        ident = check_subscription_id(subscription_id)
+        return self._build_v3("GET", f"subscription/{ident}", WebhookSubscription.model_validate)
+
+    def update_webhook_subscription_call(
+        self, subscription_id: str, name: str, client_url: str, settings: SubscriptionSettings
+    ) -> _Call[WebhookSubscription]:
+        ident = check_subscription_id(subscription_id)
+        body = subscription_body(name=name, client_url=client_url, **settings)
+        return self._build_v3(
+            "PUT", f"subscription/{ident}", WebhookSubscription.model_validate, json_body=body, kind="write"
+        )
+
+    def delete_webhook_subscription_call(self, subscription_id: str) -> _Call[str]:
+        ident = check_subscription_id(subscription_id)
+        return self._build_v3(
+            "DELETE", f"subscription/{ident}", lambda data: str((data or {}).get("id") or ident), kind="write"
+        )
+
+    def test_webhook_subscription_call(self, subscription_id: str) -> _Call[dict[str, Any]]:
+        ident = check_subscription_id(subscription_id)
+
+        def to_dict(data: Any) -> dict[str, Any]:
+            if not isinstance(data, dict):
+                raise ValueError("the test answer is not an object")
+            return data
+
+        return self._build_v3("GET", f"subscription/{ident}/test", to_dict)
+
 
 class DbtCloudClient(_Core):
     """Blocking client. Use as a context manager, or call :meth:`close`."""
@@ -1117,6 +1174,42 @@ class DbtCloudClient(_Core):
     def update_job(self, job: Job | dict[str, Any]) -> Job:
         """Write a whole job back (dbt Cloud updates a job with a POST of the whole object)."""
         return self._execute(self.update_job_call(job))
+
+    # -- API v3: webhook subscriptions ----------------------------------------------------------------------
+
+    def list_webhook_subscriptions(self, *, page_size: int = MAX_PAGE_SIZE) -> list[WebhookSubscription]:
+        """Every webhook subscription of the account, page by page."""
+        found: list[WebhookSubscription] = []
+        while True:
+            page = self._execute(self.list_webhook_subscriptions_call(page_size, len(found)))
+            found += page
+            if len(page) < page_size:
+                return found
+
+    def create_webhook_subscription(
+        self, name: str, client_url: str, **settings: Unpack[SubscriptionSettings]
+    ) -> WebhookSubscription:
+        """Subscribe ``client_url`` to run events of ``job_ids`` (none: every job). The answer's ``hmac_secret``
+        is shown this once: store it."""
+        return self._execute(self.create_webhook_subscription_call(name, client_url, settings))
+
+    def get_webhook_subscription(self, subscription_id: str) -> WebhookSubscription:
+        """Read one subscription (``active``, ``deactivate_reason``, the last delivery's status)."""
+        return self._execute(self.get_webhook_subscription_call(subscription_id))
+
+    def update_webhook_subscription(
+        self, subscription_id: str, name: str, client_url: str, **settings: Unpack[SubscriptionSettings]
+    ) -> WebhookSubscription:
+        """Replace a subscription's settings (a PUT of the whole subscription); ``active=True`` re-activates it."""
+        return self._execute(self.update_webhook_subscription_call(subscription_id, name, client_url, settings))
+
+    def delete_webhook_subscription(self, subscription_id: str) -> str:
+        """Delete a subscription; returns its ID."""
+        return self._execute(self.delete_webhook_subscription_call(subscription_id))
+
+    def test_webhook_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """Have dbt Cloud send its fixed sample delivery to the subscription's URL; returns the answer's data."""
+        return self._execute(self.test_webhook_subscription_call(subscription_id))
 
 
 class AsyncDbtCloudClient(_Core):
@@ -1275,3 +1368,38 @@ class AsyncDbtCloudClient(_Core):
     async def update_job(self, job: Job | dict[str, Any]) -> Job:
         """Write a whole job back."""
         return await self._execute(self.update_job_call(job))
+
+    # -- API v3: webhook subscriptions ----------------------------------------------------------------------
+
+    async def list_webhook_subscriptions(self, *, page_size: int = MAX_PAGE_SIZE) -> list[WebhookSubscription]:
+        """Every webhook subscription of the account; see :meth:`DbtCloudClient.list_webhook_subscriptions`."""
+        found: list[WebhookSubscription] = []
+        while True:
+            page = await self._execute(self.list_webhook_subscriptions_call(page_size, len(found)))
+            found += page
+            if len(page) < page_size:
+                return found
+
+    async def create_webhook_subscription(
+        self, name: str, client_url: str, **settings: Unpack[SubscriptionSettings]
+    ) -> WebhookSubscription:
+        """Subscribe ``client_url``; see :meth:`DbtCloudClient.create_webhook_subscription`."""
+        return await self._execute(self.create_webhook_subscription_call(name, client_url, settings))
+
+    async def get_webhook_subscription(self, subscription_id: str) -> WebhookSubscription:
+        """Read one subscription."""
+        return await self._execute(self.get_webhook_subscription_call(subscription_id))
+
+    async def update_webhook_subscription(
+        self, subscription_id: str, name: str, client_url: str, **settings: Unpack[SubscriptionSettings]
+    ) -> WebhookSubscription:
+        """Replace a subscription's settings; see :meth:`DbtCloudClient.update_webhook_subscription`."""
+        return await self._execute(self.update_webhook_subscription_call(subscription_id, name, client_url, settings))
+
+    async def delete_webhook_subscription(self, subscription_id: str) -> str:
+        """Delete a subscription; returns its ID."""
+        return await self._execute(self.delete_webhook_subscription_call(subscription_id))
+
+    async def test_webhook_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """Have dbt Cloud send its sample delivery; returns the answer's data."""
+        return await self._execute(self.test_webhook_subscription_call(subscription_id))

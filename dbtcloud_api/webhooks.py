@@ -14,15 +14,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets as _secrets
 import string
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict, Unpack
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
+from dbtcloud_api.errors import DbtCloudConfigError
 from dbtcloud_api.models import RunStatus
+from dbtcloud_api.urls import describe_character, is_loopback_host
 
 SIGNATURE_HEADER = "Authorization"
 EVENT_STARTED = "job.run.started"
@@ -322,3 +326,107 @@ def delivery_payload(
 def encode_body(payload: Mapping[str, Any]) -> bytes:
     """The bytes a delivery is sent as (and signed over)."""
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+# -- subscriptions (API v3) ---------------------------------------------------------------------------------
+
+_SUBSCRIPTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def _job_id_list(value: Any) -> list[int]:
+    # The spec says integers; dbt Cloud answers with strings.
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("job_ids must be a list")
+    return [_run_id_field(item) for item in value]
+
+
+class WebhookSubscription(BaseModel):
+    """A webhook subscription as the v3 API returns it. ``hmac_secret`` is only in the answer to a create.
+
+    An empty ``job_ids`` means every job of the account.
+    """
+
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
+
+    id: str
+    name: str = ""
+    description: str | None = None
+    client_url: str = ""
+    event_types: list[str] = Field(default_factory=list)
+    job_ids: Annotated[list[int], BeforeValidator(_job_id_list)] = Field(default_factory=list)
+    active: bool = False
+    http_status_code: str | None = None
+    dispatched_at: str | None = None
+    deactivate_reason: str | None = None
+    account_id: int | None = None
+    hmac_secret: SecretStr | None = None
+
+
+def check_subscription_id(value: object) -> str:
+    """``value`` if it can be a subscription ID (``wsu_...``): it goes into a URL path."""
+    if not isinstance(value, str) or not _SUBSCRIPTION_ID.fullmatch(value.strip()):
+        raise DbtCloudConfigError(
+            f"A webhook subscription ID is 1 to 100 letters, digits, '_' or '-' (like wsu_12345abcde), got {value!r}."
+        )
+    return value.strip()
+
+
+def check_client_url(value: object) -> str:
+    """The receiver URL dbt Cloud will POST to: ``https://`` (``http://`` only for a loopback host), no whitespace."""
+    if not isinstance(value, str) or not value.strip():
+        raise DbtCloudConfigError("The webhook receiver URL must be a non-empty string.")
+    text = value.strip()
+    for char in text:
+        if char.isspace() or not char.isprintable():
+            raise DbtCloudConfigError(f"The webhook receiver URL contains {describe_character(char)}.")
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise DbtCloudConfigError(f"The webhook receiver URL must be https://host/path, got {text!r}.")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise DbtCloudConfigError(
+            f"The webhook receiver URL {text!r} is plain http: dbt Cloud's deliveries must reach it over https "
+            "(put the receiver behind a TLS proxy)."
+        )
+    if parts.username or parts.password:
+        raise DbtCloudConfigError("The webhook receiver URL must not carry credentials.")
+    return text
+
+
+class SubscriptionSettings(TypedDict, total=False):
+    """A subscription's settings besides its name and URL: ``event_types`` (default: all three), ``job_ids``
+    (default: none, meaning every job), ``active`` (default true), ``description``."""
+
+    event_types: Iterable[str]
+    job_ids: Iterable[int]
+    active: bool
+    description: str
+
+
+def subscription_body(*, name: str, client_url: str, **settings: Unpack[SubscriptionSettings]) -> dict[str, Any]:
+    """The request body of a subscription create or update (``SubscriptionRequest`` of the v3 spec), checked."""
+    event_types = settings.get("event_types", EVENT_TYPES)
+    job_ids = settings.get("job_ids", ())
+    active = settings.get("active", True)
+    description = settings.get("description", "")
+    clean_name = str(name or "").strip()
+    if not clean_name or len(clean_name) > 255 or not clean_name.isprintable():
+        raise DbtCloudConfigError("A webhook subscription's name must be 1 to 255 printable characters.")
+    kinds = list(dict.fromkeys(event_types))
+    if not kinds or any(kind not in EVENT_TYPES for kind in kinds):
+        raise DbtCloudConfigError(f"event_types must be a non-empty list among {list(EVENT_TYPES)}, got {kinds!r}.")
+    jobs = list(job_ids)
+    for job in jobs:
+        if isinstance(job, bool) or not isinstance(job, int) or not 1 <= job <= _MAX_ID:
+            raise DbtCloudConfigError(f"job_ids must be dbt Cloud job IDs (positive integers), got {job!r}.")
+    body: dict[str, Any] = {
+        "name": clean_name,
+        "client_url": check_client_url(client_url),
+        "event_types": kinds,
+        "job_ids": sorted(set(jobs)),
+        "active": bool(active),
+    }
+    if description and description.strip():
+        body["description"] = description.strip()
+    return body

@@ -3,15 +3,20 @@
 from dbtcloud_api.emulator.jobs import DEMO_JOBS, demo_emulator
 from dbtcloud_api.emulator.server import EmulatorServer
 from dbtcloud_api.emulator.state import Emulator, Fault, JobSpec, RecordedRequest, StepSpec, http_date
+from dbtcloud_api.emulator.webhooks import DeliveryAttempt, Subscription, WebhookFault, WebhookHub
 
 __all__ = [
     "DEMO_JOBS",
+    "DeliveryAttempt",
     "Emulator",
     "EmulatorServer",
     "Fault",
     "JobSpec",
     "RecordedRequest",
     "StepSpec",
+    "Subscription",
+    "WebhookFault",
+    "WebhookHub",
     "demo_emulator",
     "http_date",
 ]

@@ -90,7 +90,8 @@ class EmulatorServer:
         self._server.serve_forever()
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving and close the socket (and stop sending webhook deliveries)."""
+        self.emulator.webhooks.close()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
