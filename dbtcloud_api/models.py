@@ -224,6 +224,21 @@ class Job(_ApiModel):
         return bool(self.triggers.schedule)
 
 
+class RunJob(_ApiModel):
+    """The job as served inside a run (``include_related=job``). The spec's ``InternalJobDefinition`` lists no
+    ``id`` and many fields come back null, so every field is optional: only ``triggers`` is relied upon."""
+
+    id: int | None = None
+    name: str | None = None
+    triggers: JobTriggers | None = None
+    cron_humanized: str | None = None
+
+    @property
+    def schedule_enabled(self) -> bool | None:
+        """Whether the job's own dbt Cloud schedule is on; ``None`` when the answer did not say."""
+        return None if self.triggers is None else bool(self.triggers.schedule)
+
+
 def _coerce_status(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("run status must be an integer code")
@@ -267,7 +282,7 @@ class Run(_ApiModel):
     queued_duration: str | None = None
     run_duration: str | None = None
     trigger: RunTrigger | None = None
-    job: Job | None = None
+    job: RunJob | None = None
     run_steps: list[RunStep] = Field(default_factory=list)
 
     @field_validator("status", mode="before")
@@ -337,6 +352,62 @@ class RunPage(BaseModel):
     total_count: int
     offset: int
     limit: int
+
+
+def durations_from_runs(runs: Iterable[Run]) -> list[float]:
+    """Start-to-finish seconds of the successful runs among ``runs``."""
+    return [
+        (run.finished_at - run.started_at).total_seconds()
+        for run in runs
+        if run.status == RunStatus.SUCCESS and run.started_at is not None and run.finished_at is not None
+    ]
+
+
+# How many of a job's newest runs one read before a trigger looks at (one page: dbt Cloud's maximum), and how
+# many of its successes feed the poll schedule.
+RECENT_RUNS_LIMIT = 100
+HISTORY_RUNS = 20
+# What that read asks dbt Cloud to include with each run: the trigger (its cause carries the idempotency key)
+# and the job (its ``triggers.schedule``: the spec's RunResponse.job is the job definition).
+RECENT_RUNS_INCLUDES: tuple[str, ...] = ("trigger", "job")
+
+
+class RecentRuns(BaseModel):
+    """A job's newest runs, newest first, read with their trigger and job in ONE request before a trigger.
+
+    That one page answers every question asked before starting a run: is there already a run carrying this
+    trigger's key (:meth:`carrying`), is one in flight (:meth:`in_flight`), how long do its runs take
+    (:meth:`history_seconds`, for the poll schedule), and is the job's own dbt Cloud schedule on (:attr:`job`).
+    """
+
+    job_id: int
+    runs: list[Run]
+    total_count: int
+
+    @classmethod
+    def from_page(cls, job_id: int, page: RunPage) -> RecentRuns:
+        """The page of ``list_runs(job_definition_id=job_id, order_by="-id", include_related=RECENT_RUNS_INCLUDES)``."""
+        return cls(job_id=job_id, runs=page.runs, total_count=page.total_count)
+
+    def carrying(self, marker: str) -> list[Run]:
+        """Runs whose trigger cause contains ``marker``, newest first."""
+        return [run for run in self.runs if run.trigger is not None and marker in (run.trigger.cause or "")]
+
+    def in_flight(self) -> Run | None:
+        """The newest run that is queued, starting or running."""
+        return next((run for run in self.runs if run.status in ACTIVE_STATUSES), None)
+
+    def history_seconds(self, limit: int = HISTORY_RUNS) -> list[float]:
+        """Start-to-finish seconds of the newest ``limit`` successful runs."""
+        return durations_from_runs(self.runs)[:limit]
+
+    def schedule_enabled(self) -> bool | None:
+        """Whether the job's own dbt Cloud schedule is on, as served with its newest run (the job's current
+        definition, not as it was at that run); ``None`` when the job has no run yet or the answer did not say."""
+        return next(
+            (run.job.schedule_enabled for run in self.runs if run.job is not None and run.job.triggers is not None),
+            None,
+        )
 
 
 class ModelResult(BaseModel):

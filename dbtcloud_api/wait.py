@@ -52,6 +52,7 @@ __all__ = [
     "await_run",
     "await_runs",
     "check_wait_settings",
+    "first_poll_delay",
     "wait_for_run",
 ]
 
@@ -93,6 +94,13 @@ class PollSchedule(Protocol):
         ...
 
 
+def first_poll_delay(schedule: PollSchedule) -> float:
+    """Seconds from a trigger to the first poll under ``schedule``: its ``first_interval()`` when it has one (the
+    trigger's answer already said "queued", so polling at once only costs a request), else 0."""
+    first = getattr(schedule, "first_interval", None)
+    return float(first()) if callable(first) else 0.0
+
+
 class RunWatcher:
     """The state of one wait: feed it each poll's outcome; it answers with the delay to the next poll."""
 
@@ -107,9 +115,13 @@ class RunWatcher:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
+        first_poll_delay_seconds: float = 0.0,
     ) -> None:
         # Refuse what would wait forever or poll with no delay, before any request.
         self.run_id = check_id("run_id", run_id)
+        self.first_poll_delay_seconds = _check_wait_seconds(
+            "first_poll_delay_seconds", first_poll_delay_seconds, allow_zero=True
+        )
         self.max_wait_seconds = _check_wait_seconds("max_wait_seconds", max_wait_seconds)
         self.not_found_grace_seconds = _check_wait_seconds(
             "not_found_grace_seconds", not_found_grace_seconds, allow_zero=True
@@ -135,6 +147,10 @@ class RunWatcher:
         self._watermark_until: float | None = None
         self._watermark_reads = 0
 
+    def first_delay(self) -> float:
+        """Seconds to sleep before the first poll (after a trigger; 0 for a run that may be finished already)."""
+        return max(0.0, min(self.first_poll_delay_seconds, self.deadline - self.clock()))
+
     def elapsed(self) -> float:
         """Seconds since the wait began."""
         return self.clock() - self.started
@@ -148,11 +164,10 @@ class RunWatcher:
         return time.monotonic() + max(self.deadline - self.clock(), LATE_READ_SECONDS)
 
     def includes(self) -> tuple[str, ...]:
-        """What to ask for with the next poll: the trigger (its cause) always, step progress while the run is
-        running, so that the poll that sees the end carries what the result needs and no re-read follows."""
-        if self.last is not None and self.last.status == RunStatus.RUNNING:
-            return ("run_steps", "trigger")
-        return ("trigger",)
+        """What to ask for with every poll: the steps and the trigger (its cause), so that whichever poll sees the
+        end carries what the result needs and no re-read follows. A queued run has no steps yet: asking costs
+        nothing until it runs."""
+        return ("run_steps", "trigger")
 
     def grace(self) -> float:
         """404 grace left for this poll (a run triggered moments ago may not be readable yet)."""
@@ -329,10 +344,12 @@ def wait_for_run(
     sleep: Callable[[float], None] = time.sleep,
     job_id: int | None = None,
     finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
+    first_poll_delay_seconds: float = 0.0,
 ) -> Run:
-    """Poll ``run_id`` until it is finished; returns it with steps, job and trigger.
+    """Poll ``run_id`` until it is finished; returns it with its steps and trigger.
 
-    Every read must be that run (of ``job_id`` when given). Raises ``WaitTimedOut`` within seconds of
+    ``first_poll_delay_seconds`` (see :func:`first_poll_delay`) spares the poll right after a trigger. Every read
+    must be that run (of ``job_id`` when given). Raises ``WaitTimedOut`` within seconds of
     ``max_wait_seconds``, whatever the server does; ``DbtCloudMissingFinishedAtError`` for a Success that
     keeps coming without ``finished_at``; a ``DbtCloudResponseError`` for answers that are not dbt Cloud's.
     """
@@ -345,7 +362,9 @@ def wait_for_run(
         not_found_grace_seconds=not_found_grace_seconds,
         log=log,
         finished_at_grace_seconds=finished_at_grace_seconds,
+        first_poll_delay_seconds=first_poll_delay_seconds,
     )
+    sleep(watcher.first_delay())
     while True:
         try:
             with request_deadline(watcher.request_deadline()):
@@ -385,6 +404,7 @@ async def await_run(
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     job_id: int | None = None,
     finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
+    first_poll_delay_seconds: float = 0.0,
 ) -> Run:
     """The asyncio twin of :func:`wait_for_run` (many waits can share one event loop)."""
     if job_id is not None:
@@ -396,7 +416,9 @@ async def await_run(
         not_found_grace_seconds=not_found_grace_seconds,
         log=log,
         finished_at_grace_seconds=finished_at_grace_seconds,
+        first_poll_delay_seconds=first_poll_delay_seconds,
     )
+    await asyncio.sleep(watcher.first_delay())
     while True:
         try:
             with request_deadline(watcher.request_deadline()):

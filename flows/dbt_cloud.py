@@ -33,22 +33,20 @@ from dbtcloud_api.wait import WaitTimedOut, check_wait_settings
 from tasks.dbt_cloud import (
     DbtCloudJobAlreadyRunning,
     DbtCloudNativeScheduleOn,
+    StartedRun,
     cancel_dbt_cloud_run,
     carries_scope_key,
     cause_with_key,
     check_alert_blocks,
     check_native_schedule,
     deadline_description,
-    fetch_run_results,
-    find_run_in_flight,
-    has_model_results,
     idempotency_key,
     key_marker,
     key_scope,
     retry_dbt_cloud_run,
     send_alerts,
-    trigger_dbt_cloud_job,
-    wait_for_dbt_cloud_run,
+    start_dbt_cloud_run,
+    wait_for_dbt_cloud_run_and_results,
     wait_timeout_seconds,
 )
 
@@ -480,14 +478,22 @@ def run_dbt_cloud_job(
     if unknown:  # pragma: no cover - the flow's parameters and the client's list must agree
         raise RuntimeError(f"trigger overrides {sorted(unknown)} are not known to the client")
 
+    if if_running not in ("trigger", "reuse", "fail"):
+        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
+    if native_schedule not in ("warn", "fail", "disable"):
+        raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {native_schedule!r}.")
+
     scope = key_scope()
     remember_for_cancellation(creds, scope)
-    check_native_schedule(creds, job_id, native_schedule)
-    run_id = _start_run(creds, job_id, cause, overrides, if_running, retry_failed_run_id, scope)
+    started = _start_run(creds, job_id, cause, overrides, if_running, native_schedule, retry_failed_run_id, scope)
+    run_id = started.run_id
     run: Run | None
     deadline: str | None = None
+    models: list[ModelResult] = []
     try:
-        run = wait_for_dbt_cloud_run.with_options(timeout_seconds=wait_timeout_seconds(max_wait_seconds))(
+        finished = wait_for_dbt_cloud_run_and_results.with_options(
+            timeout_seconds=wait_timeout_seconds(max_wait_seconds)
+        )(
             creds,
             run_id,
             poll_interval_seconds=poll_interval_seconds,
@@ -495,7 +501,10 @@ def run_dbt_cloud_job(
             on_timeout=on_timeout,
             job_id=job_id,
             adaptive_polling=adaptive_polling,
+            history_seconds=started.history_seconds,
+            just_triggered=started.triggered,
         )
+        run, models = finished.run, finished.models
     except WaitTimedOut as exc:
         run, deadline = exc.run, deadline_description(exc)
     except TimeoutError:  # the task's own backstop: the wait hung past its deadline
@@ -509,9 +518,6 @@ def run_dbt_cloud_job(
         return _fail(creds, job_id, run_id, None, Verdict("failed", DbtCloudRunInvalid, str(exc)), alert_blocks, token)
 
     verdict = judge(run, deadline=deadline, left_running=on_timeout == "leave")
-    models: list[ModelResult] = []
-    if deadline is None and has_model_results(run):
-        models = fetch_run_results(creds, run_id, run)
     if verdict.error is not None:
         return _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models)
     if run is None:  # pragma: no cover - judge() never calls an unread run a success
@@ -580,24 +586,22 @@ def _start_run(
     job_id: int,
     cause: str | None,
     overrides: dict[str, Any],
-    if_running: str,
+    if_running: Literal["trigger", "reuse", "fail"],
+    native_schedule: Literal["warn", "fail", "disable"],
     retry_failed_run_id: int | None,
     scope: str,
-) -> int:
-    log = get_run_logger()
+) -> StartedRun:
     if retry_failed_run_id is not None:
-        return retry_dbt_cloud_run(creds, retry_failed_run_id, scope)
-    if if_running in ("reuse", "fail"):
-        in_flight = find_run_in_flight(creds, job_id)
-        if in_flight is not None:
-            if if_running == "fail":
-                raise DbtCloudJobAlreadyRunning(
-                    f"dbt Cloud job {job_id} already has run {in_flight.id} {in_flight.status_label.lower()}; "
-                    "if_running='fail' refuses to start another (use 'reuse' to wait on it, 'trigger' to queue one)."
-                )
-            log.info("Job %s already has run %s in flight; waiting on it (if_running='reuse').", job_id, in_flight.id)
-            return in_flight.id
-    elif if_running != "trigger":
-        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
+        check_native_schedule(creds, job_id, native_schedule)
+        # The wait reads the job's history itself (None), and polls at once: the retried run may be quick.
+        return StartedRun(retry_dbt_cloud_run(creds, retry_failed_run_id, scope), False, None)
     key = idempotency_key(job_id, scope)
-    return trigger_dbt_cloud_job(creds, job_id, cause_with_key(cause, key), key, overrides)
+    return start_dbt_cloud_run(
+        creds,
+        job_id,
+        cause_with_key(cause, key),
+        key,
+        overrides,
+        if_running=if_running,
+        native_schedule=native_schedule,
+    )

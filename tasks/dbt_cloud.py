@@ -54,9 +54,24 @@ from dbtcloud_api.errors import (
     DbtCloudTransportError,
     scrub,
 )
-from dbtcloud_api.models import ACTIVE_STATUSES, RunStatus, merge_run_results
+from dbtcloud_api.models import (
+    ACTIVE_STATUSES,
+    RECENT_RUNS_INCLUDES,
+    RECENT_RUNS_LIMIT,
+    RecentRuns,
+    RunStatus,
+    merge_run_results,
+)
 from dbtcloud_api.polling import make_schedule
-from dbtcloud_api.wait import AFTER_WAIT_SECONDS, PollSchedule, WaitOutcome, WaitTimedOut, await_runs, wait_for_run
+from dbtcloud_api.wait import (
+    AFTER_WAIT_SECONDS,
+    PollSchedule,
+    WaitOutcome,
+    WaitTimedOut,
+    await_runs,
+    first_poll_delay,
+    wait_for_run,
+)
 
 T = TypeVar("T")
 _LOG = logging.getLogger("dbtcloud_api")
@@ -112,9 +127,18 @@ class DbtCloudNativeScheduleOn(DbtCloudError):
 
 
 def _apply_schedule_policy(
-    client: DbtCloudClient, job_id: int, policy: str, log: logging.Logger | logging.LoggerAdapter[Any]
+    client: DbtCloudClient,
+    job_id: int,
+    policy: str,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    recent: RecentRuns | None = None,
 ) -> str | None:
-    """Apply the policy to one job; returns a refusal message under "fail" when its schedule is on, else None."""
+    """Apply the policy to one job; returns a refusal message under "fail" when its schedule is on, else None.
+
+    When ``recent`` (read with the job) says the schedule is off, no request is made; otherwise the job is read
+    (the message names it, and "disable" writes the whole job back)."""
+    if recent is not None and recent.schedule_enabled() is False:
+        return None
     job = client.get_job(job_id)
     if not job.schedule_enabled:
         return None
@@ -148,17 +172,25 @@ def check_native_schedule(
     The pipeline owns the schedule: a job left scheduled in dbt Cloud runs twice. Under "fail" it refuses before
     anything is triggered, naming every such job.
     """
-    if policy not in ("warn", "fail", "disable"):
-        raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {policy!r}.")
+    _check_schedule_policy(policy)
     log = get_run_logger()
     ids = [job_ids] if isinstance(job_ids, int) else sorted(set(job_ids))
     with credentials.get_client() as client:
         refused = [message for job_id in ids if (message := _apply_schedule_policy(client, job_id, policy, log))]
     if refused:
-        raise DbtCloudNativeScheduleOn(
-            f"{'; '.join(refused)}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
-            "triggers in dbt Cloud, or run with native_schedule='disable' to turn it off from here."
-        )
+        raise _schedule_refusal(refused)
+
+
+def _check_schedule_policy(policy: str) -> None:
+    if policy not in ("warn", "fail", "disable"):
+        raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {policy!r}.")
+
+
+def _schedule_refusal(refused: list[str]) -> DbtCloudNativeScheduleOn:
+    return DbtCloudNativeScheduleOn(
+        f"{'; '.join(refused)}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
+        "triggers in dbt Cloud, or run with native_schedule='disable' to turn it off from here."
+    )
 
 
 def key_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient | None = None) -> str:
@@ -290,43 +322,123 @@ def trigger_dbt_cloud_job(
     """
     log = get_run_logger()
     with credentials.get_client() as client:
-        found = client.find_runs_by_cause(job_id, key, max_runs=100)
-        if found and found[0].status not in FAILED_STATUSES:
-            log.info(
-                "dbt Cloud run %s of job %s carries this trigger's key %s (%s): reusing it.",
-                found[0].id,
-                job_id,
-                key,
-                found[0].status_label,
-            )
-            return found[0].id
-        if found:
-            # A retry after the run failed or was cancelled (at the deadline, say): run dbt again, as a new attempt
-            # of the same key, so that a search still finds it and a retry of this attempt reuses it.
-            attempt_no = len(found) + 1
-            log.info(
-                "dbt Cloud run %s carrying key %s ended %s: triggering attempt %d.",
-                found[0].id,
-                key,
-                found[0].status_label,
-                attempt_no,
-            )
-            cause = cause_with_attempt(cause, key, attempt_no)
-        for attempt in range(1, MAX_TRIGGER_ATTEMPTS + 1):
-            try:
-                run = client.trigger_job_run(job_id, cause, **(overrides or {}))
-            except DbtCloudAmbiguousTriggerError as exc:
-                log.warning("Trigger of job %s may or may not have started a run (%s); looking for it.", job_id, exc)
-                again = client.find_runs_by_cause(job_id, key, max_runs=100)
-                if len(again) > len(found):  # a run this attempt started
-                    log.info("Found dbt Cloud run %s carrying this trigger's key; using it.", again[0].id)
-                    return again[0].id
-                if attempt == MAX_TRIGGER_ATTEMPTS:
-                    raise
-                continue
-            log.info("Triggered dbt Cloud job %s: run %s (%s).", job_id, run.id, run.href or "no link")
-            return run.id
+        found = client.find_runs_by_cause(job_id, key, max_runs=RECENT_RUNS_LIMIT)
+        return trigger_with_key(client, job_id, cause, key, overrides, found, log)[0]
+
+
+def trigger_with_key(
+    client: DbtCloudClient,
+    job_id: int,
+    cause: str,
+    key: str,
+    overrides: dict[str, Any] | None,
+    found: list[Run],
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> tuple[int, bool]:
+    """The run for ``key`` given ``found`` (the job's runs carrying it, newest first): reuse the newest unless it
+    failed, else POST, searching again after an ambiguous failure. Returns the run ID and whether it is new."""
+    if found and found[0].status not in FAILED_STATUSES:
+        log.info(
+            "dbt Cloud run %s of job %s carries this trigger's key %s (%s): reusing it.",
+            found[0].id,
+            job_id,
+            key,
+            found[0].status_label,
+        )
+        return found[0].id, False
+    if found:
+        # A retry after the run failed or was cancelled (at the deadline, say): run dbt again, as a new attempt
+        # of the same key, so that a search still finds it and a retry of this attempt reuses it.
+        attempt_no = len(found) + 1
+        log.info(
+            "dbt Cloud run %s carrying key %s ended %s: triggering attempt %d.",
+            found[0].id,
+            key,
+            found[0].status_label,
+            attempt_no,
+        )
+        cause = cause_with_attempt(cause, key, attempt_no)
+    for attempt in range(1, MAX_TRIGGER_ATTEMPTS + 1):
+        try:
+            run = client.trigger_job_run(job_id, cause, **(overrides or {}))
+        except DbtCloudAmbiguousTriggerError as exc:
+            log.warning("Trigger of job %s may or may not have started a run (%s); looking for it.", job_id, exc)
+            again = client.find_runs_by_cause(job_id, key, max_runs=RECENT_RUNS_LIMIT)
+            if len(again) > len(found):  # a run this attempt started
+                log.info("Found dbt Cloud run %s carrying this trigger's key; using it.", again[0].id)
+                return again[0].id, True
+            if attempt == MAX_TRIGGER_ATTEMPTS:
+                raise
+            continue
+        log.info("Triggered dbt Cloud job %s: run %s (%s).", job_id, run.id, run.href or "no link")
+        return run.id, True
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """The run a flow waits on, and what the one read before it learnt: the job's recent run times."""
+
+    run_id: int
+    triggered: bool  # started now (False: a run carrying the key, or one in flight, was reused)
+    history_seconds: list[float] | None  # None: not read (the wait reads it)
+
+
+def read_recent_runs(client: DbtCloudClient, job_id: int) -> RecentRuns:
+    """The job's newest runs, with trigger and job: one request (see ``RecentRuns``)."""
+    page = client.list_runs(
+        job_definition_id=job_id, order_by="-id", limit=RECENT_RUNS_LIMIT, include_related=RECENT_RUNS_INCLUDES
+    )
+    return RecentRuns.from_page(job_id, page)
+
+
+@task(
+    name="start-dbt-cloud-run",
+    cache_policy=NO_CACHE,
+    retries=TRIGGER_RETRIES,
+    retry_delay_seconds=TRIGGER_RETRY_DELAYS,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=TRIGGER_TIMEOUT_SECONDS,
+)
+def start_dbt_cloud_run(
+    credentials: DbtCloudCredentials,
+    job_id: int,
+    cause: str,
+    key: str,
+    overrides: dict[str, Any] | None = None,
+    if_running: Literal["trigger", "reuse", "fail"] = "trigger",
+    native_schedule: Literal["warn", "fail", "disable"] = "warn",
+) -> StartedRun:
+    """Everything before the wait, from ONE read of the job's newest runs (with trigger and job): the schedule
+    policy (the job is read only when its own schedule is on), the run carrying ``key`` (reused unless it
+    failed), the ``if_running`` policy, then the trigger; and the job's run times for the poll schedule.
+
+    A run carrying ``key`` wins over ``if_running``: a retry of this flow waits on its own run, even under "fail".
+    Retries and timeout as :func:`trigger_dbt_cloud_job`; a refusal ("fail" policies) is never retried.
+    """
+    _check_schedule_policy(native_schedule)
+    if if_running not in ("trigger", "reuse", "fail"):
+        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        recent = read_recent_runs(client, job_id)
+        refused = _apply_schedule_policy(client, job_id, native_schedule, log, recent)
+        if refused:
+            raise _schedule_refusal([refused])
+        history = recent.history_seconds()
+        found = recent.carrying(key)
+        reusable = bool(found) and found[0].status not in FAILED_STATUSES
+        in_flight = recent.in_flight() if if_running != "trigger" and not reusable else None
+        if in_flight is not None:
+            if if_running == "fail":
+                raise DbtCloudJobAlreadyRunning(
+                    f"dbt Cloud job {job_id} already has run {in_flight.id} {in_flight.status_label.lower()}; "
+                    "if_running='fail' refuses to start another (use 'reuse' to wait on it, 'trigger' to queue one)."
+                )
+            log.info("Job %s already has run %s in flight; waiting on it (if_running='reuse').", job_id, in_flight.id)
+            return StartedRun(in_flight.id, False, history)
+        run_id, triggered = trigger_with_key(client, job_id, cause, key, overrides, found, log)
+        return StartedRun(run_id, triggered, history)
 
 
 @task(name="find-dbt-cloud-run-in-flight", cache_policy=NO_CACHE)
@@ -386,61 +498,144 @@ def wait_for_dbt_cloud_run(
     schedule: PollSchedule | None = None,
     job_id: int | None = None,
     adaptive_polling: bool = True,
+    history_seconds: list[float] | None = None,
+    just_triggered: bool = False,
 ) -> Run:
     """Poll a run until it finishes: one task run for the whole wait, logging status changes and step progress.
 
-    With ``adaptive_polling`` and a ``job_id``, it reads the job's recent successful runs once and polls around
-    their durations (see ``dbtcloud_api.polling``); otherwise every ``poll_interval_seconds``.
+    With ``adaptive_polling`` and a ``job_id``, it polls around the durations of the job's recent successful runs
+    (``history_seconds``, read here when not given; see ``dbtcloud_api.polling``); otherwise every
+    ``poll_interval_seconds``. ``just_triggered`` skips the poll right after a trigger (the run is queued).
     Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``,
     whose ``description`` says where the run stood at the deadline. Its ``timeout_seconds`` is a hard backstop
     (``wait_timeout_seconds(max_wait_seconds)``, set per call by the flows).
     """
     log = get_run_logger()
     with credentials.get_client() as client:
-        if schedule is None:
-            history: list[float] = []
-            if adaptive_polling and job_id is not None:
-                try:
-                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
-                        history = client.job_history(job_id)
-                except DbtCloudError as exc:
-                    log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
-            schedule = make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
-            log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
-        try:
-            return wait_for_run(
-                client,
-                run_id,
-                max_wait_seconds=max_wait_seconds,
-                schedule=schedule,
-                not_found_grace_seconds=client.retry.not_found_grace_seconds,
-                log=log,
-                job_id=job_id,
-            )
-        except TerminationSignal:
-            # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook
-            # may be skipped when the process exits quickly, so cancel the dbt Cloud run here too; a stop that is
-            # not a cancellation leaves it running, for a retry to resume.
-            if _prefect_cancellation_requested():
-                _cancel_quietly(client, [run_id], log)
-            raise
-        except WaitTimedOut as exc:
-            if on_timeout == "cancel":
-                try:
-                    # Bounded: a server that misbehaved until the deadline must not hold the cancel for minutes.
-                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
-                        exc.run = client.cancel_run(run_id)
-                    log.warning(
-                        "Deadline of %g s passed (%s): cancelled dbt Cloud run %s.",
-                        max_wait_seconds,
-                        deadline_description(exc),
-                        run_id,
-                    )
-                except DbtCloudError as cancel_error:
-                    log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
-            else:
-                log.warning("Deadline of %g s passed: dbt Cloud run %s left running.", max_wait_seconds, run_id)
-            raise
+        return _wait_in_task(
+            client,
+            run_id,
+            log,
+            poll_interval_seconds=poll_interval_seconds,
+            max_wait_seconds=max_wait_seconds,
+            on_timeout=on_timeout,
+            schedule=schedule,
+            job_id=job_id,
+            adaptive_polling=adaptive_polling,
+            history_seconds=history_seconds,
+            just_triggered=just_triggered,
+        )
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run, as the poll that saw its end read it (steps and trigger included), and its per-model
+    results merged over every step that can build models."""
+
+    run: Run
+    models: list[ModelResult]
+
+
+@task(
+    name="wait-for-dbt-cloud-run-and-results",
+    cache_policy=NO_CACHE,
+    timeout_seconds=wait_timeout_seconds(7200),
+)
+def wait_for_dbt_cloud_run_and_results(
+    credentials: DbtCloudCredentials,
+    run_id: int,
+    poll_interval_seconds: float = 30,
+    max_wait_seconds: float = 7200,
+    on_timeout: Literal["cancel", "leave"] = "cancel",
+    job_id: int | None = None,
+    adaptive_polling: bool = True,
+    history_seconds: list[float] | None = None,
+    just_triggered: bool = False,
+) -> FinishedRun:
+    """:func:`wait_for_dbt_cloud_run`, then the run's ``run_results.json`` read right after the poll that saw the
+    end, on the same connection and in the same task run: nothing serial is left between that poll and the
+    flow's result but the artifacts. Raises as :func:`wait_for_dbt_cloud_run` does."""
+    log = get_run_logger()
+    with credentials.get_client() as client:
+        run = _wait_in_task(
+            client,
+            run_id,
+            log,
+            poll_interval_seconds=poll_interval_seconds,
+            max_wait_seconds=max_wait_seconds,
+            on_timeout=on_timeout,
+            schedule=None,
+            job_id=job_id,
+            adaptive_polling=adaptive_polling,
+            history_seconds=history_seconds,
+            just_triggered=just_triggered,
+        )
+        if not has_model_results(run):
+            return FinishedRun(run, [])
+        with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+            return FinishedRun(run, read_model_results(client, run_id, run, log))
+
+
+def _wait_in_task(
+    client: DbtCloudClient,
+    run_id: int,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    *,
+    poll_interval_seconds: float,
+    max_wait_seconds: float,
+    on_timeout: str,
+    schedule: PollSchedule | None,
+    job_id: int | None,
+    adaptive_polling: bool,
+    history_seconds: list[float] | None,
+    just_triggered: bool,
+) -> Run:
+    """The body of the wait tasks: build the schedule, wait, and on the way out cancel as the settings say."""
+    if schedule is None:
+        history = list(history_seconds or [])
+        if history_seconds is None and adaptive_polling and job_id is not None:
+            try:
+                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                    history = client.job_history(job_id)
+            except DbtCloudError as exc:
+                log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
+        schedule = make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
+        log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
+    try:
+        return wait_for_run(
+            client,
+            run_id,
+            max_wait_seconds=max_wait_seconds,
+            schedule=schedule,
+            not_found_grace_seconds=client.retry.not_found_grace_seconds,
+            log=log,
+            job_id=job_id,
+            first_poll_delay_seconds=first_poll_delay(schedule) if just_triggered else 0.0,
+        )
+    except TerminationSignal:
+        # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook
+        # may be skipped when the process exits quickly, so cancel the dbt Cloud run here too; a stop that is
+        # not a cancellation leaves it running, for a retry to resume.
+        if _prefect_cancellation_requested():
+            _cancel_quietly(client, [run_id], log)
+        raise
+    except WaitTimedOut as exc:
+        if on_timeout == "cancel":
+            try:
+                # Bounded: a server that misbehaved until the deadline must not hold the cancel for minutes.
+                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                    exc.run = client.cancel_run(run_id)
+                log.warning(
+                    "Deadline of %g s passed (%s): cancelled dbt Cloud run %s.",
+                    max_wait_seconds,
+                    deadline_description(exc),
+                    run_id,
+                )
+            except DbtCloudError as cancel_error:
+                log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
+        else:
+            log.warning("Deadline of %g s passed: dbt Cloud run %s left running.", max_wait_seconds, run_id)
+        raise
 
 
 @dataclass

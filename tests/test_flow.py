@@ -23,6 +23,7 @@ from dbtcloud_api.emulator import EmulatorServer, Fault, JobSpec, StepSpec
 from flows.dbt_cloud import (
     _CANCEL_CONTEXT,
     DbtCloudJobAlreadyRunning,
+    DbtCloudNativeScheduleOn,
     DbtCloudRunCancelled,
     DbtCloudRunError,
     DbtCloudRunFailed,
@@ -615,3 +616,87 @@ def test_wait_task_backstop_fails_the_flow_as_timed_out_and_cancels(
     assert time.monotonic() - started < 15
     with DbtCloudClient(ACCOUNT, TOKEN, emulator.url) as client:
         assert client.get_run(info.value.run_id).status is RunStatus.CANCELLED
+
+
+def _requests_since(emulator: EmulatorServer, start: int) -> dict[str, list[Any]]:
+    """The requests the emulator got from index ``start`` on, by kind."""
+    kinds: dict[str, list[Any]] = {"list": [], "job": [], "trigger": [], "poll": [], "artifact": [], "other": []}
+    for r in emulator.emulator.requests[start:]:
+        if r.method == "GET" and r.path.endswith("/runs/"):
+            kinds["list"].append(r)
+        elif r.method == "GET" and "/jobs/" in r.path:
+            kinds["job"].append(r)
+        elif r.method == "POST" and r.path.endswith("/run/"):
+            kinds["trigger"].append(r)
+        elif r.method == "GET" and "/artifacts/" in r.path:
+            kinds["artifact"].append(r)
+        elif r.method == "GET" and "/runs/" in r.path:
+            kinds["poll"].append(r)
+        else:
+            kinds["other"].append(r)
+    return kinds
+
+
+def test_a_run_costs_two_requests_besides_the_trigger_and_the_polls(emulator: EmulatorServer) -> None:
+    """At default settings: one list of the job's newest runs serves the key search, the in-flight check, the
+    poll schedule's history and the schedule check; every poll carries steps and trigger, so no re-read; the
+    results come from one artifact read; and no poll is sent right after the trigger."""
+    history = [1.0, 1.05, 0.95, 1.02]
+    emulator.emulator.add_job(
+        JobSpec(id=21, name="steady", queue_seconds=0.05, start_seconds=0.05, run_seconds=1.0, history_seconds=history)
+    )
+    for if_running in ("trigger", "reuse"):
+        start = len(emulator.emulator.requests)
+        result = run_dbt_cloud_job(21, creds(emulator), poll_interval_seconds=0.5, if_running=if_running)
+        assert result.status == "Success" and [m.name for m in result.models] == ["stg_orders", "orders"]
+        sent = _requests_since(emulator, start)
+        assert len(sent["list"]) == 1 and len(sent["trigger"]) == 1, sent
+        (listing,) = sent["list"]
+        assert set(",".join(listing.query["include_related"]).split(",")) == {"trigger", "job"}
+        assert listing.query["limit"] == ["100"] and listing.query["order_by"] == ["-id"]
+        assert not sent["job"] and not sent["other"], "the schedule check, the history and the re-read are gone"
+        assert len(sent["artifact"]) == 1
+        assert all("run_steps" in ",".join(p.query["include_related"]) for p in sent["poll"])
+        first_poll_after = sent["poll"][0].at - sent["trigger"][0].at
+        assert first_poll_after >= 0.45, "the first poll waits the schedule's first interval"
+        fixed = sum(len(v) for v in sent.values()) - len(sent["trigger"]) - len(sent["poll"])
+        assert fixed == 2
+
+
+def test_the_schedule_check_reads_the_job_only_when_the_runs_do_not_say_it_is_off(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Job 13 has its own dbt Cloud schedule on and no runs yet: the job is read, and a warning names it.
+    start = len(emulator.emulator.requests)
+    with caplog.at_level(logging.WARNING):
+        run_dbt_cloud_job(13, creds(emulator), **FAST)
+    assert len(_requests_since(emulator, start)["job"]) == 1
+    assert "has its own dbt Cloud schedule on" in caplog.text
+    # Now it has a run, served with the job (schedule on): read again for the message; still warned.
+    caplog.clear()
+    start = len(emulator.emulator.requests)
+    with caplog.at_level(logging.WARNING):
+        run_dbt_cloud_job(13, creds(emulator), **FAST)
+    assert len(_requests_since(emulator, start)["job"]) == 1 and "has its own dbt Cloud schedule on" in caplog.text
+    # Under "fail" it refuses before anything is triggered.
+    before = emulator.emulator.trigger_count[13]
+    with pytest.raises(DbtCloudNativeScheduleOn):
+        run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
+    assert emulator.emulator.trigger_count[13] == before
+    # Turned off in dbt Cloud: the runs' job says so, and no job read follows.
+    emulator.emulator.job_objects[13]["triggers"]["schedule"] = False
+    start = len(emulator.emulator.requests)
+    run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
+    assert not _requests_since(emulator, start)["job"]
+
+
+def test_a_retry_waits_on_its_own_run_even_under_if_running_fail(emulator: EmulatorServer) -> None:
+    """The run in flight that carries this flow run's key is its own, not another pipeline's: a retry reuses it,
+    where if_running='fail' would refuse a run started elsewhere."""
+    emulator.emulator.set_job(11, run_seconds=1.0)
+    # A 403 on a poll kills the wait mid-run; the flow's retry finds its run still running.
+    emulator.emulator.add_fault(Fault(kind="status", status=403, method="GET", path=r"/runs/\d+/$", times=1))
+    retrying = run_dbt_cloud_job.with_options(retries=1, retry_delay_seconds=0)
+    result = retrying(11, creds(emulator), if_running="fail", **FAST)
+    assert result.status == "Success"
+    assert emulator.emulator.trigger_count[11] == 1 and [r.id for r in runs_of(emulator, 11)] == [result.run_id]

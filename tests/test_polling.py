@@ -45,7 +45,7 @@ def test_sleeps_until_the_likely_finish_band_then_polls_densely_then_backs_off()
     early = plan.next_interval(run_at(RunStatus.RUNNING, 10), 10)
     assert early == 120  # far from the band: the cap
     near = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 30), 0)
-    assert near == pytest.approx(15, abs=0.01)  # halves the distance to the band's start
+    assert near == pytest.approx(30, abs=0.01)  # straight to the band's start
     closer = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 2), 0)
     assert closer == pytest.approx(8.5)  # never finer than inside the band
     inside = plan.next_interval(run_at(RunStatus.RUNNING, 605), 0)
@@ -53,6 +53,29 @@ def test_sleeps_until_the_likely_finish_band_then_polls_densely_then_backs_off()
     later = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_end + 200), 0)
     much_later = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_end + 2000), 0)
     assert inside < later < much_later <= 120
+
+
+def test_the_flows_schedule_never_waits_longer_than_the_poll_interval() -> None:
+    """An early Error or a cancel is seen within the interval in every phase, as with fixed polling."""
+    plan = make_schedule(HISTORY, 30)
+    assert isinstance(plan, AdaptiveSchedule)
+    plan.clock = lambda: NOW.timestamp()
+    assert plan.band_interval == pytest.approx(8.5)  # the band's density does not follow the interval
+    assert plan.first_interval() == pytest.approx(30)  # queued: q(0.02) of a ~600 s job, capped
+    ages = [0, 1, 10, 100, 300, plan.band_start - 1, plan.band_end + 1, plan.band_end + 10_000]
+    delays = [plan.next_interval(run_at(RunStatus.RUNNING, age), 0) for age in ages]
+    delays += [plan.next_interval(run_at(status, None), 0) for status in (RunStatus.QUEUED, RunStatus.STARTING)]
+    assert max(delays) <= 30 and min(delays) >= 1
+    # The first poll after a trigger: at the job's earliest plausible end, never later than the interval.
+    short = make_schedule([60.0, 62.0, 58.0, 61.0], 30)
+    assert isinstance(short, AdaptiveSchedule) and 45 < short.earliest < 58
+    assert short.first_interval() == pytest.approx(30)
+    quick = make_schedule([20.0, 21.0, 19.0], 30)
+    assert isinstance(quick, AdaptiveSchedule) and quick.earliest < 19
+    assert quick.first_interval() == pytest.approx(quick.earliest)
+    # A small interval lowers the band's interval to it; no history: fixed polling from the first poll.
+    assert make_schedule(HISTORY, 5).band_interval == pytest.approx(5)  # type: ignore[union-attr]
+    assert make_schedule([], 30).first_interval() == 30
 
 
 def test_queueing_is_tracked_apart_from_running() -> None:
