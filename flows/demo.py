@@ -25,6 +25,7 @@ from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from flows.dbt_cloud import DbtCloudRunError
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.etl import EtlFailed, EtlSummary, dbt_cloud_etl
+from stack.__main__ import main as stack_main
 from tasks.snowflake import LoadTarget
 
 DEMO_TARGETS = [
@@ -60,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--snowflake", help="with --real: the name of a saved prefect-snowflake SnowflakeConnector")
     parser.add_argument("--targets", help="with --real: JSON file with a list of LoadTarget objects")
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="start the local stack instead (the same as python -m stack): Prefect server and UI, deployments, worker",
+    )
     args = parser.parse_args(argv)
+    if args.stack:
+        return stack_main([])
     if args.real:
         if not args.snowflake:
             parser.error("--real needs --snowflake NAME (a saved SnowflakeConnector block)")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
@@ -33,6 +34,7 @@ def fakesnow_server(db_path: str | None = None, port: int = 0) -> Iterator[dict[
 
     server_module = importlib.import_module("fakesnow.server")
     if db_path:
+        Path(db_path).mkdir(parents=True, exist_ok=True)
         # Every session of this server shares one instance whose databases live as files in db_path.
         server_module.shared_fs = FakeSnow(db_path=db_path)  # type: ignore[attr-defined]
     if not port:

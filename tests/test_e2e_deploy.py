@@ -3,93 +3,29 @@ worker, and runs of the ETL deployment against the emulator and a fakesnow serve
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
 
 from blocks.dbt_cloud import DbtCloudCredentials
-from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
-from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from dbtcloud_api.emulator import Emulator, JobSpec
+from stack import services
 from tests.conftest import ACCOUNT, TOKEN
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
 
 @pytest.fixture(scope="module")
-def server_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "",
-        "DBT_CLOUD_GATE_HOME": str(ROOT),
-    }
-    env.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-        yield env
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.PrefectServer]:
+    with services.PrefectServer(tmp_path_factory.mktemp("prefect-server-home"), ui=False) as started:
+        yield started
 
 
 def query(connector: Any, statement: str) -> list[tuple[Any, ...]]:
@@ -99,68 +35,21 @@ def query(connector: Any, statement: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (the flow run may run in a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, victims = [pid], []
-    while todo:
-        current = todo.pop()
-        victims.append(current)
-        todo.extend(children.get(current, []))
-    for victim in victims:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @dataclass
 class Stack:
-    """The deployed project: server env, emulator, fakesnow connector, the worker's log."""
+    """The deployed project: server env, emulator, fakesnow connector, a worker."""
 
     env: dict[str, str]
     emulator: Emulator
     connector: Any
-    workdir: Path
-    worker: subprocess.Popen[bytes] | None = None
-
-    def start_worker(self) -> None:
-        log = (self.workdir / "worker.log").open("a")
-        # Its own session, so that a test can kill the worker and its flow run processes at once (a crash).
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "dbt-cloud-gate"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def stop_worker(self, crash: bool = False) -> None:
-        if self.worker is None:
-            return
-        if crash:
-            kill_tree(self.worker.pid)
-        else:
-            self.worker.terminate()
-        try:
-            self.worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.worker.pid, signal.SIGKILL)
-        self.worker = None
+    worker: services.Worker
 
     def worker_log(self) -> str:
-        return (self.workdir / "worker.log").read_text()[-12000:]
+        return self.worker.log()
 
 
 @pytest.fixture(scope="module")
-def stack(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(server: services.PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
     jobs = [
         JobSpec(id=21, run_seconds=1.0, queue_seconds=0.1, start_seconds=0.1, models=["stg", "orders", "customers"]),
@@ -176,27 +65,24 @@ def stack(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         JobSpec(id=23, run_seconds=8.0, queue_seconds=0.1, start_seconds=0.1, models=["stg", "orders"]),
     ]
     emulator = Emulator(jobs, account_id=ACCOUNT, token=TOKEN)
-    with EmulatorServer(emulator) as dbt, fakesnow_server(db_path=str(workdir)) as snow:
-        connector = fakesnow_connector(snow)
-        seed_demo_tables(connector, new_rows=5)
-        with temporary_settings({PREFECT_API_URL: server_env["PREFECT_API_URL"]}):
-            DbtCloudCredentials(account_id=ACCOUNT, api_token=TOKEN, access_url=dbt.url).save("e2e-dbt")
-            connector.save("e2e-snowflake")
-        for name, value in (
-            ("dbt_cloud_job_id", "21"),
-            ("dbt_cloud_credentials_block", "e2e-dbt"),
-            ("snowflake_connector_block", "e2e-snowflake"),
-        ):
-            cli(server_env, "variable", "set", name, value)
-        cli(server_env, "work-pool", "create", "dbt-cloud-gate", "--type", "process")
-        deployed = cli(server_env, "--no-prompt", "deploy", "--all")
+    with services.dbt_cloud_emulator(emulator) as dbt, services.fakesnow_server(db_path=str(workdir)) as snow:
+        connector = services.fakesnow_connector(snow)
+        services.seed_demo_tables(connector, new_rows=5)
+        credentials = DbtCloudCredentials(account_id=ACCOUNT, api_token=TOKEN, access_url=dbt.url)
+        services.save_blocks(server.api_url, credentials, "e2e-dbt", connector, "e2e-snowflake")
+        services.set_variables(
+            server.api_url,
+            {
+                "dbt_cloud_job_id": 21,
+                "dbt_cloud_credentials_block": "e2e-dbt",
+                "snowflake_connector_block": "e2e-snowflake",
+            },
+        )
+        assert services.ensure_work_pool(server.api_url)
+        deployed = services.deploy_all(server.env)
         assert "nightly-etl" in deployed and "dbt-cloud-job" in deployed
-        built = Stack(server_env, emulator, connector, workdir)
-        built.start_worker()
-        try:
-            yield built
-        finally:
-            built.stop_worker()
+        with services.Worker(server.env, workdir / "worker.log", query_seconds=1) as worker:
+            yield Stack(server.env, emulator, connector, worker)
 
 
 def start_deployment(env: dict[str, str], name: str, parameters: dict[str, Any]) -> Any:
@@ -245,7 +131,7 @@ def test_deploy_all_and_a_worker_runs_the_etl(stack: Stack) -> None:
         '"ANALYTICS"."MARTS"."ORDERS"': 5,
     }
 
-    seed_demo_tables(connector, new_rows=3)
+    services.seed_demo_tables(connector, new_rows=3)
     failed = wait_final(
         env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"job_id": 22, "poll_interval_seconds": 0.2}).id
     )
@@ -270,7 +156,7 @@ def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None
     before = len(stack.emulator.runs_of(23))
     flow_run, dbt_run = start_slow_job_and_wait_running(stack)
     assert len(stack.emulator.runs_of(23)) == before + 1
-    cli(stack.env, "flow-run", "cancel", str(flow_run.id))
+    services.prefect_cli(stack.env, "flow-run", "cancel", str(flow_run.id))
     final = wait_final(stack.env, flow_run.id)
     assert final.state.type.value == "CANCELLED", stack.worker_log()
     deadline = time.monotonic() + 30
@@ -282,7 +168,7 @@ def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None
 def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> None:
     before = len(stack.emulator.runs_of(23))
     flow_run, dbt_run = start_slow_job_and_wait_running(stack)
-    stack.stop_worker(crash=True)  # the worker and the flow run's process die mid-wait
+    stack.worker.stop(crash=True)  # the worker and the flow run's process die mid-wait
     with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
         assert state.type.value == "RUNNING", (
@@ -291,7 +177,7 @@ def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> 
         )
         # A retry of the flow run, as from the UI: the same flow run is scheduled again.
         client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
-    stack.start_worker()
+    stack.worker.start()
     final = wait_final(stack.env, flow_run.id)
     assert final.state.type.value == "COMPLETED", stack.worker_log()
     assert final.run_count >= 2

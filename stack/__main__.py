@@ -1,0 +1,173 @@
+"""``python -m stack``: the project deployed on this machine, as in production, with no account anywhere.
+
+It starts a Prefect server (UI included; its database in STATE_DIR/prefect), the dbt Cloud emulator, a
+fakesnow server (data in STATE_DIR/fakesnow), saves the blocks and the variables prefect.yaml reads, adds a
+few rows to the source tables, creates the process work pool, runs ``prefect deploy --all`` and starts a
+worker. Ctrl-C (or SIGTERM) stops everything it started. Each step is idempotent: a second start reuses the
+server's database and fakesnow's data, overwrites the blocks and variables, keeps the pool and updates the
+deployments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from blocks.dbt_cloud import DbtCloudCredentials
+from dbtcloud_api.emulator import demo_emulator
+from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
+from stack.services import (
+    WORK_POOL,
+    PrefectServer,
+    Worker,
+    dbt_cloud_emulator,
+    deploy_all,
+    ensure_work_pool,
+    fakesnow_connector,
+    fakesnow_server,
+    log_tail,
+    save_blocks,
+    seed_demo_tables,
+    set_variables,
+)
+
+CREDENTIALS_BLOCK = "local-dbt-cloud"
+SNOWFLAKE_BLOCK = "local-snowflake"
+DEMO_JOB_ID = 101  # the emulator's demo job that succeeds
+# Every deployment of prefect.yaml, as "flow name/deployment name".
+DEPLOYMENTS = ("dbt-cloud-etl/nightly-etl", "run-dbt-cloud-job/dbt-cloud-job", "dbt-cloud-reconcile/weekly-reconcile")
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT or SIGTERM: unwind (which stops every service); a second signal cannot cut the shutdown short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _deployment_ids(api_url: str) -> dict[str, str]:
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return {name: str(client.read_deployment_by_name(name).id) for name in DEPLOYMENTS}
+
+
+def _instructions(state: Path, server: PrefectServer, info: dict[str, Any]) -> str:
+    etl = info["deployments"]["dbt-cloud-etl/nightly-etl"]
+    return f"""
+Local stack ready (state in {state}). Ctrl-C stops everything.
+  Prefect UI          {server.url}
+  dbt Cloud emulator  {info["emulator_url"]}  (account {DEMO_ACCOUNT_ID}, token {DEMO_TOKEN}; job 101 succeeds, 102 fails)
+  fakesnow            127.0.0.1:{info["snowflake"]["port"]}  (data in {state / "fakesnow"})
+  blocks              {CREDENTIALS_BLOCK} (dbt Cloud Gate Credentials), {SNOWFLAKE_BLOCK} (Snowflake Connector)
+  worker              pool {WORK_POOL}, log {info["worker_log"]}
+
+Try it:
+  1. Open {server.url}/deployments/deployment/{etl} (the nightly-etl deployment).
+  2. Click Run, then Quick run (Custom run shows every parameter described; job_id 102 fails in dbt).
+  3. On the flow run's page: its logs, then the Artifacts tab (dbt run link, run summary, model table).
+  From a shell: PREFECT_API_URL={server.api_url} prefect deployment run dbt-cloud-etl/nightly-etl
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the stack and serve until Ctrl-C or SIGTERM; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    parser.add_argument("--state-dir", default=".stack", help="where the server's database, data and logs live")
+    parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port (0 picks a free one)")
+    parser.add_argument("--emulator-port", type=int, default=0, help="the dbt Cloud emulator's port (0: a free one)")
+    parser.add_argument("--snowflake-port", type=int, default=0, help="the fakesnow server's port (0: a free one)")
+    args = parser.parse_args(argv)
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "stack.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _say(f"A stack already runs from {state} (see {state / 'stack.json'}); stop it first.")
+            return 1
+        # fakesnow warns about its own Arrow copy: noise in this console.
+        warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
+        signal.signal(signal.SIGINT, _stop_on_signal)
+        signal.signal(signal.SIGTERM, _stop_on_signal)
+        try:
+            return _run(state, args.port, args.emulator_port, args.snowflake_port)
+        except KeyboardInterrupt:
+            _say("Stopped: the worker, the Prefect server, the emulator and fakesnow.")
+            return 0
+        except RuntimeError as exc:  # a service did not start, or a deploy step failed: its own message says why
+            _say(f"The stack stopped: {exc}")
+            return 1
+        finally:
+            (state / "stack.json").unlink(missing_ok=True)
+
+
+def _run(state: Path, port: int, emulator_port: int, snowflake_port: int) -> int:
+    with contextlib.ExitStack() as services:
+        server = PrefectServer(state / "prefect", port=port)
+        _say(f"Starting the Prefect server on {server.url} (a first start creates its database: 20-30 s)...")
+        services.enter_context(server)
+        # Run IDs from the clock, so that the audit rows of successive starts name distinct dbt runs.
+        first_run_id = int(time.time()) % 100_000_000 * 10
+        emulator = services.enter_context(dbt_cloud_emulator(demo_emulator(first_run_id=first_run_id), emulator_port))
+        snow = services.enter_context(fakesnow_server(db_path=str(state / "fakesnow"), port=snowflake_port))
+        # fakesnow sets its logger to INFO when imported and logs every session login: noise in this console.
+        logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
+        connector = fakesnow_connector(snow)
+        seed_demo_tables(connector)
+        credentials = DbtCloudCredentials(account_id=DEMO_ACCOUNT_ID, api_token=DEMO_TOKEN, access_url=emulator.url)
+        _say("Saving blocks and variables, creating the work pool, deploying (prefect deploy --all)...")
+        save_blocks(server.api_url, credentials, CREDENTIALS_BLOCK, connector, SNOWFLAKE_BLOCK)
+        set_variables(
+            server.api_url,
+            {
+                "dbt_cloud_job_id": DEMO_JOB_ID,
+                "dbt_cloud_credentials_block": CREDENTIALS_BLOCK,
+                "snowflake_connector_block": SNOWFLAKE_BLOCK,
+            },
+        )
+        ensure_work_pool(server.api_url)
+        deploy_all(server.env)
+        worker = services.enter_context(Worker(server.env, state / "worker.log"))
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "ui_url": server.url,
+            "api_url": server.api_url,
+            "emulator_url": emulator.url,
+            "snowflake": snow,
+            "deployments": _deployment_ids(server.api_url),
+            "worker_log": str(worker.log_path),
+            "server_log": str(server.log_path),
+        }
+        # For scripts and tests: where everything is; removed when the stack stops.
+        (state / "stack.json").write_text(json.dumps(info, indent=2))
+        _say(_instructions(state, server, info))
+        while True:
+            for name, process, log in (
+                ("Prefect server", server.process, server.log_path),
+                ("worker", worker.process, worker.log_path),
+            ):
+                if process is None or process.poll() is not None:
+                    _say(f"The {name} exited; its log ends:\n{log_tail(log)}")
+                    return 1
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The parts of the local stack, each started and stopped as a unit, and the steps that deploy the project on it.
+
+Processes (the Prefect server, a worker) run in sessions of their own: a Ctrl-C in the terminal reaches only the
+command that started them, which then stops them in order, each with every process it started
+(:func:`stop_process_tree`). The dbt Cloud emulator and fakesnow run as threads of that command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.variables import Variable
+from prefect_snowflake import SnowflakeConnector
+
+from blocks.dbt_cloud import DbtCloudCredentials
+from dbtcloud_api.emulator import Emulator, EmulatorServer
+from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+
+__all__ = [
+    "ROOT",
+    "WORK_POOL",
+    "PrefectServer",
+    "Worker",
+    "dbt_cloud_emulator",
+    "deploy_all",
+    "descendants",
+    "ensure_work_pool",
+    "fakesnow_connector",
+    "fakesnow_server",
+    "free_port",
+    "kill_process_tree",
+    "log_tail",
+    "port_is_free",
+    "prefect_cli",
+    "save_blocks",
+    "seed_demo_tables",
+    "set_variables",
+    "stop_process_tree",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+# The work pool every deployment of prefect.yaml names.
+WORK_POOL = "dbt-cloud-gate"
+HEALTH_TIMEOUT_SECONDS = 180.0  # a first start migrates a new database (20-30 s on 2 cores)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at the time of the call."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound on ``host`` now."""
+    with contextlib.closing(socket.socket()) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+# A process is named by its PID and its start time (field 22 of /proc/PID/stat), so that a PID reused after
+# the process ended is never taken for it.
+ProcessId = tuple[int, int]
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent PID, start time) of a live process, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int) -> list[ProcessId]:
+    """The process ``pid`` and every live descendant, walked through /proc."""
+    children: dict[int, list[ProcessId]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        found = _stat(int(stat.parent.name))
+        if found is not None:
+            children.setdefault(found[0], []).append((int(stat.parent.name), found[1]))
+    own = _stat(pid)
+    if own is None:
+        return []
+    todo, tree = [(pid, own[1])], []
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current[0], []))
+    return tree
+
+
+def alive(process: ProcessId) -> bool:
+    """Whether this very process (PID and start time) still runs (a zombie does not count)."""
+    found = _stat(process[0])
+    if found is None or found[1] != process[1]:
+        return False
+    try:
+        state = Path(f"/proc/{process[0]}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal_all(processes: set[ProcessId], signum: int) -> None:
+    for process in processes:
+        if alive(process):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(process[0], signum)
+
+
+def stop_process_tree(process: subprocess.Popen[Any], timeout: float = 30.0, signum: int = signal.SIGTERM) -> None:
+    """Stop ``process`` with ``signum`` and, once it exits or ``timeout`` passes, every process it started.
+
+    The tree is re-read while waiting, so children started during the shutdown are stopped too; what is
+    still alive 5 s after a SIGTERM is killed."""
+    tracked: set[ProcessId] = set(descendants(process.pid))
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            tracked.update(p for own in list(tracked) if alive(own) for p in descendants(own[0]))
+            time.sleep(0.1)
+    rest = {p for p in tracked if p[0] != process.pid}
+    _signal_all(rest, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in rest) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_all(rest, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+
+
+def kill_process_tree(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL ``process`` and every descendant at once: a crash, as when the machine dies."""
+    tree = set(descendants(process.pid))
+    _signal_all(tree, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _start(args: list[str], env: Mapping[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start a command in a session of its own (a terminal's Ctrl-C does not reach it), output to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=cwd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def log_tail(path: Path, size: int = 4000) -> str:
+    """The end of a log file ('' when there is none)."""
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+class PrefectServer:
+    """``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME (its database lives there).
+
+    ``env`` is the environment for everything that talks to it (the CLI, a worker): PREFECT_HOME and
+    PREFECT_API_URL set, telemetry off."""
+
+    def __init__(self, home: Path, port: int = 0, ui: bool = True, extra_env: Mapping[str, str] | None = None) -> None:
+        self.home = home.resolve()
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_url = f"{self.url}/api"
+        self.log_path = self.home / "server.log"
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="true" if ui else "false",
+            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_SERVER_API_PORT=str(self.port),
+        )
+        env.update(extra_env or {})
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> PrefectServer:
+        """Start the server and wait until its health endpoint answers."""
+        if not port_is_free(self.port):
+            raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use: choose another (--port)")
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.process = _start(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.env,
+            self.log_path,
+        )
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:  # a Ctrl-C during the wait too: stop what was started
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not start; its log ends:\n{log_tail(self.log_path)}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Stop the server and every process it started."""
+        if self.process is not None:
+            stop_process_tree(self.process)
+            self.process = None
+
+    def __enter__(self) -> PrefectServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Worker:
+    """``prefect worker start --pool WORK_POOL``: polls the server, runs each flow run in a process of its own.
+
+    ``project_home`` is the checkout the flow runs import the project from (the deployments' pull step reads
+    it from DBT_CLOUD_GATE_HOME in the worker's environment)."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        pool: str = WORK_POOL,
+        project_home: Path = ROOT,
+        query_seconds: float = 2,
+    ) -> None:
+        self.env = {
+            **env,
+            "DBT_CLOUD_GATE_HOME": str(project_home),
+            "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds),
+        }
+        self.log_path = log_path
+        self.pool = pool
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        """Start the worker (it registers with the server on its first poll)."""
+        self.process = _start(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool], self.env, self.log_path
+        )
+        return self
+
+    def stop(self, crash: bool = False) -> None:
+        """Stop the worker and its flow run processes; ``crash`` kills them all at once instead."""
+        if self.process is None:
+            return
+        if crash:
+            kill_process_tree(self.process)
+        else:
+            stop_process_tree(self.process)
+        self.process = None
+
+    def log(self, size: int = 12000) -> str:
+        """The end of the worker's log (flow run logs included)."""
+        return log_tail(self.log_path, size)
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def dbt_cloud_emulator(emulator: Emulator, port: int = 0) -> EmulatorServer:
+    """The emulator on 127.0.0.1 (``port=0`` picks a free one); use it as a context manager."""
+    return EmulatorServer(emulator, port=port)
+
+
+def prefect_cli(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:
+    """Run ``prefect ARGS`` from the repository root, non-interactive; its output, or RuntimeError with it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def save_blocks(
+    api_url: str,
+    credentials: DbtCloudCredentials,
+    credentials_block: str,
+    connector: SnowflakeConnector,
+    connector_block: str,
+) -> None:
+    """Save (or overwrite) the dbt Cloud credentials block and the Snowflake connector block on the server."""
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        credentials.save(credentials_block, overwrite=True)
+        connector.save(connector_block, overwrite=True)
+
+
+def set_variables(api_url: str, values: Mapping[str, str | int]) -> None:
+    """Set (or overwrite) the Prefect variables that prefect.yaml's templates read (a job ID as a number, as
+    ``prefect variable set`` stores it: the deployment's parameter schema wants an integer)."""
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        for name, value in values.items():
+            Variable.set(name, value, overwrite=True)
+
+
+def ensure_work_pool(api_url: str, name: str = WORK_POOL) -> bool:
+    """Create the process work pool unless it exists; True when it was created."""
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            return True
+        return False
+
+
+def deploy_all(env: Mapping[str, str]) -> str:
+    """``prefect deploy --all`` from the repository root (creates or updates every deployment of prefect.yaml)."""
+    return prefect_cli(env, "--no-prompt", "deploy", "--all")

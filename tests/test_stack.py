@@ -1,0 +1,157 @@
+"""``python -m stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator, fakesnow and a
+worker, deploys prefect.yaml, runs deployments, stops on SIGINT or SIGTERM with no process left behind, and
+starts again on the same state without duplicating anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK
+from stack.services import ROOT, WORK_POOL, alive, descendants, fakesnow_connector
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT = 240.0
+
+
+class RunningStack:
+    """A ``python -m stack`` process and what it wrote to STATE/stack.json once ready."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.output = state.parent / f"{state.name}-console.log"
+        with self.output.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stack", "--state-dir", str(state), "--port", "0"],
+                cwd=ROOT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (state / "stack.json").exists():
+            assert self.process.poll() is None, self.console()
+            assert time.monotonic() < deadline, f"the stack did not start in {START_TIMEOUT} s:\n{self.console()}"
+            time.sleep(0.5)
+        self.info: dict[str, Any] = json.loads((state / "stack.json").read_text())
+
+    def console(self) -> str:
+        return self.output.read_text(errors="replace")[-6000:]
+
+    @contextmanager
+    def client(self) -> Iterator[SyncPrefectClient]:
+        with temporary_settings({PREFECT_API_URL: self.info["api_url"]}), get_client(sync_client=True) as client:
+            yield client
+
+    def stop(self, signum: int) -> list[tuple[int, int]]:
+        """Send ``signum``, wait for the exit; returns the processes of the stack that still run (none expected)."""
+        tree = descendants(self.process.pid)
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=90)
+        assert code == 0, self.console()
+        assert "Stopped" in self.console()
+        assert not (self.state / "stack.json").exists()
+        return [p for p in tree if alive(p)] + processes_using(self.state)
+
+
+def processes_using(state: Path) -> list[tuple[int, int]]:
+    """Live processes whose environment or command line names the state folder (started after any snapshot)."""
+    needle = str(state).encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes() or needle in (proc / "cmdline").read_bytes():
+                found.append((int(proc.name), 0))
+        except OSError:
+            continue
+    return found
+
+
+def wait_state(client: SyncPrefectClient, flow_run_id: Any, accept: set[str], timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state is not None and flow_run.state.type.value in accept:
+            return flow_run
+        assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
+        time.sleep(0.3)
+
+
+def rows(info: dict[str, Any], statement: str) -> list[tuple[Any, ...]]:
+    with fakesnow_connector(info["snowflake"]).get_connection() as connection:
+        cursor = connection.cursor()
+        cursor.execute(statement)
+        return list(cursor.fetchall())
+
+
+def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: Path) -> None:
+    state = tmp_path / "stack"
+    first = RunningStack(state)
+    try:
+        # A second stack on the same state refuses at once (one server per database).
+        twin = subprocess.run(
+            [sys.executable, "-m", "stack", "--state-dir", str(state), "--port", "0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert twin.returncode == 1 and "already runs" in twin.stdout
+
+        with first.client() as client:
+            deployed = {name: str(client.read_deployment_by_name(name).id) for name in DEPLOYMENTS}
+            assert deployed == first.info["deployments"]
+            assert client.read_work_pool(WORK_POOL).type == "process"
+            assert client.read_variable_by_name("dbt_cloud_credentials_block").value == CREDENTIALS_BLOCK
+            assert client.read_variable_by_name("snowflake_connector_block").value == SNOWFLAKE_BLOCK
+            etl = client.create_flow_run_from_deployment(
+                deployed["dbt-cloud-etl/nightly-etl"], parameters={"poll_interval_seconds": 0.2}
+            )
+            done = wait_state(client, etl.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+            assert done.state.type.value == "COMPLETED", (state / "worker.log").read_text()[-6000:]
+            # A run still in flight when the stack stops: its process goes too.
+            job = client.create_flow_run_from_deployment(
+                deployed["run-dbt-cloud-job/dbt-cloud-job"], parameters={"poll_interval_seconds": 0.2}
+            )
+            wait_state(client, job.id, {"RUNNING"})
+        loaded = rows(first.info, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS")
+        assert loaded == [(3,)]
+        assert rows(first.info, "SELECT COUNT(*) FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT") == [(2,)]
+        engines = [
+            p for p in descendants(first.process.pid) if b"prefect.engine" in Path(f"/proc/{p[0]}/cmdline").read_bytes()
+        ]
+        assert engines, "no flow run process under the worker"
+        assert first.stop(signal.SIGINT) == []
+    finally:
+        if first.process.poll() is None:
+            first.process.kill()
+
+    second = RunningStack(state)
+    try:
+        assert second.info["deployments"] == deployed  # updated, not created anew
+        with second.client() as client:
+            assert [pool.name for pool in client.read_work_pools()].count(WORK_POOL) == 1
+            names = [doc.name for doc in client.read_block_documents()]
+            assert names.count(CREDENTIALS_BLOCK) == 1 and names.count(SNOWFLAKE_BLOCK) == 1
+            assert client.read_flow_run(etl.id).state.type.value == "COMPLETED"  # the server's database was kept
+        assert rows(second.info, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == loaded  # fakesnow's data too
+        assert second.stop(signal.SIGTERM) == []
+    finally:
+        if second.process.poll() is None:
+            second.process.kill()
