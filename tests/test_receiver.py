@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from dbt_cloud_gate.receiver import (
 from dbtcloud_api import DbtCloudClient
 from dbtcloud_api.emulator import EmulatorServer
 from dbtcloud_api.webhooks import delivery_payload, encode_body, sign
+from stack.services import PrefectServer, free_port
 
 # The async tests run on anyio's pytest plugin (installed with httpx), on asyncio.
 pytestmark = pytest.mark.anyio
@@ -259,12 +259,6 @@ def test_cli_refuses_to_start_without_a_prefect_server_or_a_secret() -> None:
 # -- over loopback ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Served:
     """The receiver app on a loopback port, in a thread (uvicorn)."""
 
@@ -314,40 +308,9 @@ def test_the_emulator_delivers_to_the_receiver_over_loopback(
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API URL of a `prefect server start` of this module's own (stack.services.PrefectServer, once it lands,
-    does the same)."""
-    home = tmp_path_factory.mktemp("receiver-prefect-home")
-    api = f"http://127.0.0.1:{free_port()}/api"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.update(PREFECT_UI_ENABLED="false")
-    port = api.rsplit(":", 1)[1].split("/")[0]
-    with (home / "server.log").open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 180  # a first start migrates a new database
-        while not _healthy(api):
-            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-            time.sleep(0.3)
-        yield api
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """The API URL of a `prefect server start` of this module's own."""
+    with PrefectServer(tmp_path_factory.mktemp("receiver-prefect-home"), ui=False) as server:
+        yield server.api_url
 
 
 @pytest.mark.slow
