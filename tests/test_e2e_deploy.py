@@ -3,23 +3,51 @@ worker, and runs of the ETL deployment against the emulator and a fakesnow serve
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.cli.deploy._config import _load_deploy_configs_and_actions
 from prefect.client.orchestration import get_client
+from prefect.deployments.steps.core import StepExecutionError, run_steps
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
+from rich.console import Console
 
 from blocks.dbt_cloud import DbtCloudCredentials
 from dbtcloud_api.emulator import Emulator, JobSpec
 from stack import services
+from stack.services import ROOT
 from tests.conftest import ACCOUNT, TOKEN
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+DEPLOY_TIME_HOME = "/deploy-time/checkout"
+
+
+def pull_steps() -> list[dict[str, Any]]:
+    _, actions = _load_deploy_configs_and_actions(ROOT / "prefect.yaml", console=Console(quiet=True))
+    return list(actions["pull"])
+
+
+def test_pull_steps_take_the_checkout_from_the_environment_of_the_flow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)  # run_steps changes the working directory; monkeypatch puts it back
+    monkeypatch.setenv("DBT_CLOUD_GATE_HOME", str(tmp_path))
+    asyncio.run(run_steps(pull_steps(), {}))
+    assert Path.cwd() == tmp_path
+    monkeypatch.delenv("DBT_CLOUD_GATE_HOME")
+    with pytest.raises(StepExecutionError) as failed:
+        asyncio.run(run_steps(pull_steps(), {}))
+    # What the flow run's log shows: the variable named, and why.
+    assert "DBT_CLOUD_GATE_HOME: is not set in the worker environment" in str(failed.value.__cause__)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +107,8 @@ def stack(server: services.PrefectServer, tmp_path_factory: pytest.TempPathFacto
             },
         )
         assert services.ensure_work_pool(server.api_url)
-        deployed = services.deploy_all(server.env)
+        # The deploying shell's DBT_CLOUD_GATE_HOME must not reach the deployment: the worker's own decides.
+        deployed = services.deploy_all({**server.env, "DBT_CLOUD_GATE_HOME": DEPLOY_TIME_HOME})
         assert "nightly-etl" in deployed and "dbt-cloud-job" in deployed
         with services.Worker(server.env, workdir / "worker.log", query_seconds=1) as worker:
             yield Stack(server.env, emulator, connector, worker)
@@ -115,6 +144,9 @@ def wait_running(emulator: Emulator, job_id: int, known: int, timeout: float = 1
 
 def test_deploy_all_and_a_worker_runs_the_etl(stack: Stack) -> None:
     env, emulator, connector = stack.env, stack.emulator, stack.connector
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        saved = client.read_deployment_by_name("dbt-cloud-etl/nightly-etl").pull_steps
+    assert saved == pull_steps() and DEPLOY_TIME_HOME not in str(saved)  # the worker's DBT_CLOUD_GATE_HOME decides
     ok = wait_final(env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"poll_interval_seconds": 0.2}).id)
     assert ok.state.type.value == "COMPLETED", stack.worker_log()
     run = emulator.runs_of(21)[0]

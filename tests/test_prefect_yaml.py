@@ -73,7 +73,7 @@ def test_loads_as_the_cli_reads_it() -> None:
     configs = deployments()
     assert {c["name"] for c in configs} == {"dbt-cloud-job", "nightly-etl", "weekly-reconcile"}
     _, actions = _load_deploy_configs_and_actions(PREFECT_YAML, console=Console(quiet=True))
-    assert actions["pull"] and "prefect.deployments.steps.set_working_directory" in actions["pull"][0]
+    assert actions["pull"] and "prefect.deployments.steps.set_working_directory" in actions["pull"][-1]
 
 
 def test_no_unknown_keys() -> None:
