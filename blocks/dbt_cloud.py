@@ -179,7 +179,8 @@ def _variable(location: tuple[int | str, ...]) -> str:
 def _load_block(name: str, where: str) -> DbtCloudCredentials:
     block_name = name.split("/", 1)[1] if name.startswith(f"{DbtCloudCredentials._block_type_slug}/") else name
     try:
-        loaded = DbtCloudCredentials.load(block_name)
+        # Sync whoever calls: inside an async flow, load() would hand back a coroutine.
+        loaded = DbtCloudCredentials.load(block_name, _sync=True)  # type: ignore[call-arg]
     except ValueError as exc:
         raise DbtCloudConfigError(
             f"No saved dbt Cloud credentials block named {block_name!r} ({where}): create it with "

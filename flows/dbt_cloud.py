@@ -8,14 +8,15 @@ there unless it asks for the state (``return_state=True``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect import get_run_logger
+from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.client.schemas.objects import FlowRun, State
@@ -26,6 +27,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.sync_flow import sync_callable_flow
 from dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
 from dbtcloud_api.client import TRIGGER_OVERRIDES
 from dbtcloud_api.errors import DbtCloudResponseError
@@ -196,10 +198,12 @@ def build_result(
     )
 
 
-def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> None:
-    """Artifacts (link, summary, models) and the event that Automations route on."""
+async def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> None:
+    """Artifacts (link, summary, models), created at once rather than one after the other, and the event that
+    Automations route on (sent in the background)."""
+    emit_run_event(result, outcome)
     key = f"dbt-cloud-job-{result.job_id}"
-    create_link_artifact(
+    link = acreate_link_artifact(
         key=f"{key}-run",
         link=result.url,
         link_text=f"dbt Cloud run {result.run_id}",
@@ -222,8 +226,10 @@ def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> No
     step = run.failed_step if run is not None else None
     if step is not None:
         lines += ["", f"### Failed step {step.index}: {step.name}", "", "```", *step.last_log_lines(15), "```"]
-    create_markdown_artifact(key=f"{key}-summary", markdown="\n".join(lines), description="dbt Cloud run summary")
-    create_table_artifact(
+    summary = acreate_markdown_artifact(
+        key=f"{key}-summary", markdown="\n".join(lines), description="dbt Cloud run summary"
+    )
+    models = acreate_table_artifact(
         key=f"{key}-models",
         table=[
             {
@@ -238,7 +244,7 @@ def _publish(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> No
         or [{"model": "(no run_results.json)", "type": "", "status": result.status, "seconds": None, "message": ""}],
         description=f"Models of dbt Cloud run {result.run_id}",
     )
-    emit_run_event(result, outcome)
+    await asyncio.gather(link, summary, models)
 
 
 def emit_run_event(result: DbtCloudRunResult, outcome: Outcome) -> None:
@@ -321,7 +327,7 @@ def credentials_of_flow_run(flow_run: FlowRun) -> DbtCloudCredentials:
     document_id = reference.get("_block_document_id")
     name = reference.get("_block_document_name")
     if document_id:
-        loaded = DbtCloudCredentials.load_from_ref(str(document_id))
+        loaded = DbtCloudCredentials.load_from_ref(str(document_id), _sync=True)  # type: ignore[call-arg]
         if isinstance(loaded, DbtCloudCredentials):
             return loaded
     if name:
@@ -382,8 +388,10 @@ def _cancel_on_prefect_cancellation(flow: Flow[..., Any], flow_run: FlowRun, sta
         cancel_runs_of_flow_run(flow, flow_run, [job_id])
 
 
-@flow(name="run-dbt-cloud-job", on_cancellation=[_cancel_on_prefect_cancellation])
-def run_dbt_cloud_job(
+# Async, so that it returns as soon as it is done (a sync flow waits up to 1 s for Prefect's heartbeat thread);
+# callable from sync code all the same (see dbt_cloud_gate.sync_flow).
+@sync_callable_flow(name="run-dbt-cloud-job", on_cancellation=[_cancel_on_prefect_cancellation])
+async def run_dbt_cloud_job(
     job_id: int,
     credentials: DbtCloudCredentials | str | None = None,
     *,
@@ -515,15 +523,16 @@ def run_dbt_cloud_job(
             except DbtCloudError as cancel_error:
                 log.error("Cancelling dbt Cloud run %s after the backstop failed: %s", run_id, cancel_error)
     except DbtCloudResponseError as exc:  # a Success without finished_at, another run's data: never a success
-        return _fail(creds, job_id, run_id, None, Verdict("failed", DbtCloudRunInvalid, str(exc)), alert_blocks, token)
+        invalid = Verdict("failed", DbtCloudRunInvalid, str(exc))
+        return await _fail(creds, job_id, run_id, None, invalid, alert_blocks, token)
 
     verdict = judge(run, deadline=deadline, left_running=on_timeout == "leave")
     if verdict.error is not None:
-        return _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models)
+        return await _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models)
     if run is None:  # pragma: no cover - judge() never calls an unread run a success
         raise RuntimeError("a run that was never read cannot be a success")
     result = build_result(run, job_id, creds, models)
-    _publish(result, verdict.outcome, run)
+    await _publish(result, verdict.outcome, run)
     log.info(
         "dbt Cloud run %s of job %s succeeded; finished_at=%s.",
         result.run_id,
@@ -533,7 +542,7 @@ def run_dbt_cloud_job(
     return result
 
 
-def _fail(
+async def _fail(
     creds: DbtCloudCredentials,
     job_id: int,
     run_id: int,
@@ -560,7 +569,7 @@ def _fail(
         )
     else:
         result = build_result(run, job_id, creds, models or [], require_watermark=False)
-    _publish(result, verdict.outcome, run)
+    await _publish(result, verdict.outcome, run)
     outcome = verdict.outcome.replace("-", " ")
     if verdict.outcome == "timed-out":
         message = f"dbt Cloud run {run_id} of job {job_id} {verdict.detail[0].lower()}{verdict.detail[1:]} "

@@ -870,7 +870,7 @@ def load_notification_block(reference: str | NotificationBlock) -> NotificationB
             f"Alert block {reference!r} must be named with its type, like 'slack-webhook/{reference}' or "
             f"'custom-webhook/{reference}'."
         )
-    block = Block.load(reference)
+    block = Block.load(reference, _sync=True)  # type: ignore[call-arg]  # sync, also inside an async flow
     if not isinstance(block, NotificationBlock):
         raise ValueError(f"Block {reference!r} is not a notification block (it cannot send alerts).")
     return block
