@@ -110,7 +110,7 @@ def dbt_cloud_etl(
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
         credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
             DBT_CLOUD_* environment variables.
-        pipeline: A label for logs, the artifact and the audit history; default dbt-job-<job_id>.
+        pipeline: A label for logs, the artifact and the audit history; default dbt-job-{job_id}.
         poll_interval_seconds: How often to poll the run (the adaptive schedule's base interval).
         max_wait_seconds: Give up on the run after this long (it is then cancelled, and the flow fails).
         native_schedule: What to do when the job's own dbt Cloud schedule is on: warn, fail, or disable it.
