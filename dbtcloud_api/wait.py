@@ -9,6 +9,11 @@ A finished run is returned only if it can be trusted: it is the run asked for (t
 account and job), and a Success carries its ``finished_at`` (downstream steps' watermark). A Success read
 without it is read again for a short while (``finished_at_grace_seconds``), then the wait fails with
 :class:`DbtCloudMissingFinishedAtError`.
+
+A :class:`Waker` (optional) replaces the sleep between polls with a sleep that may end early for the run, e.g.
+when a dbt Cloud webhook says it finished: the wait then polls at once, and that one GET decides the outcome (a
+webhook never supplies ``finished_at``). A woken poll that still sees the run unfinished just continues the
+schedule, so a wake-up can at most cost one extra request.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "RunWatcher",
     "WaitOutcome",
     "WaitTimedOut",
+    "Waker",
     "await_run",
     "await_runs",
     "check_wait_settings",
@@ -91,6 +97,23 @@ class PollSchedule(Protocol):
 
     def next_interval(self, run: Run, elapsed: float) -> float:
         """Seconds until the next poll, given the run as last seen and the seconds waited so far."""
+        ...
+
+
+class Waker(Protocol):
+    """A sleep that may end early for one run: what the wait does between polls instead of ``sleep``.
+
+    Both methods sleep up to ``seconds`` and return ``True`` as soon as a wake-up for ``run_id`` arrives (or one
+    arrived while no wait for that run was sleeping, and was not handed out since), ``False`` when the time ran
+    out. A wake-up is handed out once: a poll that follows it and still sees the run unfinished sleeps again.
+    """
+
+    def wait(self, run_id: int, seconds: float) -> bool:
+        """Block up to ``seconds``; ``True`` if woken for ``run_id``."""
+        ...
+
+    async def await_wake(self, run_id: int, seconds: float) -> bool:
+        """The asyncio twin of :meth:`wait`."""
         ...
 
 
@@ -141,6 +164,9 @@ class RunWatcher:
         self.last_error: DbtCloudError | None = None
         self.polls = 0
         self.poll_errors = 0
+        self.wakes = 0  # wake-ups (a Waker's) that cut a sleep short
+        self.woken = False  # the next poll follows a wake-up
+        self.ended_by_wake = False  # the poll that saw the end followed a wake-up
         self._steps_seen: dict[int, int | None] = {}
         self._unknown_warned: set[int] = set()
         self._watermark_first = 0.0
@@ -178,13 +204,26 @@ class RunWatcher:
         self.polls += 1
         previous = self.last
         self.last = run
+        woken, self.woken = self.woken, False
         if previous is None or previous.status != run.status:
             self._log_status(run, previous)
         self._log_steps(run)
+        if woken and run.is_terminal:
+            self.ended_by_wake = True
+            self.log.info("dbt Cloud run %s: the poll after a wake-up saw it end (%s).", self.run_id, run.status_label)
+        elif woken:
+            # A started event, a reordered delivery, or a reconnect: the schedule simply goes on.
+            self.log.debug("dbt Cloud run %s: woken, but still %s; polling on schedule.", self.run_id, run.status_label)
         return run.is_terminal
+
+    def on_wake(self) -> None:
+        """A wake-up cut the sleep short: the next poll is at once (one GET decides; a wake-up is only a hint)."""
+        self.wakes += 1
+        self.woken = True
 
     def on_error(self, exc: DbtCloudError) -> None:
         """A poll failed after the client's own retries: keep waiting if it says nothing about the run."""
+        self.woken = False
         if not isinstance(exc, TRANSIENT_POLL_ERRORS):
             raise exc
         self.poll_errors += 1
@@ -345,10 +384,12 @@ def wait_for_run(
     job_id: int | None = None,
     finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
     first_poll_delay_seconds: float = 0.0,
+    waker: Waker | None = None,
 ) -> Run:
     """Poll ``run_id`` until it is finished; returns it with its steps and trigger.
 
-    ``first_poll_delay_seconds`` (see :func:`first_poll_delay`) spares the poll right after a trigger. Every read
+    ``first_poll_delay_seconds`` (see :func:`first_poll_delay`) spares the poll right after a trigger. With a
+    ``waker``, every sleep (the first one too) is ``waker.wait``: a wake-up means a poll at once. Every read
     must be that run (of ``job_id`` when given). Raises ``WaitTimedOut`` within seconds of
     ``max_wait_seconds``, whatever the server does; ``DbtCloudMissingFinishedAtError`` for a Success that
     keeps coming without ``finished_at``; a ``DbtCloudResponseError`` for answers that are not dbt Cloud's.
@@ -364,7 +405,14 @@ def wait_for_run(
         finished_at_grace_seconds=finished_at_grace_seconds,
         first_poll_delay_seconds=first_poll_delay_seconds,
     )
-    sleep(watcher.first_delay())
+
+    def pause(seconds: float) -> None:
+        if waker is None:
+            sleep(seconds)
+        elif seconds > 0 and waker.wait(run_id, seconds):
+            watcher.on_wake()
+
+    pause(watcher.first_delay())
     while True:
         try:
             with request_deadline(watcher.request_deadline()):
@@ -374,7 +422,7 @@ def wait_for_run(
         else:
             if watcher.on_run(run):
                 return _finish_sync(client, watcher, run, job_id, sleep)
-        sleep(watcher.next_delay())
+        pause(watcher.next_delay())
 
 
 def _finish_sync(
@@ -405,8 +453,9 @@ async def await_run(
     job_id: int | None = None,
     finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
     first_poll_delay_seconds: float = 0.0,
+    waker: Waker | None = None,
 ) -> Run:
-    """The asyncio twin of :func:`wait_for_run` (many waits can share one event loop)."""
+    """The asyncio twin of :func:`wait_for_run` (many waits can share one event loop, and one ``waker``)."""
     if job_id is not None:
         check_id("job_id", job_id)
     watcher = RunWatcher(
@@ -418,7 +467,14 @@ async def await_run(
         finished_at_grace_seconds=finished_at_grace_seconds,
         first_poll_delay_seconds=first_poll_delay_seconds,
     )
-    await asyncio.sleep(watcher.first_delay())
+
+    async def pause(seconds: float) -> None:
+        if waker is None:
+            await asyncio.sleep(seconds)
+        elif seconds > 0 and await waker.await_wake(run_id, seconds):
+            watcher.on_wake()
+
+    await pause(watcher.first_delay())
     while True:
         try:
             with request_deadline(watcher.request_deadline()):
@@ -430,7 +486,7 @@ async def await_run(
         else:
             if watcher.on_run(run):
                 return await _finish_async(client, watcher, run, job_id)
-        await asyncio.sleep(watcher.next_delay())
+        await pause(watcher.next_delay())
 
 
 async def _finish_async(client: AsyncDbtCloudClient, watcher: RunWatcher, run: Run, job_id: int | None) -> Run:
@@ -481,8 +537,11 @@ async def await_runs(
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     job_ids: Mapping[int, int] | None = None,
     finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
+    waker: Waker | None = None,
 ) -> list[WaitOutcome]:
     """Wait for many runs on one event loop (no thread per run); one outcome per run, in order, never raising.
+
+    One ``waker``, when given, serves every run's sleeps (see :func:`await_run`).
 
     ``schedules(run_id)`` gives each run its poll schedule; ``job_ids`` (run ID → job ID), when given, is checked
     against every read. Runs past the deadline are cancelled unless ``on_timeout="leave"``; finished runs with
@@ -505,6 +564,7 @@ async def await_runs(
                 log=log,
                 job_id=(job_ids or {}).get(run_id),
                 finished_at_grace_seconds=finished_at_grace_seconds,
+                waker=waker,
             )
         except WaitTimedOut as exc:
             outcome = WaitOutcome(run_id, exc.run, timed_out=True, timeout=exc)

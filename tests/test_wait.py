@@ -391,3 +391,115 @@ def test_the_poll_that_sees_the_end_is_the_last_read(client: DbtCloudClient, emu
     running = [r for r in reads if "run_steps" in ",".join(r.query.get("include_related", []))]
     assert running and reads[-1] is running[-1]
     assert len(reads) - len(running) <= 3  # queued/starting polls only; nothing read after the end
+
+
+# -- a Waker between polls --------------------------------------------------------------------------------------
+
+
+class FakeWaker:
+    """A Waker whose wake-ups the test schedules: ``wake_at[k]`` wakes the k-th sleep (0-based) after that many
+    seconds; every other sleep runs its full length. Records each sleep asked for."""
+
+    def __init__(self, wake_at: dict[int, float] | None = None) -> None:
+        self.wake_at = dict(wake_at or {})
+        self.asked: list[tuple[int, float]] = []
+
+    def _plan(self, run_id: int, seconds: float) -> tuple[float, bool]:
+        index = len(self.asked)
+        self.asked.append((run_id, seconds))
+        after = self.wake_at.get(index)
+        return (after, True) if after is not None and after < seconds else (seconds, False)
+
+    def wait(self, run_id: int, seconds: float) -> bool:
+        pause, woken = self._plan(run_id, seconds)
+        time.sleep(pause)
+        return woken
+
+    async def await_wake(self, run_id: int, seconds: float) -> bool:
+        pause, woken = self._plan(run_id, seconds)
+        await asyncio.sleep(pause)
+        return woken
+
+
+def run_reads(emulator: EmulatorServer, run_id: int) -> int:
+    return sum(1 for r in emulator.emulator.requests if r.method == "GET" and r.path.endswith(f"/runs/{run_id}/"))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_wake_up_polls_at_once_and_that_poll_decides(
+    client: DbtCloudClient, emulator: EmulatorServer, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.emulator.set_job(11, run_seconds=1.0)
+    run_id = client.trigger_job_run(11, "woken").id
+    # Long sleeps (30 s) that only the wake-up can cut: sleep 0 wakes once the run is surely over.
+    waker = FakeWaker({0: 2.0})
+    started = time.monotonic()
+    caplog.set_level("INFO", logger="dbtcloud_api.wait")
+    if mode == "sync":
+        run = wait_for_run(client, run_id, schedule=FixedInterval(30), waker=waker, first_poll_delay_seconds=30)
+    else:
+
+        async def main() -> Run:
+            async with AsyncDbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as c:
+                return await await_run(c, run_id, schedule=FixedInterval(30), waker=waker, first_poll_delay_seconds=30)
+
+        run = asyncio.run(main())
+    assert run.status == RunStatus.SUCCESS and run.finished_at is not None
+    assert time.monotonic() - started < 10
+    assert waker.asked == [(run_id, 30.0)]  # only the first sleep: the poll after the wake-up saw the end
+    assert run_reads(emulator, run_id) == 1
+    assert "the poll after a wake-up saw it end" in caplog.text
+
+
+def test_a_wake_up_for_an_unfinished_run_goes_back_to_the_schedule(
+    client: DbtCloudClient, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.set_job(11, run_seconds=1.5)
+    run_id = client.trigger_job_run(11, "early wake").id
+    # Woken at once (a started event, a reconnect): the run is still going, so the schedule goes on (0.4 s).
+    waker = FakeWaker({0: 0.0})
+    run = wait_for_run(client, run_id, schedule=FixedInterval(0.4), waker=waker, first_poll_delay_seconds=0.4)
+    assert run.is_terminal
+    # After the woken poll (still running), each sleep is the schedule's full interval again, not 0.
+    assert len(waker.asked) >= 3
+    assert all(seconds == pytest.approx(0.4, abs=0.05) for _, seconds in waker.asked)
+    assert 3 <= run_reads(emulator, run_id) <= 8
+
+
+def test_without_a_wake_up_the_waker_sleeps_the_whole_schedule(
+    client: DbtCloudClient, emulator: EmulatorServer
+) -> None:
+    emulator.emulator.set_job(11, run_seconds=0.3)
+    run_id = client.trigger_job_run(11, "no wake").id
+    waker = FakeWaker()
+    run = wait_for_run(client, run_id, schedule=FixedInterval(0.3), waker=waker, first_poll_delay_seconds=0.3)
+    assert run.status == RunStatus.SUCCESS
+    # The fallback polls found the end: as many sleeps as polls, each the schedule's interval.
+    assert len(waker.asked) == run_reads(emulator, run_id) and waker.asked[0] == (run_id, 0.3)
+
+
+def test_await_runs_shares_one_waker_across_runs(client: DbtCloudClient, emulator: EmulatorServer) -> None:
+    emulator.emulator.set_job(11, run_seconds=0.5)
+    ids = [client.trigger_job_run(11, f"fan {n}").id for n in range(3)]
+
+    class WakeAfter(FakeWaker):
+        async def await_wake(self, run_id: int, seconds: float) -> bool:
+            self.asked.append((run_id, seconds))
+            await asyncio.sleep(1.5)
+            return True
+
+    waker = WakeAfter()
+
+    async def main() -> list[Any]:
+        async with AsyncDbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as c:
+            return await await_runs(
+                c, ids, schedules=lambda _: FixedInterval(60), fetch_results=False, waker=waker, max_wait_seconds=30
+            )
+
+    outcomes = asyncio.run(main())
+    assert [o.run.status for o in outcomes] == [RunStatus.SUCCESS] * 3
+    asked = [run_id for run_id, _ in waker.asked]
+    assert set(asked) == set(ids)
+    # One read at once, then one per wake-up (runs of one job queue behind each other, so some need two):
+    # the 60 s schedule never came into play.
+    assert all(run_reads(emulator, run_id) == 1 + asked.count(run_id) for run_id in ids)
