@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prefect.cli.deploy._config import _load_deploy_configs_and_actions
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments.steps.core import StepExecutionError, run_steps
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
@@ -195,6 +196,16 @@ def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None
     while dbt_run.cancelled_at is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert dbt_run.cancelled_at is not None, stack.worker_log()
+    # What the README explains: the worker stops the flow run's process with SIGTERM; Prefect marks the task it
+    # interrupted Crashed ("Crash detected!") and logs the flow run's last local state ("Finished in state
+    # Running()") before the worker sets Cancelled. The cancellation itself is clean: only the wait task crashed.
+    with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    states = {task.name.rsplit("-", 1)[0]: task.state.type.value for task in tasks if task.state is not None}
+    assert states == {"start-dbt-cloud-run": "COMPLETED", "wait-for-dbt-cloud-run-and-results": "CRASHED"}, states
+    log = stack.worker_log()
+    assert "Crash detected! Execution was aborted by a termination signal." in log
+    assert "Finished in state Running()" in log
 
 
 def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> None:
