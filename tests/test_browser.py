@@ -149,7 +149,7 @@ def click_tab(driver: Any, label: str) -> None:
 
 
 @pytest.mark.parametrize("deployment", ["dbt-cloud-etl/nightly-etl", "run-dbt-cloud-job/dbt-cloud-job"])
-def test_run_form_shows_every_parameter_description(stack: RunningStack, browser: Any, deployment: str) -> None:
+def test_run_form_shows_every_parameter_description(browser: Any, stack: RunningStack, deployment: str) -> None:
     with stack.client() as client:
         schema = client.read_deployment_by_name(deployment).parameter_openapi_schema
     descriptions = {name: flat(spec["description"]) for name, spec in schema["properties"].items()}
@@ -163,7 +163,7 @@ def test_run_form_shows_every_parameter_description(stack: RunningStack, browser
     assert not missing, f"descriptions not shown on the run form (see {shot}): {missing}"
 
 
-def test_completed_etl_run_renders_link_summary_and_model_table(stack: RunningStack, browser: Any) -> None:
+def test_completed_etl_run_renders_link_summary_and_model_table(browser: Any, stack: RunningStack) -> None:
     from selenium.webdriver.common.by import By
 
     with stack.client() as client:
