@@ -28,9 +28,11 @@ from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbt_cloud_gate.sync_flow import sync_callable_flow
+from dbt_cloud_gate.waiter import webhook_waiter
 from dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
 from dbtcloud_api.client import TRIGGER_OVERRIDES
 from dbtcloud_api.errors import DbtCloudResponseError
+from dbtcloud_api.polling import check_interval
 from dbtcloud_api.wait import WaitTimedOut, check_wait_settings
 from tasks.dbt_cloud import (
     DbtCloudJobAlreadyRunning,
@@ -417,6 +419,8 @@ async def run_dbt_cloud_job(
     retry_failed_run_id: int | None = None,
     native_schedule: Literal["warn", "fail", "disable"] = "warn",
     alert_blocks: list[str] | None = None,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = 120,
 ) -> DbtCloudRunResult:
     """Trigger dbt Cloud job ``job_id``, wait for the run, and return its result, or alert and fail.
 
@@ -454,12 +458,19 @@ async def run_dbt_cloud_job(
             fail, or disable it through the API.
         alert_blocks: Notification blocks alerted when the run fails, as type-slug/name
             (slack-webhook/data-team).
+        webhooks: End the wait on the run's dbt Cloud webhook event (seen within about a second) instead of
+            polling for it; needs a Prefect server and the webhook receiver (see the README). Without a
+            server it polls as usual, and says so in the log.
+        fallback_poll_seconds: With webhooks, also poll the run this often: the safety net for a cancelled run
+            (dbt Cloud sends no webhook for it, so a cancel is seen at most this late), a lost delivery or a
+            receiver that is down.
     """
     log = get_run_logger()
     if isinstance(job_id, bool) or not 0 < job_id < 2**63:
         raise ValueError(f"job_id must be a positive dbt Cloud job ID, got {job_id!r}.")
     # Before anything is triggered: NaN, infinite, zero or negative settings, or an unknown on_timeout.
     check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
+    check_interval("fallback_poll_seconds", fallback_poll_seconds)
     check_alert_blocks(alert_blocks)
     creds = resolve_credentials(credentials)
     token = creds.api_token.get_secret_value()
@@ -493,6 +504,8 @@ async def run_dbt_cloud_job(
 
     scope = key_scope()
     remember_for_cancellation(creds, scope)
+    # Subscribed before the trigger, so that the run's event cannot pass unseen; the wait task reuses it.
+    webhooks = webhooks and webhook_waiter(log) is not None
     started = _start_run(creds, job_id, cause, overrides, if_running, native_schedule, retry_failed_run_id, scope)
     run_id = started.run_id
     run: Run | None
@@ -511,6 +524,8 @@ async def run_dbt_cloud_job(
             adaptive_polling=adaptive_polling,
             history_seconds=started.history_seconds,
             just_triggered=started.triggered,
+            webhooks=webhooks,
+            fallback_poll_seconds=fallback_poll_seconds,
         )
         run, models = finished.run, finished.models
     except WaitTimedOut as exc:

@@ -17,7 +17,9 @@ from prefect.flows import Flow
 from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.waiter import webhook_waiter
 from dbtcloud_api import run_url
+from dbtcloud_api.polling import check_interval
 from dbtcloud_api.wait import check_wait_settings
 from flows.dbt_cloud import (
     DbtCloudRunInvalid,
@@ -85,6 +87,8 @@ def run_dbt_cloud_jobs(
     on_timeout: Literal["cancel", "leave"] = "cancel",
     native_schedule: Literal["warn", "fail", "disable"] = "warn",
     alert_blocks: list[str] | None = None,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = 120,
 ) -> list[DbtCloudRunResult]:
     """Trigger every job concurrently, wait for all runs, and return their results in the order given.
 
@@ -100,17 +104,23 @@ def run_dbt_cloud_jobs(
         on_timeout: At the deadline, cancel the dbt Cloud run, or leave it running.
         native_schedule: When a job's own dbt Cloud schedule is on: warn, fail, or disable it through the API.
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
+        webhooks: End each run's wait on its dbt Cloud webhook event (one event subscription for all runs);
+            needs a Prefect server and the webhook receiver. Without a server it polls as usual.
+        fallback_poll_seconds: With webhooks, also poll each run this often (cancelled runs send no webhook).
     """
     log = get_run_logger()
     if not jobs:
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
     check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
+    check_interval("fallback_poll_seconds", fallback_poll_seconds)
     check_alert_blocks(alert_blocks)
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
     scope = key_scope()
     remember_for_cancellation(creds, scope)
     check_native_schedule(creds, [r.job_id for r in requests], native_schedule)
+    # One subscription for every run, opened before any trigger so that no run's event passes unseen.
+    webhooks = webhooks and webhook_waiter(log) is not None
 
     counts: dict[int, int] = {}
     futures = []
@@ -147,6 +157,8 @@ def run_dbt_cloud_jobs(
         max_wait_seconds=max_wait_seconds,
         on_timeout=on_timeout,
         adaptive_polling=adaptive_polling,
+        webhooks=webhooks,
+        fallback_poll_seconds=fallback_poll_seconds,
     )
     results: list[DbtCloudRunResult] = []
     token = creds.api_token.get_secret_value()

@@ -36,6 +36,7 @@ from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.waiter import DEFAULT_FALLBACK_POLL_SECONDS, RunEventWaiter, webhook_waiter
 from dbtcloud_api import (
     DbtCloudAmbiguousTriggerError,
     DbtCloudError,
@@ -62,7 +63,7 @@ from dbtcloud_api.models import (
     RunStatus,
     merge_run_results,
 )
-from dbtcloud_api.polling import make_schedule
+from dbtcloud_api.polling import FixedInterval, check_interval, make_schedule
 from dbtcloud_api.wait import (
     AFTER_WAIT_SECONDS,
     PollSchedule,
@@ -500,6 +501,8 @@ def wait_for_dbt_cloud_run(
     adaptive_polling: bool = True,
     history_seconds: list[float] | None = None,
     just_triggered: bool = False,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = DEFAULT_FALLBACK_POLL_SECONDS,
 ) -> Run:
     """Poll a run until it finishes: one task run for the whole wait, logging status changes and step progress.
 
@@ -509,6 +512,10 @@ def wait_for_dbt_cloud_run(
     Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``,
     whose ``description`` says where the run stood at the deadline. Its ``timeout_seconds`` is a hard backstop
     (``wait_timeout_seconds(max_wait_seconds)``, set per call by the flows).
+
+    With ``webhooks``, the wait sleeps on the process-wide webhook waiter (``dbt_cloud_gate.waiter``; start it
+    before the trigger) and polls at once when the run's terminal event arrives; between events it polls every
+    ``fallback_poll_seconds`` (cancellations send no webhook). Without a Prefect server it polls as without.
     """
     log = get_run_logger()
     with credentials.get_client() as client:
@@ -524,6 +531,8 @@ def wait_for_dbt_cloud_run(
             adaptive_polling=adaptive_polling,
             history_seconds=history_seconds,
             just_triggered=just_triggered,
+            webhooks=webhooks,
+            fallback_poll_seconds=fallback_poll_seconds,
         )
 
 
@@ -551,6 +560,8 @@ def wait_for_dbt_cloud_run_and_results(
     adaptive_polling: bool = True,
     history_seconds: list[float] | None = None,
     just_triggered: bool = False,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = DEFAULT_FALLBACK_POLL_SECONDS,
 ) -> FinishedRun:
     """:func:`wait_for_dbt_cloud_run`, then the run's ``run_results.json`` read right after the poll that saw the
     end, on the same connection and in the same task run: nothing serial is left between that poll and the
@@ -569,6 +580,8 @@ def wait_for_dbt_cloud_run_and_results(
             adaptive_polling=adaptive_polling,
             history_seconds=history_seconds,
             just_triggered=just_triggered,
+            webhooks=webhooks,
+            fallback_poll_seconds=fallback_poll_seconds,
         )
         if not has_model_results(run):
             return FinishedRun(run, [])
@@ -589,8 +602,19 @@ def _wait_in_task(
     adaptive_polling: bool,
     history_seconds: list[float] | None,
     just_triggered: bool,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = DEFAULT_FALLBACK_POLL_SECONDS,
 ) -> Run:
     """The body of the wait tasks: build the schedule, wait, and on the way out cancel as the settings say."""
+    waker = _webhook_waker(webhooks, fallback_poll_seconds, log)
+    if schedule is None and waker is not None:
+        # The run's event ends the wait; polling is the safety net (cancellations, lost deliveries).
+        schedule = FixedInterval(fallback_poll_seconds)
+        log.info(
+            "Waiting for dbt Cloud run %s on webhook events; polling every %g s as a safety net.",
+            run_id,
+            fallback_poll_seconds,
+        )
     if schedule is None:
         history = list(history_seconds or [])
         if history_seconds is None and adaptive_polling and job_id is not None:
@@ -611,6 +635,7 @@ def _wait_in_task(
             log=log,
             job_id=job_id,
             first_poll_delay_seconds=first_poll_delay(schedule) if just_triggered else 0.0,
+            waker=waker,
         )
     except TerminationSignal:
         # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook
@@ -638,6 +663,17 @@ def _wait_in_task(
         raise
 
 
+def _webhook_waker(
+    webhooks: bool, fallback_poll_seconds: float, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> RunEventWaiter | None:
+    """The process-wide webhook waiter when ``webhooks`` is on and a Prefect server makes it work, else ``None``
+    (the reason logged: the wait then polls as without webhooks)."""
+    if not webhooks:
+        return None
+    check_interval("fallback_poll_seconds", fallback_poll_seconds)
+    return webhook_waiter(log)
+
+
 @dataclass
 class RunWaitOutcome:
     """How the wait for one run of a fan-out ended.
@@ -662,27 +698,40 @@ def wait_for_dbt_cloud_runs(
     max_wait_seconds: float = 7200,
     on_timeout: Literal["cancel", "leave"] = "cancel",
     adaptive_polling: bool = True,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = DEFAULT_FALLBACK_POLL_SECONDS,
 ) -> list[RunWaitOutcome]:
     """Wait for many runs (run ID → job ID) in one task, on one event loop: no thread and no task run per run.
 
     Each job's history is read once; each finished run's results are read from every step that can build models.
-    Returns one outcome per run, in order; never raises for a run's outcome.
+    With ``webhooks``, every run sleeps on the one process-wide webhook waiter (one subscription for all) and
+    polls every ``fallback_poll_seconds`` between events. Returns one outcome per run, in order; never raises for
+    a run's outcome.
     """
     log = get_run_logger()
+    waker = _webhook_waker(webhooks, fallback_poll_seconds, log)
+    if waker is not None:
+        log.info(
+            "Waiting for %s run(s) on webhook events; polling every %g s as a safety net.",
+            len(runs),
+            fallback_poll_seconds,
+        )
 
     async def main() -> list[RunWaitOutcome]:
         async with credentials.get_async_client() as client:
             histories: dict[int, list[float]] = {}
             for job_id in sorted(set(runs.values())):
                 histories[job_id] = []
-                if adaptive_polling:
+                if adaptive_polling and waker is None:
                     try:
                         with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
                             histories[job_id] = await client.job_history(job_id)
                     except DbtCloudError as exc:
                         log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
-            schedules = {
-                job_id: make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
+            schedules: dict[int, PollSchedule] = {
+                job_id: FixedInterval(fallback_poll_seconds)
+                if waker is not None
+                else make_schedule(history, poll_interval_seconds, adaptive=adaptive_polling)
                 for job_id, history in histories.items()
             }
             waited = await await_runs(
@@ -695,6 +744,7 @@ def wait_for_dbt_cloud_runs(
                 not_found_grace_seconds=client.retry.not_found_grace_seconds,
                 log=log,
                 job_ids=runs,
+                waker=waker,
             )
 
             async def finish(outcome: WaitOutcome) -> RunWaitOutcome:

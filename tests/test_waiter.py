@@ -1,0 +1,210 @@
+"""Webhook waits: the process-wide waiter's hand-off rules, then the whole path on a real `prefect server`: the
+emulator delivers signed webhooks to the receiver (in-process, on a loopback port), the receiver posts events to
+the server, the waiter's subscription wakes the flow's wait, and one GET decides."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.receiver import PrefectEventsEmitter, ReceiverConfig, create_app
+from dbt_cloud_gate.waiter import RunEventWaiter, stop_webhook_waiters, webhook_waiter, webhook_waits_unavailable
+from dbtcloud_api import DbtCloudClient, RunStatus
+from dbtcloud_api.emulator import EmulatorServer
+from dbtcloud_api.emulator.webhooks import WebhookFault
+from flows.dbt_cloud import DbtCloudRunCancelled, run_dbt_cloud_job
+from stack.services import PrefectServer
+from tests.conftest import ACCOUNT, TOKEN
+from tests.test_receiver import Served
+
+# -- the hand-off rules (no server: notify() is what an event does) ---------------------------------------------
+
+
+def test_an_event_before_the_wait_is_kept_and_handed_out_once() -> None:
+    waiter = RunEventWaiter("http://unused")
+    waiter.notify(5)  # the event came while the trigger call was still returning
+    started = time.monotonic()
+    assert waiter.wait(5, 10) is True and time.monotonic() - started < 0.5
+    assert waiter.wait(5, 0.2) is False  # handed out once: the next sleep runs its length
+    assert waiter.wait(6, 0.05) is False  # other runs are not woken
+
+
+def test_an_event_during_the_wait_wakes_every_wait_for_that_run_only() -> None:
+    waiter = RunEventWaiter("http://unused")
+    results: dict[str, bool] = {}
+
+    def sleep(name: str, run_id: int) -> None:
+        results[name] = waiter.wait(run_id, 5)
+
+    threads = [threading.Thread(target=sleep, args=args) for args in (("a", 1), ("b", 1), ("c", 2))]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    waiter.notify(1)
+    threads[0].join(2)
+    threads[1].join(2)
+    assert results == {"a": True, "b": True} and time.monotonic() - started < 1
+    waiter.notify(2)
+    threads[2].join(2)
+    assert results["c"] is True
+    assert waiter.wait(1, 0.05) is False  # the wake-up went to the sleeping waits; nothing kept
+
+
+def test_async_waits_share_the_waiter_and_a_reconnect_wakes_them_all() -> None:
+    waiter = RunEventWaiter("http://unused")
+
+    async def main() -> list[bool]:
+        sleepers = [asyncio.create_task(waiter.await_wake(run_id, 5)) for run_id in (1, 2, 3)]
+        await asyncio.sleep(0.1)
+        waiter.notify(2)
+        await asyncio.sleep(0.1)
+        assert [s.done() for s in sleepers] == [False, True, False]
+        waiter._wake_all()  # what a reopened subscription does: every wait polls once
+        return list(await asyncio.wait_for(asyncio.gather(*sleepers), 2))
+
+    assert asyncio.run(main()) == [True, True, True]
+    assert asyncio.run(waiter.await_wake(1, 0.05)) is False
+
+
+def test_webhook_waits_need_a_prefect_server_of_their_own() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert "PREFECT_API_URL is not set" in (webhook_waits_unavailable() or "")
+        assert webhook_waiter() is None
+    assert webhook_waits_unavailable("http://127.0.0.1:4200/api") is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_without_a_server_webhooks_fall_back_to_polling_and_say_so(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test harness's server lives inside this process: no receiver can post to it.
+    caplog.set_level(logging.INFO)
+    result = run_dbt_cloud_job(11, creds(emulator), poll_interval_seconds=0.05, max_wait_seconds=20, webhooks=True)
+    assert result.status == "Success"
+    assert "Webhook waits are off" in caplog.text and "temporary server" in caplog.text
+    assert "on webhook events" not in caplog.text
+
+
+# -- the whole path, on a real Prefect server --------------------------------------------------------------------
+
+
+def creds(emulator: EmulatorServer) -> DbtCloudCredentials:
+    return DbtCloudCredentials(account_id=ACCOUNT, api_token=TOKEN, access_url=emulator.url)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with PrefectServer(tmp_path_factory.mktemp("waiter-prefect-home"), ui=False) as server:
+        yield server.api_url
+
+
+@pytest.fixture
+def webhook_path(prefect_server: str, emulator: EmulatorServer, client: DbtCloudClient) -> Iterator[EmulatorServer]:
+    """The emulator delivering to a receiver that posts to the real server; the flow's settings point there."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    app = create_app(ReceiverConfig(secrets={"placeholder": "x" * 32}), PrefectEventsEmitter(prefect_server))
+    with Served(app) as served, temporary_settings({PREFECT_API_URL: prefect_server}):
+        made = client.create_webhook_subscription("tests", served.url)
+        assert made.hmac_secret is not None
+        app.state.receiver.config.secrets = {made.id: made.hmac_secret.get_secret_value()}
+        try:
+            yield emulator
+        finally:
+            stop_webhook_waiters()
+
+
+def run_reads(emulator: EmulatorServer, run_id: int) -> int:
+    return sum(1 for r in emulator.emulator.requests if r.method == "GET" and r.path.endswith(f"/runs/{run_id}/"))
+
+
+@pytest.mark.slow
+def test_the_webhook_ends_the_wait_within_a_second_with_one_poll(
+    webhook_path: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator = webhook_path
+    emulator.emulator.set_job(11, run_seconds=2.0)
+    caplog.set_level(logging.INFO)
+    # A 60 s safety net: only the webhook can end this wait in time.
+    result = run_dbt_cloud_job(11, creds(emulator), webhooks=True, fallback_poll_seconds=60, max_wait_seconds=60)
+    returned = datetime.now(UTC)
+    assert result.status == "Success" and result.finished_at is not None
+    lag = (returned - result.finished_at).total_seconds()
+    assert lag < 1.5, f"the flow returned {lag:.2f} s after the run's end"
+    # No poll before the wake-up (the first is a safety-net interval away), one after it: that GET decided.
+    assert run_reads(emulator, result.run_id) == 1
+    assert "Webhook waits on" in caplog.text and "the poll after a wake-up saw it end" in caplog.text
+    assert result.models  # the results were read after the woken poll, as after any other
+
+
+@pytest.mark.slow
+def test_a_dropped_delivery_is_caught_by_the_fallback_poll(webhook_path: EmulatorServer) -> None:
+    emulator = webhook_path
+    emulator.emulator.set_job(11, run_seconds=0.5)
+    emulator.emulator.webhooks.add_fault(WebhookFault("drop", event_type="job.run.completed"))
+    started = time.monotonic()
+    result = run_dbt_cloud_job(11, creds(emulator), webhooks=True, fallback_poll_seconds=3, max_wait_seconds=60)
+    took = time.monotonic() - started
+    assert result.status == "Success"
+    assert 3 <= took < 8, took  # the first safety-net poll, 3 s after the trigger, saw the end
+    assert run_reads(emulator, result.run_id) == 1
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_sends_no_webhook_and_is_seen_by_the_fallback_poll(webhook_path: EmulatorServer) -> None:
+    emulator = webhook_path
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            run_dbt_cloud_job(14, creds(emulator), webhooks=True, fallback_poll_seconds=2, max_wait_seconds=60)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    # In this context's copy: the Prefect settings (the real server's URL) are context variables.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not [r for r in emulator.emulator.runs_of(14) if r.status_at(emulator.emulator.clock()) == RunStatus.RUNNING]:
+        assert time.monotonic() < deadline, "job 14 never started"
+        time.sleep(0.05)
+    run_id = emulator.emulator.runs_of(14)[-1].id
+    time.sleep(0.5)
+    cancelled = time.monotonic()
+    emulator.emulator.cancel(run_id)
+    thread.join(timeout=30)
+    seen_after = time.monotonic() - cancelled
+    assert isinstance(outcome.get("error"), DbtCloudRunCancelled), outcome
+    assert seen_after < 2 + 2.5, f"the cancel was seen {seen_after:.1f} s late (safety net: 2 s)"
+    assert not [d for d in emulator.emulator.webhooks.deliveries if d.event_type == "job.run.completed"]
+
+
+@pytest.mark.slow
+def test_fan_out_waits_share_one_subscription(webhook_path: EmulatorServer) -> None:
+    from flows.fanout import run_dbt_cloud_jobs
+
+    emulator = webhook_path
+    emulator.emulator.set_job(11, run_seconds=1.0)
+    started = time.monotonic()
+    state = run_dbt_cloud_jobs(
+        [11, 12, 11], creds(emulator), webhooks=True, fallback_poll_seconds=60, max_wait_seconds=60, return_state=True
+    )
+    took = time.monotonic() - started
+    assert state.is_failed()  # job 12 fails
+    assert took < 20, took  # every run was seen through its webhook, none by the 60 s safety net
+    waiter = webhook_waiter()
+    assert waiter is not None and waiter.connections == 1  # one subscription served the three waits
+    runs = [r.id for job in (11, 12) for r in emulator.emulator.runs_of(job)]
+    assert len(runs) == 3 and all(1 <= run_reads(emulator, run_id) <= 2 for run_id in runs)
