@@ -421,6 +421,7 @@ async def run_dbt_cloud_job(
     alert_blocks: list[str] | None = None,
     webhooks: bool = False,
     fallback_poll_seconds: float = 120,
+    run_id: int | None = None,
 ) -> DbtCloudRunResult:
     """Trigger dbt Cloud job ``job_id``, wait for the run, and return its result, or alert and fail.
 
@@ -464,6 +465,8 @@ async def run_dbt_cloud_job(
         fallback_poll_seconds: With webhooks, also poll the run this often: the safety net for a cancelled run
             (dbt Cloud sends no webhook for it, so a cancel is seen at most this late), a lost delivery or a
             receiver that is down.
+        run_id: Wait on this run of job_id, started elsewhere (dbt Cloud's scheduler, CI, an event trigger),
+            instead of starting one; nothing is triggered.
     """
     log = get_run_logger()
     if isinstance(job_id, bool) or not 0 < job_id < 2**63:
@@ -501,12 +504,18 @@ async def run_dbt_cloud_job(
         raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
     if native_schedule not in ("warn", "fail", "disable"):
         raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {native_schedule!r}.")
+    if run_id is not None and (isinstance(run_id, bool) or not 0 < run_id < 2**63 or retry_failed_run_id):
+        raise ValueError(f"run_id must be a positive dbt Cloud run ID, without retry_failed_run_id; got {run_id!r}.")
 
     scope = key_scope()
     remember_for_cancellation(creds, scope)
     # Subscribed before the trigger, so that the run's event cannot pass unseen; the wait task reuses it.
     webhooks = webhooks and webhook_waiter(log) is not None
-    started = _start_run(creds, job_id, cause, overrides, if_running, native_schedule, retry_failed_run_id, scope)
+    if run_id is not None:  # started elsewhere: the wait reads it at once (and checks it is a run of job_id)
+        log.info("Waiting on dbt Cloud run %s of job %s, started elsewhere; nothing triggered.", run_id, job_id)
+        started = StartedRun(run_id, False, None)
+    else:
+        started = _start_run(creds, job_id, cause, overrides, if_running, native_schedule, retry_failed_run_id, scope)
     run_id = started.run_id
     run: Run | None
     deadline: str | None = None

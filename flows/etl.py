@@ -101,6 +101,9 @@ def dbt_cloud_etl(
     lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
     lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
     statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    run_id: int | None = None,
+    webhooks: bool = False,
+    fallback_poll_seconds: float = 120,
 ) -> EtlSummary:
     """Run dbt Cloud job ``job_id``; on Success load every target up to the run's ``finished_at`` and audit it.
 
@@ -122,6 +125,11 @@ def dbt_cloud_etl(
             0 is exact only for a watermark dbt stamps as it writes the row.
         lock_timeout_seconds: How long a load waits for its target's write lock before failing.
         statement_timeout_seconds: The longest any one statement of a load may run.
+        run_id: Load after this run of job_id, started elsewhere (dbt Cloud's scheduler, CI), instead of
+            triggering the job: what a deployment trigger on the run's webhook event passes.
+        webhooks: End the wait on the run's dbt Cloud webhook event instead of polling for it (needs a Prefect
+            server and the webhook receiver; without them it polls).
+        fallback_poll_seconds: With webhooks, also poll the run this often (a cancelled run sends no webhook).
     """
     log = get_run_logger()
     if not targets:
@@ -142,6 +150,9 @@ def dbt_cloud_etl(
         max_wait_seconds=max_wait_seconds,
         native_schedule=native_schedule,
         alert_blocks=alert_blocks,
+        run_id=run_id,
+        webhooks=webhooks,
+        fallback_poll_seconds=fallback_poll_seconds,
     )
     if dbt.finished_at is None:  # the wait refuses such a run; never load without a watermark
         raise EtlFailed(f"dbt Cloud run {dbt.run_id} succeeded without finished_at: no watermark, nothing loaded.")

@@ -25,6 +25,7 @@ VARIABLES = {
     "dbt_cloud_job_id": "987654",
     "dbt_cloud_credentials_block": "prod",
     "snowflake_connector_block": "prod-snowflake",
+    "dbt_cloud_external_job_id": "67890",
 }
 SCHEDULE_KEYS = {
     "cron",
@@ -71,7 +72,12 @@ def resolve(value: Any) -> Any:
 
 def test_loads_as_the_cli_reads_it() -> None:
     configs = deployments()
-    assert {c["name"] for c in configs} == {"dbt-cloud-job", "nightly-etl", "weekly-reconcile"}
+    assert {c["name"] for c in configs} == {
+        "dbt-cloud-job",
+        "nightly-etl",
+        "weekly-reconcile",
+        "etl-after-dbt-cloud-run",
+    }
     _, actions = _load_deploy_configs_and_actions(PREFECT_YAML, console=Console(quiet=True))
     assert actions["pull"] and "prefect.deployments.steps.set_working_directory" in actions["pull"][-1]
 
@@ -99,7 +105,7 @@ def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) 
     validated = flow.validate_parameters(parameters)
     assert set(validated) >= set(parameters)
     if "job_id" in parameters:
-        assert isinstance(validated["job_id"], int) and validated["job_id"] == 987654
+        assert isinstance(validated["job_id"], int) and validated["job_id"] == int(parameters["job_id"])
         # No account IDs or tokens written into the file: they come from variables and blocks.
         assert isinstance(deployment["parameters"]["job_id"], str) and "{{" in deployment["parameters"]["job_id"]
     for target in validated.get("targets", []):
@@ -109,8 +115,8 @@ def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) 
 
 @pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["name"])
 def test_every_cron_and_time_zone_parses(deployment: dict[str, Any]) -> None:
-    assert deployment["schedules"]
-    for schedule in deployment["schedules"]:
+    assert deployment.get("schedules") or deployment.get("triggers")  # started by a schedule or by events
+    for schedule in deployment.get("schedules", []):
         ZoneInfo(schedule["timezone"])
         parsed = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
         assert parsed.cron == schedule["cron"]
@@ -141,3 +147,71 @@ def test_every_parameter_of_every_deployed_flow_is_described() -> None:
         properties = flow.parameters.model_dump()["properties"]
         missing = [name for name, schema in properties.items() if not schema.get("description")]
         assert not missing, f"{deployment['entrypoint']}: parameters without a description: {missing}"
+
+
+# -- the event-triggered example ------------------------------------------------------------------------------
+
+
+def _with_variables(value: Any) -> Any:
+    """Workspace variables filled in anywhere in a string, as `prefect deploy` does across the whole config."""
+    if isinstance(value, str):
+        return re.sub(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}", lambda m: VARIABLES[m.group(1)], value)
+    if isinstance(value, list):
+        return [_with_variables(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _with_variables(v) for k, v in value.items()}
+    return value
+
+
+def _webhook_event(job_id: int, run_id: int, status_code: int, event_type: str = "job.run.completed") -> Any:
+    """The Prefect event the receiver emits for a delivery, as the server holds it."""
+    from datetime import UTC, datetime
+
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    from dbt_cloud_gate.events import webhook_event
+    from dbtcloud_api.webhooks import delivery_payload, encode_body, parse_delivery
+
+    body = delivery_payload(event_type, account_id=7, run_id=run_id, job_id=job_id, run_status_code=status_code)
+    event = webhook_event(parse_delivery(encode_body(body)))
+    return ReceivedEvent(**event.model_dump(), received=datetime.now(UTC))
+
+
+def test_the_event_trigger_loads_matches_the_receivers_event_and_its_parameters_validate() -> None:
+    import copy
+    import uuid
+
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.server.events.actions import RunDeployment
+    from prefect.server.events.schemas.automations import AutomationCore
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    (deployment,) = [d for d in deployments() if d.get("triggers")]
+    # An example: off, and no schedule, so that it starts nothing until someone turns it on for their job.
+    assert [t["enabled"] for t in deployment["triggers"]] == [False] and not deployment.get("schedules")
+    assert (
+        deployment["parameters"]["job_id"]
+        != next(d for d in deployments() if d["name"] == "nightly-etl")["parameters"]["job_id"]
+    ), "the example must not load after the job nightly-etl triggers itself"
+    (trigger,) = _initialize_deployment_triggers(
+        deployment["name"], _with_variables(copy.deepcopy(deployment["triggers"]))
+    )
+    trigger.set_deployment_id(uuid.uuid4())
+    automation = AutomationCore.model_validate(trigger.as_automation().model_dump(mode="json"))
+    external = int(VARIABLES["dbt_cloud_external_job_id"])
+    success = _webhook_event(external, 777001, 10)
+    assert automation.trigger.covers(success)
+    assert not automation.trigger.covers(_webhook_event(external, 777002, 20))  # a failed run: nothing to load
+    assert not automation.trigger.covers(_webhook_event(external, 777003, 20, "job.run.errored"))
+    assert not automation.trigger.covers(_webhook_event(12345, 777004, 10))  # another job's run
+
+    # Rendered as the server renders a run-deployment action's parameters: the label (a string) becomes an int.
+    parameters = copy.deepcopy(trigger.parameters) or {}
+    RunDeployment._upgrade_v1_templates(parameters)
+    rendered = hydrate(
+        parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": success})
+    )
+    assert rendered == {"run_id": 777001}
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    validated = flow.validate_parameters({**resolve(deployment["parameters"]), **rendered})
+    assert validated["run_id"] == 777001 and validated["job_id"] == external

@@ -208,3 +208,23 @@ def test_fan_out_waits_share_one_subscription(webhook_path: EmulatorServer) -> N
     assert waiter is not None and waiter.connections == 1  # one subscription served the three waits
     runs = [r.id for job in (11, 12) for r in emulator.emulator.runs_of(job)]
     assert len(runs) == 3 and all(1 <= run_reads(emulator, run_id) <= 2 for run_id in runs)
+
+
+# -- a run started elsewhere (what the event-triggered deployment passes) ----------------------------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_id_waits_on_a_run_started_elsewhere_and_triggers_nothing(
+    emulator: EmulatorServer, client: DbtCloudClient
+) -> None:
+    from flows.dbt_cloud import DbtCloudRunInvalid
+
+    elsewhere = client.trigger_job_run(11, "dbt Cloud's scheduler").id
+    triggers = len([r for r in emulator.emulator.requests if r.method == "POST"])
+    result = run_dbt_cloud_job(11, creds(emulator), run_id=elsewhere, poll_interval_seconds=0.05, max_wait_seconds=20)
+    assert result.run_id == elsewhere and result.status == "Success" and result.finished_at is not None
+    assert len([r for r in emulator.emulator.requests if r.method == "POST"]) == triggers  # nothing triggered
+    with pytest.raises(DbtCloudRunInvalid):  # a run of another job is never taken for this job's
+        run_dbt_cloud_job(12, creds(emulator), run_id=elsewhere, poll_interval_seconds=0.05, max_wait_seconds=20)
+    with pytest.raises(ValueError, match="run_id"):
+        run_dbt_cloud_job(11, creds(emulator), run_id=elsewhere, retry_failed_run_id=elsewhere)
