@@ -447,7 +447,9 @@ async def run_dbt_cloud_job(
         github_pull_request_id: The GitHub pull request this run is for (CI jobs).
         gitlab_merge_request_id: The GitLab merge request this run is for (CI jobs).
         non_native_pull_request_id: The pull request of another git provider this run is for (CI jobs).
-        poll_interval_seconds: How often to poll the run (the adaptive schedule's base interval).
+        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
+            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
+            end.
         adaptive_polling: Poll around the durations of the job's recent successful runs (fewer calls at the
             same median lag); without history, every poll_interval_seconds.
         max_wait_seconds: Give up after this long: alert, fail, and cancel the run unless on_timeout is leave.

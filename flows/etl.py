@@ -114,7 +114,9 @@ def dbt_cloud_etl(
         credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
             DBT_CLOUD_* environment variables.
         pipeline: A label for logs, the artifact and the audit history; default dbt-job-{job_id}.
-        poll_interval_seconds: How often to poll the run (the adaptive schedule's base interval).
+        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
+            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
+            end.
         max_wait_seconds: Give up on the run after this long (it is then cancelled, and the flow fails).
         native_schedule: What to do when the job's own dbt Cloud schedule is on: warn, fail, or disable it.
         alert_blocks: Notification blocks alerted when the run fails, as type-slug/name.
@@ -257,7 +259,9 @@ def dbt_cloud_etl_many(
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
         credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
             DBT_CLOUD_* environment variables.
-        poll_interval_seconds: How often to poll each run (the adaptive schedule's base interval).
+        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
+            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
+            end.
         max_wait_seconds: Give up on a run after this long (it is then cancelled, and its pipeline fails).
         native_schedule: What to do when a job's own dbt Cloud schedule is on: warn, fail, or disable it.
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.

@@ -98,7 +98,9 @@ def run_dbt_cloud_jobs(
         jobs: The jobs to run: job IDs, or requests with a cause and trigger overrides each.
         credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
             DBT_CLOUD_* environment variables.
-        poll_interval_seconds: How often to poll each run (the adaptive schedule's base interval).
+        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
+            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
+            end.
         adaptive_polling: Poll around the durations of each job's recent successful runs.
         max_wait_seconds: Give up on a run after this long: alert, and cancel it unless on_timeout is leave.
         on_timeout: At the deadline, cancel the dbt Cloud run, or leave it running.
