@@ -116,6 +116,7 @@ def webhook_path(prefect_server: str, emulator: EmulatorServer, client: DbtCloud
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     app = create_app(ReceiverConfig(secrets={"placeholder": "x" * 32}), PrefectEventsEmitter(prefect_server))
+    restart_prefect_workers()
     with Served(app) as served, temporary_settings({PREFECT_API_URL: prefect_server}):
         made = client.create_webhook_subscription("tests", served.url)
         assert made.hmac_secret is not None
@@ -124,6 +125,18 @@ def webhook_path(prefect_server: str, emulator: EmulatorServer, client: DbtCloud
             yield emulator
         finally:
             stop_webhook_waiters()
+            restart_prefect_workers()
+
+
+def restart_prefect_workers() -> None:
+    """Flush and stop Prefect's process-wide event and log workers: they keep the API URL they started with
+    (their key does not hold it), so the session's test server's flows would otherwise send to this module's
+    server after it stopped, or the other way round. The next flow starts them afresh."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=30, at_exit=False)
+    APILogWorker.drain_all(timeout=30, at_exit=False)
 
 
 def run_reads(emulator: EmulatorServer, run_id: int) -> int:
