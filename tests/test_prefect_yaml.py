@@ -102,9 +102,12 @@ def test_unknown_key_check_would_catch_a_typo() -> None:
 def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) -> None:
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     parameters = resolve(deployment["parameters"])
+    if deployment.get("triggers"):  # a run also gets the trigger's parameters (from the event): sample values here
+        for name in deployment["triggers"][0].get("parameters", {}):
+            parameters.setdefault(name, 1)
     validated = flow.validate_parameters(parameters)
     assert set(validated) >= set(parameters)
-    if "job_id" in parameters:
+    if "job_id" in deployment["parameters"]:
         assert isinstance(validated["job_id"], int) and validated["job_id"] == int(parameters["job_id"])
         # No account IDs or tokens written into the file: they come from variables and blocks.
         assert isinstance(deployment["parameters"]["job_id"], str) and "{{" in deployment["parameters"]["job_id"]
@@ -189,10 +192,10 @@ def test_the_event_trigger_loads_matches_the_receivers_event_and_its_parameters_
     (deployment,) = [d for d in deployments() if d.get("triggers")]
     # An example: off, and no schedule, so that it starts nothing until someone turns it on for their job.
     assert [t["enabled"] for t in deployment["triggers"]] == [False] and not deployment.get("schedules")
-    assert (
-        deployment["parameters"]["job_id"]
-        != next(d for d in deployments() if d["name"] == "nightly-etl")["parameters"]["job_id"]
-    ), "the example must not load after the job nightly-etl triggers itself"
+    # Its job comes from the event, and the event must be of the external job: not the one nightly-etl triggers.
+    assert "job_id" not in deployment["parameters"], "deploying must not need the example's variable"
+    assert "dbt_cloud_external_job_id" in str(deployment["triggers"][0]["match_related"])
+    assert "dbt_cloud_job_id" not in str(deployment["triggers"])
     (trigger,) = _initialize_deployment_triggers(
         deployment["name"], _with_variables(copy.deepcopy(deployment["triggers"]))
     )
@@ -211,7 +214,7 @@ def test_the_event_trigger_loads_matches_the_receivers_event_and_its_parameters_
     rendered = hydrate(
         parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": success})
     )
-    assert rendered == {"run_id": 777001}
+    assert rendered == {"job_id": external, "run_id": 777001}
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     validated = flow.validate_parameters({**resolve(deployment["parameters"]), **rendered})
     assert validated["run_id"] == 777001 and validated["job_id"] == external
