@@ -286,8 +286,10 @@ def test_prefect_cancellation_cancels_the_dbt_cloud_run(emulator: EmulatorServer
 
 def test_if_running_modes(emulator: EmulatorServer) -> None:
     with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
-        emulator.emulator.set_job(11, run_seconds=1.0)
+        # Long enough to be still in flight for both calls below on a loaded machine (a flow call takes ~1 s there).
+        emulator.emulator.set_job(11, run_seconds=6.0)
         existing = client.trigger_job_run(11, "started elsewhere")
+        emulator.emulator.set_job(11, run_seconds=1.0)
         with pytest.raises(DbtCloudJobAlreadyRunning, match=str(existing.id)):
             run_dbt_cloud_job(11, creds(emulator), if_running="fail", **FAST)
         reused = run_dbt_cloud_job(11, creds(emulator), if_running="reuse", **FAST)
