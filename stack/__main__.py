@@ -2,10 +2,11 @@
 
 It starts a Prefect server (UI included; its database in STATE_DIR/prefect), the dbt Cloud emulator, a
 fakesnow server (data in STATE_DIR/fakesnow), saves the blocks and the variables prefect.yaml reads, adds a
-few rows to the source tables, creates the process work pool, runs ``prefect deploy --all`` and starts a
+few rows to the source tables, creates the process work pool, runs ``prefect deploy --all``, starts the dbt
+Cloud webhook receiver (with an emulator subscription pointed at it, its secret in a Secret block) and a
 worker. Ctrl-C (or SIGTERM) stops everything it started. Each step is idempotent: a second start reuses the
-server's database and fakesnow's data, overwrites the blocks and variables, keeps the pool and updates the
-deployments.
+server's database and fakesnow's data, overwrites the blocks and variables, keeps the pool, updates the
+deployments and replaces the (fresh emulator's) subscription's secret in the block.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from stack.services import (
     WORK_POOL,
     PrefectServer,
+    WebhookReceiver,
     Worker,
     dbt_cloud_emulator,
     deploy_all,
+    ensure_emulator_webhook,
     ensure_work_pool,
     fakesnow_connector,
     fakesnow_server,
@@ -44,6 +47,7 @@ from stack.services import (
     seed_demo_tables,
     set_variables,
 )
+from tasks.webhooks import DEFAULT_SECRET_BLOCK
 
 CREDENTIALS_BLOCK = "local-dbt-cloud"
 SNOWFLAKE_BLOCK = "local-snowflake"
@@ -76,6 +80,7 @@ Local stack ready (state in {state}). Ctrl-C stops everything.
   dbt Cloud emulator  {info["emulator_url"]}  (account {DEMO_ACCOUNT_ID}, token {DEMO_TOKEN}; job 101 succeeds, 102 fails)
   fakesnow            127.0.0.1:{info["snowflake"]["port"]}  (data in {state / "fakesnow"})
   blocks              {CREDENTIALS_BLOCK} (dbt Cloud Gate Credentials), {SNOWFLAKE_BLOCK} (Snowflake Connector)
+  webhook receiver    {info["receiver_url"]}  (subscription {info["webhook_subscription"]}, secret in block {DEFAULT_SECRET_BLOCK})
   worker              pool {WORK_POOL}, log {info["worker_log"]}
 
 Try it:
@@ -83,6 +88,8 @@ Try it:
   2. Click Run, then Quick run (Custom run shows every parameter described; job_id 102 fails in dbt).
   3. On the flow run's page: its logs, then the Artifacts tab (dbt run link, run summary, model table).
   From a shell: PREFECT_API_URL={server.api_url} prefect deployment run dbt-cloud-etl/nightly-etl
+  A wait ended by the webhook (the run's logs say "the poll after a wake-up saw it end"):
+    PREFECT_API_URL={server.api_url} prefect deployment run run-dbt-cloud-job/dbt-cloud-job --param webhooks=true
 """
 
 
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port (0 picks a free one)")
     parser.add_argument("--emulator-port", type=int, default=0, help="the dbt Cloud emulator's port (0: a free one)")
     parser.add_argument("--snowflake-port", type=int, default=0, help="the fakesnow server's port (0: a free one)")
+    parser.add_argument("--receiver-port", type=int, default=0, help="the webhook receiver's port (0: a free one)")
     args = parser.parse_args(argv)
     state = Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -107,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, _stop_on_signal)
         signal.signal(signal.SIGTERM, _stop_on_signal)
         try:
-            return _run(state, args.port, args.emulator_port, args.snowflake_port)
+            return _run(state, args.port, args.emulator_port, args.snowflake_port, args.receiver_port)
         except KeyboardInterrupt:
-            _say("Stopped: the worker, the Prefect server, the emulator and fakesnow.")
+            _say("Stopped: the worker, the webhook receiver, the Prefect server, the emulator and fakesnow.")
             return 0
         except RuntimeError as exc:  # a service did not start, or a deploy step failed: its own message says why
             _say(f"The stack stopped: {exc}")
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             (state / "stack.json").unlink(missing_ok=True)
 
 
-def _run(state: Path, port: int, emulator_port: int, snowflake_port: int) -> int:
+def _run(state: Path, port: int, emulator_port: int, snowflake_port: int, receiver_port: int) -> int:
     with contextlib.ExitStack() as services:
         server = PrefectServer(state / "prefect", port=port)
         _say(f"Starting the Prefect server on {server.url} (a first start creates its database: 20-30 s)...")
@@ -144,6 +152,11 @@ def _run(state: Path, port: int, emulator_port: int, snowflake_port: int) -> int
         )
         ensure_work_pool(server.api_url)
         deploy_all(server.env)
+        # The subscription first: the receiver starts only once the block holds a secret.
+        receiver = WebhookReceiver(server.env, state / "receiver.log", DEFAULT_SECRET_BLOCK, port=receiver_port)
+        _say(f"Starting the webhook receiver on {receiver.url} (the emulator delivers every job's run events)...")
+        subscription = ensure_emulator_webhook(server.api_url, credentials, receiver.url, DEFAULT_SECRET_BLOCK)
+        services.enter_context(receiver)
         worker = services.enter_context(Worker(server.env, state / "worker.log"))
         info: dict[str, Any] = {
             "pid": os.getpid(),
@@ -151,6 +164,10 @@ def _run(state: Path, port: int, emulator_port: int, snowflake_port: int) -> int
             "api_url": server.api_url,
             "emulator_url": emulator.url,
             "snowflake": snow,
+            "receiver_url": receiver.url,
+            "receiver_health_url": receiver.health_url,
+            "webhook_subscription": subscription.subscription_id,
+            "receiver_log": str(receiver.log_path),
             "deployments": _deployment_ids(server.api_url),
             "worker_log": str(worker.log_path),
             "server_log": str(server.log_path),
@@ -162,6 +179,7 @@ def _run(state: Path, port: int, emulator_port: int, snowflake_port: int) -> int
             for name, process, log in (
                 ("Prefect server", server.process, server.log_path),
                 ("worker", worker.process, worker.log_path),
+                ("webhook receiver", receiver.process, receiver.log_path),
             ):
                 if process is None or process.poll() is not None:
                     _say(f"The {name} exited; its log ends:\n{log_tail(log)}")

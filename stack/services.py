@@ -16,9 +16,10 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectNotFound
@@ -27,17 +28,21 @@ from prefect.variables import Variable
 from prefect_snowflake import SnowflakeConnector
 
 from blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.receiver import DEFAULT_PATH
 from dbtcloud_api.emulator import Emulator, EmulatorServer
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from tasks.webhooks import WebhookReport, ensure_webhook
 
 __all__ = [
     "ROOT",
     "WORK_POOL",
     "PrefectServer",
+    "WebhookReceiver",
     "Worker",
     "dbt_cloud_emulator",
     "deploy_all",
     "descendants",
+    "ensure_emulator_webhook",
     "ensure_work_pool",
     "fakesnow_connector",
     "fakesnow_server",
@@ -180,6 +185,18 @@ def log_tail(path: Path, size: int = 4000) -> str:
         return ""
 
 
+def wait_healthy(process: subprocess.Popen[Any], url: str, log: Path, name: str, timeout: float) -> None:
+    """Wait until ``url`` answers 200; RuntimeError with the end of ``log`` if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start; its log ends:\n{log_tail(log)}")
+        time.sleep(0.3)
+
+
 class PrefectServer:
     """``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME (its database lives there).
 
@@ -224,14 +241,7 @@ class PrefectServer:
 
     def _wait_healthy(self, timeout: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not start; its log ends:\n{log_tail(self.log_path)}")
-            time.sleep(0.3)
+        wait_healthy(self.process, f"{self.api_url}/health", self.log_path, "the Prefect server", timeout)
 
     def stop(self) -> None:
         """Stop the server and every process it started."""
@@ -295,6 +305,67 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WebhookReceiver:
+    """``python -m dbt_cloud_gate.receiver serve`` on 127.0.0.1: verifies dbt Cloud's deliveries with the secrets
+    of the ``Secret`` block ``secret_block`` and posts them as events to the server of ``env``'s PREFECT_API_URL.
+
+    ``url`` is what a webhook subscription points at. Start it after the block holds a secret (the receiver
+    refuses to start without one); it reloads the block when a signature matches none of the secrets it has."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, secret_block: str, port: int = 0) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.secret_block = secret_block
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}{DEFAULT_PATH}"
+        self.health_url = f"http://127.0.0.1:{self.port}/healthz"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> WebhookReceiver:
+        """Start the receiver and wait until its health endpoint answers."""
+        if not port_is_free(self.port):
+            raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use: choose another for the webhook receiver")
+        args = ["--host", "127.0.0.1", "--port", str(self.port), "--secret-block", self.secret_block]
+        self.process = _start(
+            [sys.executable, "-m", "dbt_cloud_gate.receiver", "serve", *args], self.env, self.log_path
+        )
+        try:
+            wait_healthy(self.process, self.health_url, self.log_path, "the webhook receiver", timeout)
+        except BaseException:  # a Ctrl-C during the wait too: stop what was started
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the receiver."""
+        if self.process is not None:
+            stop_process_tree(self.process)
+            self.process = None
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_emulator_webhook(
+    api_url: str, credentials: DbtCloudCredentials, receiver_url: str, secret_block: str
+) -> WebhookReport:
+    """A subscription of every job's run events pointed at ``receiver_url``, its secret in ``secret_block``.
+
+    The emulator keeps no state between starts: secrets of subscriptions it no longer has are dropped from the
+    block first, so that a restarted stack's block holds only the live one."""
+    with temporary_settings({PREFECT_API_URL: api_url}), credentials.get_client() as client:
+        live = {subscription.id for subscription in client.list_webhook_subscriptions()}
+        with contextlib.suppress(ValueError):  # ValueError: no such block yet
+            kept = cast(Secret, Secret.load(secret_block, _sync=True)).get()  # type: ignore[call-arg]
+            if isinstance(kept, dict) and set(kept) - live:
+                pruned = {key: value for key, value in kept.items() if key in live}
+                Secret(value=pruned).save(secret_block, overwrite=True, _sync=True)  # type: ignore[call-arg]
+        return ensure_webhook(client, receiver_url, secret_block=secret_block)
 
 
 def dbt_cloud_emulator(emulator: Emulator, port: int = 0) -> EmulatorServer:

@@ -1,5 +1,5 @@
-"""``python -m stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator, fakesnow and a
-worker, deploys prefect.yaml, runs deployments, stops on SIGINT or SIGTERM with no process left behind, and
+"""``python -m stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator, fakesnow, the
+webhook receiver and a worker, deploys prefect.yaml, runs deployments, stops on SIGINT or SIGTERM with no process left behind, and
 starts again on the same state without duplicating anything."""
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from dbtcloud_api import DbtCloudClient
+from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK
 from stack.services import ROOT, WORK_POOL, alive, descendants, fakesnow_connector
+from tasks.webhooks import DEFAULT_SECRET_BLOCK
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +103,19 @@ def rows(info: dict[str, Any], statement: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
+def check_webhooks(stack: RunningStack) -> None:
+    """The receiver answers, the emulator's one subscription points at it, and only its secret is in the block."""
+    health = httpx.get(stack.info["receiver_health_url"], timeout=10).json()
+    assert health["status"] == "ok" and health["secrets"] == 1
+    with DbtCloudClient(DEMO_ACCOUNT_ID, DEMO_TOKEN, access_url=stack.info["emulator_url"]) as dbt:
+        [subscription] = dbt.list_webhook_subscriptions()
+    assert subscription.id == stack.info["webhook_subscription"] and subscription.active
+    assert subscription.client_url == stack.info["receiver_url"] and subscription.job_ids == []
+    with stack.client() as client:  # read through the API: Secret.load would emit an event to this server
+        kept = client.read_block_document_by_name(DEFAULT_SECRET_BLOCK, "secret", include_secrets=True).data
+    assert list(kept["value"]) == [subscription.id]
+
+
 def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: Path) -> None:
     state = tmp_path / "stack"
     first = RunningStack(state)
@@ -113,6 +130,7 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
             stdin=subprocess.DEVNULL,
         )
         assert twin.returncode == 1 and "already runs" in twin.stdout
+        check_webhooks(first)
 
         with first.client() as client:
             deployed = {name: str(client.read_deployment_by_name(name).id) for name in DEPLOYMENTS}
@@ -125,6 +143,13 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
             )
             done = wait_state(client, etl.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
             assert done.state.type.value == "COMPLETED", (state / "worker.log").read_text()[-6000:]
+            # The receiver's events end a webhook wait (a 120 s safety net: polling alone would not be done yet).
+            hooked = client.create_flow_run_from_deployment(
+                deployed["run-dbt-cloud-job/dbt-cloud-job"], parameters={"webhooks": True}
+            )
+            done = wait_state(client, hooked.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=100)
+            assert done.state.type.value == "COMPLETED", (state / "worker.log").read_text()[-6000:]
+            assert "the poll after a wake-up saw it end" in (state / "worker.log").read_text()
             # A run still in flight when the stack stops: its process goes too.
             job = client.create_flow_run_from_deployment(
                 deployed["run-dbt-cloud-job/dbt-cloud-job"], parameters={"poll_interval_seconds": 0.2}
@@ -145,6 +170,8 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
     second = RunningStack(state)
     try:
         assert second.info["deployments"] == deployed  # updated, not created anew
+        check_webhooks(second)  # a new subscription on the fresh emulator; the old one's secret dropped
+        assert second.info["webhook_subscription"] != first.info["webhook_subscription"]
         with second.client() as client:
             assert [pool.name for pool in client.read_work_pools()].count(WORK_POOL) == 1
             names = [doc.name for doc in client.read_block_documents()]
