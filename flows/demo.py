@@ -4,13 +4,20 @@ It starts the emulator and a fakesnow server on loopback (data kept in ``.demo/`
 changed rows to the source tables (standing in for the dbt build), runs ``dbt_cloud_etl`` for job 101, and
 prints the dbt run ID, the status, ``finished_at`` and the rows loaded per target. Prefect runs the flow on the
 server its profile names, or on a temporary local one when none is configured.
+
+``--webhooks`` shows a wait ended by dbt Cloud's webhook instead: it starts a temporary ``prefect server`` (the
+receiver must post events to a server of its own), the emulator, the webhook receiver and a subscription, runs
+``run_dbt_cloud_job(..., webhooks=True)`` and prints how long after the run's end the flow returned and how many
+times it read the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +29,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from blocks.dbt_cloud import DbtCloudCredentials
 from dbtcloud_api.emulator import EmulatorServer, demo_emulator
 from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
-from flows.dbt_cloud import DbtCloudRunError
+from flows.dbt_cloud import DbtCloudRunError, run_dbt_cloud_job
 from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
 from flows.etl import EtlFailed, EtlSummary, dbt_cloud_etl
 from stack.__main__ import main as stack_main
+from stack.services import PrefectServer, WebhookReceiver, ensure_emulator_webhook
 from tasks.snowflake import LoadTarget
 
 DEMO_TARGETS = [
@@ -66,9 +74,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start the local stack instead (the same as python -m stack): Prefect server and UI, deployments, worker",
     )
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="show a wait ended by dbt Cloud's webhook: a temporary Prefect server, the emulator, the webhook "
+        "receiver and a subscription; prints the lag after the run's end and the polls",
+    )
+    parser.add_argument(
+        "--fallback-poll-seconds",
+        type=float,
+        default=60,
+        help="with --webhooks: the safety net's interval (the webhook should end the wait long before it)",
+    )
     args = parser.parse_args(argv)
     if args.stack:
         return stack_main([])
+    if args.webhooks:
+        return webhooks_demo(args.job_id, args.fallback_poll_seconds)
     if args.real:
         if not args.snowflake:
             parser.error("--real needs --snowflake NAME (a saved SnowflakeConnector block)")
@@ -92,6 +114,55 @@ def main(argv: list[str] | None = None) -> int:
                 args.job_id, DEMO_TARGETS, connector, credentials, pipeline="demo", poll_interval_seconds=1
             )
         )
+
+
+WEBHOOK_SECRET_BLOCK = "demo-dbt-cloud-webhook-secrets"
+
+
+def webhooks_demo(job_id: int, fallback_poll_seconds: float = 60) -> int:
+    """Run ``job_id`` with a webhook wait on a temporary stack; print one line with the outcome, the lag after the
+    run's end and how many times the run was read. Returns 0 when the run succeeded."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from dbt_cloud_gate.waiter import stop_webhook_waiters
+
+    first_run_id = int(time.time()) % 100_000_000 * 10
+    with tempfile.TemporaryDirectory(prefix="dbt-cloud-gate-demo-") as home, contextlib.ExitStack() as services:
+        print("Starting a temporary Prefect server (20-30 s), the emulator and the webhook receiver...", flush=True)
+        server = services.enter_context(PrefectServer(Path(home) / "prefect", ui=False))
+        emulator = services.enter_context(EmulatorServer(demo_emulator(first_run_id=first_run_id)))
+        credentials = DbtCloudCredentials(account_id=DEMO_ACCOUNT_ID, api_token=DEMO_TOKEN, access_url=emulator.url)
+        receiver = WebhookReceiver(server.env, Path(home) / "receiver.log", WEBHOOK_SECRET_BLOCK)
+        ensure_emulator_webhook(server.api_url, credentials, receiver.url, WEBHOOK_SECRET_BLOCK)
+        services.enter_context(receiver)
+        print(f"Prefect server {server.api_url}, emulator {emulator.url}, receiver {receiver.url}", flush=True)
+        outcome, code = "Success", 0
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            try:
+                run_dbt_cloud_job(
+                    job_id,
+                    credentials,
+                    webhooks=True,
+                    fallback_poll_seconds=fallback_poll_seconds,
+                    max_wait_seconds=max(120.0, 3 * fallback_poll_seconds),
+                )
+            except DbtCloudRunError as exc:
+                outcome, code = exc.status, 1
+            returned = time.time()
+            # Close the event subscription and hand the flow's last logs and events to the server before it stops.
+            stop_webhook_waiters()
+            EventsWorker.drain_all(timeout=30, at_exit=False)
+            APILogWorker.drain_all(timeout=30, at_exit=False)
+        run = emulator.emulator.runs_of(job_id)[-1]
+        reads = sum(1 for r in emulator.emulator.requests if r.method == "GET" and r.path.endswith(f"/runs/{run.id}/"))
+        print(
+            f"webhooks: run_id={run.id} status={outcome} returned {returned - run.end():.2f} s after the run's end; "
+            f"polled {reads} time(s) (safety net every {fallback_poll_seconds:g} s)",
+            flush=True,
+        )
+        return code
 
 
 def _report(run: Callable[[], EtlSummary]) -> int:
