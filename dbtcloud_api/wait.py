@@ -19,7 +19,6 @@ schedule, so a wake-up can at most cost one extra request.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -43,8 +42,9 @@ from dbtcloud_api.errors import (
     DbtCloudTransportError,
     WaitTimedOut,
 )
-from dbtcloud_api.models import ModelResult, Run, RunStatus, parse_run_results
+from dbtcloud_api.models import ModelResult, Run, RunStatus
 from dbtcloud_api.polling import FixedInterval, check_interval
+from dbtcloud_api.results import aread_model_results, has_model_results
 
 logger = logging.getLogger("dbtcloud_api.wait")
 
@@ -579,13 +579,10 @@ async def await_runs(
         except DbtCloudError as exc:
             return WaitOutcome(run_id, None, error=exc)
         outcome = WaitOutcome(run_id, run, detected_at=time.time())
-        if fetch_results and run.status in (RunStatus.SUCCESS, RunStatus.ERROR) and run.artifacts_saved is not False:
-            try:
-                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
-                    raw = await client.get_run_artifact(run_id, "run_results.json")
-                outcome.models = parse_run_results(json.loads(raw))
-            except (DbtCloudError, ValueError) as exc:
-                log.warning("No per-model results for dbt Cloud run %s: %s", run_id, exc)
+        if fetch_results and has_model_results(run):
+            # Every step that can build models, not only the last one (dbt Cloud's default: often a `dbt test`).
+            with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                outcome.models = await aread_model_results(client, run_id, run, log)
         return outcome
 
     return list(await asyncio.gather(*(one(run_id) for run_id in run_ids)))

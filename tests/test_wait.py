@@ -23,7 +23,7 @@ from dbtcloud_api import (
     RunStatus,
     WaitTimedOut,
 )
-from dbtcloud_api.emulator import EmulatorServer
+from dbtcloud_api.emulator import EmulatorServer, JobSpec, StepSpec
 from dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
 from dbtcloud_api.wait import RunWatcher, await_run, await_runs, wait_for_run
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
@@ -503,3 +503,29 @@ def test_await_runs_shares_one_waker_across_runs(client: DbtCloudClient, emulato
     # One read at once, then one per wake-up (runs of one job queue behind each other, so some need two):
     # the 60 s schedule never came into play.
     assert all(run_reads(emulator, run_id) == 1 + asked.count(run_id) for run_id in ids)
+
+
+def test_await_runs_reads_the_results_of_every_step_that_builds(emulator: EmulatorServer) -> None:
+    """Not only the last step's file (a `dbt test` step's, which names no model): the seed and run steps'."""
+    emulator.emulator.add_job(
+        JobSpec(
+            id=21,
+            queue_seconds=0.05,
+            start_seconds=0.05,
+            run_seconds=0.3,
+            models=["stg_orders", "orders"],
+            steps=[StepSpec("dbt seed", models=["raw_orders"]), StepSpec("dbt run"), StepSpec("dbt test")],
+        )
+    )
+
+    async def main() -> list[Any]:
+        async with AsyncDbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
+            run = await client.trigger_job_run(21, "multi-step")
+            return await await_runs(
+                client, [run.id], schedules=lambda _: FixedInterval(0.05), max_wait_seconds=20, job_ids={run.id: 21}
+            )
+
+    (outcome,) = asyncio.run(main())
+    assert [m.name for m in outcome.models] == ["raw_orders", "stg_orders", "orders"]
+    reads = [r.query.get("step") for r in emulator.emulator.requests if r.path.endswith("/run_results.json")]
+    assert sorted(reads, key=str) == [["4"], ["5"]]
