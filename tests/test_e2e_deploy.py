@@ -1,5 +1,6 @@
 """End to end with real components: `prefect server start`, a process work pool, `prefect deploy --all`, a
-worker, and runs of the ETL deployment against the emulator and a fakesnow server."""
+worker, the webhook receiver (the emulator's subscription points at it), and runs of the deployments against the
+emulator and a fakesnow server."""
 
 from __future__ import annotations
 
@@ -72,9 +73,10 @@ class Stack:
     emulator: Emulator
     connector: Any
     worker: services.Worker
+    receiver: services.WebhookReceiver
 
-    def worker_log(self) -> str:
-        return self.worker.log()
+    def worker_log(self, size: int = 12000) -> str:
+        return self.worker.log(size)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +113,23 @@ def stack(server: services.PrefectServer, tmp_path_factory: pytest.TempPathFacto
         # The deploying shell's DBT_CLOUD_GATE_HOME must not reach the deployment: the worker's own decides.
         deployed = services.deploy_all({**server.env, "DBT_CLOUD_GATE_HOME": DEPLOY_TIME_HOME})
         assert "nightly-etl" in deployed and "dbt-cloud-job" in deployed
-        with services.Worker(server.env, workdir / "worker.log", query_seconds=1) as worker:
-            yield Stack(server.env, emulator, connector, worker)
+        receiver = services.WebhookReceiver(server.env, workdir / "receiver.log", "e2e-webhook-secrets")
+        services.ensure_emulator_webhook(server.api_url, credentials, receiver.url, "e2e-webhook-secrets")
+        try:
+            with receiver, services.Worker(server.env, workdir / "worker.log", query_seconds=1) as worker:
+                yield Stack(server.env, emulator, connector, worker, receiver)
+        finally:
+            restart_prefect_workers()
+
+
+def restart_prefect_workers() -> None:
+    """Flush and stop this process's Prefect event and log workers: they keep the API URL they started with, so
+    the block reads above could leave them sending this module's server's events after it stopped."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all(timeout=30, at_exit=False)
+    APILogWorker.drain_all(timeout=30, at_exit=False)
 
 
 def start_deployment(env: dict[str, str], name: str, parameters: dict[str, Any]) -> Any:
@@ -229,3 +246,23 @@ def test_worker_crash_mid_wait_then_retry_resumes_the_same_run(stack: Stack) -> 
     with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
         result = client.read_flow_run(flow_run.id).state
     assert result is not None and result.is_completed()
+
+
+def test_a_deployed_webhook_wait_ends_on_the_receivers_event(stack: Stack) -> None:
+    known = len(stack.emulator.runs_of(21))
+    # A 60 s safety net: only the webhook, through the receiver and the server's events, can end this wait early.
+    flow_run = start_deployment(
+        stack.env, "run-dbt-cloud-job/dbt-cloud-job", {"job_id": 21, "webhooks": True, "fallback_poll_seconds": 60}
+    )
+    final = wait_final(stack.env, flow_run.id, timeout=120)
+    assert final.state.type.value == "COMPLETED", stack.worker_log()
+    run = stack.emulator.runs_of(21)[known]
+    log = stack.worker_log(60000)
+    assert "Webhook waits on: subscribed to dbt Cloud webhook events" in log
+    assert f"dbt Cloud run {run.id}: the poll after a wake-up saw it end (Success)." in log, log[-6000:]
+    reads = [r for r in stack.emulator.requests if r.method == "GET" and r.path.endswith(f"/runs/{run.id}/")]
+    assert len(reads) == 1  # no poll before the wake-up (the first safety-net poll is 60 s away), one after it
+    assert final.end_time is not None and (final.end_time.timestamp() - run.finished) < 30
+    delivered = {d.event_type for d in stack.emulator.webhooks.deliveries if d.ok and d.run_id == run.id}
+    assert delivered == {"job.run.started", "job.run.completed"}
+    assert f"of run {run.id}, job 21" in services.log_tail(stack.receiver.log_path, 20000)
