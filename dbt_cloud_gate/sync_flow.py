@@ -9,19 +9,44 @@ An async flow returns a coroutine to its caller, though, and users call ``run_db
 function from scripts, sync flows and async flows alike. :class:`SyncCallableFlow` keeps that contract: whoever
 calls it gets the value (or the state, with ``return_state=True``), as from a sync flow; only the flow engine
 runs it as async. Called from an async parent it blocks that parent's event loop while it runs, exactly as a
-sync subflow does.
+sync subflow does. A ``timeout_seconds`` of the flow or of its caller is not enforced by Prefect while blocking
+work runs inside: :func:`flow_deadline` tells the flow when it must be done.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from prefect import Flow
+from prefect.context import FlowRunContext
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-__all__ = ["SyncCallableFlow", "sync_callable_flow"]
+__all__ = ["SyncCallableFlow", "flow_deadline", "sync_callable_flow"]
+
+# The wall-clock time (time.time()) by which the flow that called this one times out, if it has a timeout.
+_CALLER_DEADLINE: ContextVar[float | None] = ContextVar("dcg_caller_deadline", default=None)
+
+
+def _deadline_of(context: FlowRunContext | None) -> float | None:
+    flow = context.flow if context is not None else None
+    if flow is None or not flow.timeout_seconds or context is None:
+        return None
+    return context.start_time.timestamp() + float(flow.timeout_seconds)
+
+
+def flow_deadline() -> float | None:
+    """When the current flow run, or the flow that called it, times out (``time.time()``), or None.
+
+    Prefect enforces an async flow's ``timeout_seconds`` only when the flow awaits: blocking work inside it (a
+    sync task's wait) runs to its end first, and a sync parent's timeout cannot reach a call that runs on a
+    thread of its own. A flow that blocks reads this and ends its own waits before it.
+    """
+    deadlines = [d for d in (_deadline_of(FlowRunContext.get()), _CALLER_DEADLINE.get()) if d is not None]
+    return min(deadlines) if deadlines else None
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,11 +56,19 @@ class SyncCallableFlow(Flow[Any, Any]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """As ``Flow.__call__`` of a sync flow: the value (or the state), never a coroutine, whoever calls."""
-        result = super().__call__(*args, **kwargs)
-        if asyncio.iscoroutine(result):
-            # A thread and loop of its own: on Prefect's shared loop, calls from several threads would queue.
-            return run_coro_as_sync(result, force_new_thread=True)
-        return result
+        caller = _deadline_of(FlowRunContext.get())
+        inherited = _CALLER_DEADLINE.get()
+        token = _CALLER_DEADLINE.set(
+            min(d for d in (caller, inherited) if d is not None) if caller or inherited else None
+        )
+        try:
+            result = super().__call__(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                # A thread and loop of its own: on Prefect's shared loop, calls from several threads would queue.
+                return run_coro_as_sync(result, force_new_thread=True)
+            return result
+        finally:
+            _CALLER_DEADLINE.reset(token)
 
     def with_options(self, **options: Any) -> SyncCallableFlow:
         """As ``Flow.with_options`` (which builds a plain ``Flow``), keeping this class."""

@@ -88,7 +88,8 @@ class DurationModel:
 
     def quantile(self, p: float) -> float:
         """The ``p`` quantile of the predicted duration."""
-        return math.exp(self.mu + self.sigma * _NORMAL.inv_cdf(min(max(p, 1e-6), 1 - 1e-6)))
+        # Bounded: a degenerate history (1e300 s beside 1e-300 s) must not overflow; 1e7 s is 115 days.
+        return min(math.exp(min(self.mu + self.sigma * _NORMAL.inv_cdf(min(max(p, 1e-6), 1 - 1e-6)), 700.0)), 1e7)
 
 
 class AdaptiveSchedule:

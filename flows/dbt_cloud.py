@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from pydantic import BaseModel, Field
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbt_cloud_gate.sync_flow import sync_callable_flow
+from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
 from dbt_cloud_gate.waiter import webhook_waiter
 from dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
 from dbtcloud_api.client import TRIGGER_OVERRIDES
@@ -515,10 +516,14 @@ async def run_dbt_cloud_job(
     webhooks = webhooks and webhook_waiter(log) is not None
     if run_id is not None:  # started elsewhere: the wait reads it at once (and checks it is a run of job_id)
         log.info("Waiting on dbt Cloud run %s of job %s, started elsewhere; nothing triggered.", run_id, job_id)
-        started = StartedRun(run_id, False, None)
+        started = StartedRun(run_id, False, None, owned=False)
     else:
         started = _start_run(creds, job_id, cause, overrides, if_running, native_schedule, retry_failed_run_id, scope)
     run_id = started.run_id
+    if not started.owned and on_timeout == "cancel":
+        log.info("dbt Cloud run %s was started elsewhere: at the deadline it is left running, not cancelled.", run_id)
+        on_timeout = "leave"
+    max_wait_seconds = _within_flow_timeout(max_wait_seconds, log)
     run: Run | None
     deadline: str | None = None
     models: list[ModelResult] = []
@@ -614,6 +619,24 @@ async def _fail(
     log.error(message)
     error = verdict.error or DbtCloudRunFailed
     raise error(message, run_id=result.run_id, status=result.status, url=result.url, job_id=job_id)
+
+
+def _within_flow_timeout(max_wait_seconds: float, log: Any) -> float:
+    """``max_wait_seconds``, shortened so that the wait (and the cancel at its end) is over before this flow's or
+    its caller's ``timeout_seconds``: Prefect cannot interrupt the wait task inside this async flow."""
+    deadline = flow_deadline()
+    if deadline is None:
+        return max_wait_seconds
+    left = deadline - time.time()
+    budget = max(1.0, left - min(10.0, 0.2 * max(left, 0.0)))  # room to cancel the run and report
+    if budget >= max_wait_seconds:
+        return max_wait_seconds
+    log.warning(
+        "The wait is limited to %.0f s (max_wait_seconds %g) to end before the flow's timeout_seconds.",
+        budget,
+        max_wait_seconds,
+    )
+    return budget
 
 
 def _start_run(

@@ -381,6 +381,9 @@ class StartedRun:
     run_id: int
     triggered: bool  # started now (False: a run carrying the key, or one in flight, was reused)
     history_seconds: list[float] | None  # None: not read (the wait reads it)
+    # Started by this place in the run tree (it carries the key, or was retried from here). A run started by
+    # someone else is never cancelled at this flow's deadline: that would fail the other pipeline.
+    owned: bool = True
 
 
 def read_recent_runs(client: DbtCloudClient, job_id: int) -> RecentRuns:
@@ -435,7 +438,7 @@ def start_dbt_cloud_run(
                     "if_running='fail' refuses to start another (use 'reuse' to wait on it, 'trigger' to queue one)."
                 )
             log.info("Job %s already has run %s in flight; waiting on it (if_running='reuse').", job_id, in_flight.id)
-            return StartedRun(in_flight.id, False, history)
+            return StartedRun(in_flight.id, False, history, owned=False)
         run_id, triggered = trigger_with_key(client, job_id, cause, key, overrides, found, log)
         return StartedRun(run_id, triggered, history)
 

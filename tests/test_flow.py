@@ -15,6 +15,7 @@ from prefect import flow, task
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.logging.handlers import APILogHandler
 
 from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
@@ -73,7 +74,7 @@ def prefect_texts() -> str:
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
         logs = client.read_logs()
-        artifacts = client.read_artifacts()
+        artifacts = client.read_artifacts(sort=ArtifactSort.CREATED_DESC)  # this test's are the newest
         events = client.request("POST", "/events/filter", json={"filter": {"event": {"prefix": ["dbt-cloud."]}}})
     texts = [log.message for log in logs]
     texts += [str(a.data) + str(a.description) for a in artifacts]
@@ -123,7 +124,7 @@ def test_success_returns_exact_finished_at_models_artifacts_and_event(emulator: 
     polls = [r for r in emulator.emulator.requests if r.path.endswith(f"/runs/{result.run_id}/")]
     assert len(polls) >= 3
     with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts() if a.key}
+        keys = {a.key for a in client.read_artifacts(sort=ArtifactSort.CREATED_DESC) if a.key}
     assert {"dbt-cloud-job-11-run", "dbt-cloud-job-11-summary", "dbt-cloud-job-11-models"} <= keys
     events = dbt_events(result.run_id)
     assert [e["event"] for e in events] == ["dbt-cloud.run.succeeded"]
@@ -702,3 +703,36 @@ def test_a_retry_waits_on_its_own_run_even_under_if_running_fail(emulator: Emula
     result = retrying(11, creds(emulator), if_running="fail", **FAST)
     assert result.status == "Success"
     assert emulator.emulator.trigger_count[11] == 1 and [r.id for r in runs_of(emulator, 11)] == [result.run_id]
+
+
+def test_a_flow_timeout_ends_the_wait_and_cancels_the_run(emulator: EmulatorServer) -> None:
+    """Prefect cannot interrupt the wait task inside the async flow: the wait ends before the flow's (or its
+    caller's) timeout_seconds on its own, cancels the dbt Cloud run, and the flow fails as timed out."""
+    credentials = creds(emulator)
+    started = time.monotonic()
+    state = run_dbt_cloud_job.with_options(timeout_seconds=4)(
+        14, credentials, poll_interval_seconds=0.2, return_state=True
+    )
+    assert state.is_failed() and time.monotonic() - started < 20  # the run itself takes 30 s
+    with pytest.raises(DbtCloudRunTimedOut):
+        state.result()
+    (own,) = runs_of(emulator, 14)
+    assert own.cancelled_at is not None
+
+    @flow(timeout_seconds=4)
+    def parent() -> None:
+        run_dbt_cloud_job(14, credentials, poll_interval_seconds=0.2)
+
+    started = time.monotonic()
+    assert parent(return_state=True).is_failed() and time.monotonic() - started < 20
+    assert all(run.cancelled_at is not None for run in runs_of(emulator, 14))
+
+
+def test_a_run_started_elsewhere_is_left_running_at_the_deadline(emulator: EmulatorServer) -> None:
+    """if_running='reuse' waits on another pipeline's run: its own deadline must not cancel that run."""
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
+        other = client.trigger_job_run(14, "another pipeline")
+        with pytest.raises(DbtCloudRunTimedOut, match="left running"):
+            run_dbt_cloud_job(14, creds(emulator), if_running="reuse", poll_interval_seconds=0.2, max_wait_seconds=2)
+        assert client.get_run(other.id, ()).status == RunStatus.RUNNING
+        assert emulator.emulator.runs[other.id].cancelled_at is None
