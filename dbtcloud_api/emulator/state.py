@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from dbtcloud_api.emulator.faults import fires, spent
 from dbtcloud_api.emulator.webhooks import WebhookHub
 from dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep, format_timestamp
 from dbtcloud_api.openapi import SpecValidator
@@ -747,7 +748,7 @@ class Emulator:
     def _apply_faults(self, record: RecordedRequest, method: str, path: str, now: float) -> Reply | None:
         job_id = self._job_of_path(path)
         for fault in self.faults:
-            if fault.times is not None and fault.hits >= fault.times:
+            if spent(fault):
                 continue
             if fault.method and fault.method.upper() != method:
                 continue
@@ -759,12 +760,8 @@ class Emulator:
                 run = self._run_of_path(path)
                 if run is None or now - run.created >= fault.fresh_seconds or not re.search(r"/runs/\d+/$", path):
                     continue
-            if fault.probability < 1.0 and self._rng.random() >= fault.probability:
+            if not fires(fault, self._rng):
                 continue
-            if fault.skipped < fault.skip:
-                fault.skipped += 1
-                continue
-            fault.hits += 1
             record.fault = fault.kind
             if fault.kind == "429":
                 headers = {"Content-Type": "application/json"}

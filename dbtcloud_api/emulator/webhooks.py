@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from dbtcloud_api.emulator.faults import fires, spent
 from dbtcloud_api.models import RunStatus
 from dbtcloud_api.openapi import SpecValidator, load_default_validator
 from dbtcloud_api.webhooks import (
@@ -289,17 +290,10 @@ class WebhookHub:
     def _faults_for(self, event_type: str, job_id: int) -> list[WebhookFault]:
         fired = []
         for fault in self.faults:
-            if fault.times is not None and fault.hits >= fault.times:
+            if spent(fault) or fault.event_type not in (None, event_type) or fault.job_id not in (None, job_id):
                 continue
-            if fault.event_type not in (None, event_type) or fault.job_id not in (None, job_id):
-                continue
-            if fault.probability < 1.0 and self._rng.random() >= fault.probability:
-                continue
-            if fault.skipped < fault.skip:
-                fault.skipped += 1
-                continue
-            fault.hits += 1
-            fired.append(fault)
+            if fires(fault, self._rng):
+                fired.append(fault)
         return fired
 
     # -- events -----------------------------------------------------------------------------------------
