@@ -31,10 +31,9 @@ _CALLER_DEADLINE: ContextVar[float | None] = ContextVar("dcg_caller_deadline", d
 
 
 def _deadline_of(context: FlowRunContext | None) -> float | None:
-    flow = context.flow if context is not None else None
-    if flow is None or not flow.timeout_seconds or context is None:
+    if context is None or context.flow is None or not context.flow.timeout_seconds:
         return None
-    return context.start_time.timestamp() + float(flow.timeout_seconds)
+    return context.start_time.timestamp() + float(context.flow.timeout_seconds)
 
 
 def flow_deadline() -> float | None:
@@ -56,11 +55,8 @@ class SyncCallableFlow(Flow[Any, Any]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """As ``Flow.__call__`` of a sync flow: the value (or the state), never a coroutine, whoever calls."""
-        caller = _deadline_of(FlowRunContext.get())
-        inherited = _CALLER_DEADLINE.get()
-        token = _CALLER_DEADLINE.set(
-            min(d for d in (caller, inherited) if d is not None) if caller or inherited else None
-        )
+        # What bounds the caller bounds this call too (its own timeout, and its caller's).
+        token = _CALLER_DEADLINE.set(flow_deadline())
         try:
             result = super().__call__(*args, **kwargs)
             if asyncio.iscoroutine(result):

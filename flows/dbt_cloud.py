@@ -44,6 +44,7 @@ from tasks.dbt_cloud import (
     cause_with_key,
     check_alert_blocks,
     check_native_schedule,
+    check_start_settings,
     deadline_description,
     idempotency_key,
     key_marker,
@@ -503,10 +504,7 @@ async def run_dbt_cloud_job(
     if unknown:  # pragma: no cover - the flow's parameters and the client's list must agree
         raise RuntimeError(f"trigger overrides {sorted(unknown)} are not known to the client")
 
-    if if_running not in ("trigger", "reuse", "fail"):
-        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
-    if native_schedule not in ("warn", "fail", "disable"):
-        raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {native_schedule!r}.")
+    check_start_settings(if_running, native_schedule)
     if run_id is not None and (isinstance(run_id, bool) or not 0 < run_id < 2**63 or retry_failed_run_id):
         raise ValueError(f"run_id must be a positive dbt Cloud run ID, without retry_failed_run_id; got {run_id!r}.")
 

@@ -185,6 +185,13 @@ def _check_schedule_policy(policy: str) -> None:
         raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {policy!r}.")
 
 
+def check_start_settings(if_running: str, native_schedule: str) -> None:
+    """Refuse an unknown ``if_running`` or ``native_schedule`` with a ``ValueError`` naming it."""
+    _check_schedule_policy(native_schedule)
+    if if_running not in ("trigger", "reuse", "fail"):
+        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
+
+
 def _schedule_refusal(refused: list[str]) -> DbtCloudNativeScheduleOn:
     return DbtCloudNativeScheduleOn(
         f"{'; '.join(refused)}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
@@ -418,9 +425,7 @@ def start_dbt_cloud_run(
     A run carrying ``key`` wins over ``if_running``: a retry of this flow waits on its own run, even under "fail".
     Retries and timeout as :func:`trigger_dbt_cloud_job`; a refusal ("fail" policies) is never retried.
     """
-    _check_schedule_policy(native_schedule)
-    if if_running not in ("trigger", "reuse", "fail"):
-        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
+    check_start_settings(if_running, native_schedule)
     log = get_run_logger()
     with credentials.get_client() as client:
         recent = read_recent_runs(client, job_id)
