@@ -1143,7 +1143,7 @@ class DbtCloudClient(_Core):
             for run in self.iter_runs(
                 job_definition_id=job_id, order_by="-id", include_related=("trigger",), max_runs=max_runs
             )
-            if run.trigger is not None and marker in (run.trigger.cause or "")
+            if run.cause_contains(marker)
         ]
 
     def job_history(self, job_id: int, limit: int = 20) -> list[float]:
@@ -1334,7 +1334,7 @@ class AsyncDbtCloudClient(_Core):
         async for run in self.iter_runs(
             job_definition_id=job_id, order_by="-id", include_related=("trigger",), max_runs=max_runs
         ):
-            if run.trigger is not None and marker in (run.trigger.cause or ""):
+            if run.cause_contains(marker):
                 found.append(run)
         return found
 

@@ -329,6 +329,10 @@ class Run(_ApiModel):
         """The first step that ended in error, if the run's steps are known."""
         return next((step for step in sorted(self.run_steps, key=lambda s: s.index) if step.failed), None)
 
+    def cause_contains(self, marker: str) -> bool:
+        """Whether the run's trigger cause (read with ``include_related=trigger``) contains ``marker``."""
+        return self.trigger is not None and marker in (self.trigger.cause or "")
+
     def model_steps(self) -> list[int] | None:
         """Indexes (the artifacts endpoint's ``step``) of the finished steps whose results can hold built models.
 
@@ -391,7 +395,7 @@ class RecentRuns(BaseModel):
 
     def carrying(self, marker: str) -> list[Run]:
         """Runs whose trigger cause contains ``marker``, newest first."""
-        return [run for run in self.runs if run.trigger is not None and marker in (run.trigger.cause or "")]
+        return [run for run in self.runs if run.cause_contains(marker)]
 
     def in_flight(self) -> Run | None:
         """The newest run that is queued, starting or running."""
