@@ -101,8 +101,8 @@ def _worker(tool: str, case: Case, job: int, cycles: int, base_url: str, domain:
     out: list[dict[str, Any]] = []
     tag = f"cmp-{tool}-{case.name}"
     if tool == "ours":
-        from blocks.dbt_cloud import DbtCloudCredentials
-        from flows.dbt_cloud import run_dbt_cloud_job
+        from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+        from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 
         creds = DbtCloudCredentials(account_id=ACCOUNT, api_token=TOKEN, access_url=base_url)
         for _ in range(cycles):
@@ -390,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         selected = [c for c in CASES if c.name in wanted]
 
     from bench.tls_relay import TlsRelay
-    from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
-    from dbtcloud_api.openapi import load_default_validator
+    from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
+    from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
 
     plan: list[tuple[int, Case, int]] = []  # (case index, case, cycles)
     for index, case in enumerate(CASES):

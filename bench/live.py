@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from dbtcloud_api import AsyncDbtCloudClient, Run, RunStatus
-from dbtcloud_api.polling import make_schedule
-from dbtcloud_api.ratelimit import RateLimiter
-from dbtcloud_api.wait import PollSchedule, await_runs
+from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, Run, RunStatus
+from dbt_cloud_gate.dbtcloud_api.polling import make_schedule
+from dbt_cloud_gate.dbtcloud_api.ratelimit import RateLimiter
+from dbt_cloud_gate.dbtcloud_api.wait import PollSchedule, await_runs
 
 TOKEN = "live-bench-token"
 ACCOUNT = 1
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             sys.executable,
             "-m",
-            "dbtcloud_api.emulator",
+            "dbt_cloud_gate.dbtcloud_api.emulator",
             "--port",
             str(port),
             "--jobs",

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from dbtcloud_api.models import Run, RunStatus
-from dbtcloud_api.polling import FixedInterval, make_schedule
-from dbtcloud_api.wait import PollSchedule, RunWatcher, first_poll_delay
+from dbt_cloud_gate.dbtcloud_api.models import Run, RunStatus
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.wait import PollSchedule, RunWatcher, first_poll_delay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MEAN_SECONDS = 1200.0

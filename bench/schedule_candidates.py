@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dbtcloud_api.models import RunStatus
-from dbtcloud_api.polling import AdaptiveSchedule, FixedInterval
+from dbt_cloud_gate.dbtcloud_api.models import RunStatus
+from dbt_cloud_gate.dbtcloud_api.polling import AdaptiveSchedule, FixedInterval
 
 QUEUED_S, STARTING_S = 2.0, 3.0
 

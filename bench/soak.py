@@ -20,12 +20,14 @@ from typing import Any
 
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
-from dbtcloud_api.emulator.state import Outcome
-from flows.embedded import AlertSink, fakesnow_connector, fakesnow_server, seed_demo_tables
-from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
-from tasks.snowflake import LoadTarget, load_incremental
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec
+from dbt_cloud_gate.dbtcloud_api.emulator.state import Outcome
+from dbt_cloud_gate.errors import DbtCloudRunsFailed
+from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
+from dbt_cloud_gate.models import DbtCloudJobRequest, LoadTarget
+from dbt_cloud_gate.stack.embedded import AlertSink, fakesnow_connector, fakesnow_server, seed_demo_tables
+from dbt_cloud_gate.tasks.snowflake import load_incremental
 
 TOKEN = "soak_tok_9f8e7d6c5b4a"
 ACCOUNT = 777

@@ -45,12 +45,12 @@ from pathlib import Path
 
 import httpx
 
-from dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, RetryPolicy
-from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
-from dbtcloud_api.emulator.webhooks import WebhookFault
-from dbtcloud_api.polling import FixedInterval, make_schedule
-from dbtcloud_api.wait import PollSchedule, Waker, await_run
-from stack.services import PrefectServer, free_port, stop_process_tree
+from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, RetryPolicy
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
+from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.wait import PollSchedule, Waker, await_run
+from dbt_cloud_gate.stack.services import PrefectServer, free_port, stop_process_tree
 
 TOKEN = "webhook-bench-token"
 ACCOUNT = 4242

@@ -1,5 +1,5 @@
 """Prefect blocks of dbt-cloud-gate (registered through the ``prefect.collections`` entry point)."""
 
-from blocks.dbt_cloud import DbtCloudCredentials, DbtCloudSettings, resolve_credentials
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, DbtCloudSettings, resolve_credentials
 
 __all__ = ["DbtCloudCredentials", "DbtCloudSettings", "resolve_credentials"]

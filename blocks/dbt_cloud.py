@@ -8,10 +8,10 @@ from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
-from dbtcloud_api.client import check_id, validate_api_token
-from dbtcloud_api.ratelimit import shared_limiter
-from dbtcloud_api.urls import DEFAULT_ACCESS_URL
+from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
+from dbt_cloud_gate.dbtcloud_api.client import check_id, validate_api_token
+from dbt_cloud_gate.dbtcloud_api.ratelimit import shared_limiter
+from dbt_cloud_gate.dbtcloud_api.urls import DEFAULT_ACCESS_URL
 
 
 def _checked_token(value: SecretStr | None) -> SecretStr | None:
@@ -33,7 +33,7 @@ class DbtCloudCredentials(Block):
     _documentation_url = "https://docs.getdbt.com/dbt-cloud/api-v2"  # type: ignore[assignment]
     _code_example = """
 ```python
-from blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 
 DbtCloudCredentials(
     account_id=12345,

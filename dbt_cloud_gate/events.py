@@ -23,7 +23,7 @@ from typing import Any
 from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from dbtcloud_api.webhooks import EventKind, WebhookDelivery
+from dbt_cloud_gate.dbtcloud_api.webhooks import EventKind, WebhookDelivery
 
 WEBHOOK_EVENT_PREFIX = "dbt-cloud.run.webhook."
 WEBHOOK_EVENT_STARTED = "dbt-cloud.run.webhook.started"

@@ -34,8 +34,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dbt_cloud_gate.dbtcloud_api.webhooks import (
+    MAX_BODY_BYTES,
+    SIGNATURE_HEADER,
+    WebhookPayloadError,
+    match_secret,
+    parse_delivery,
+)
 from dbt_cloud_gate.events import webhook_event
-from dbtcloud_api.webhooks import MAX_BODY_BYTES, SIGNATURE_HEADER, WebhookPayloadError, match_secret, parse_delivery
 
 logger = logging.getLogger("dbt_cloud_gate.receiver")
 

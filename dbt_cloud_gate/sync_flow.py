@@ -5,17 +5,17 @@ sync flow returns 0 to 1 s (0.5 s on average) after its last statement whenever 
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, 180 s by default in Prefect 3.9). An async flow does not wait for it.
 For a flow whose job is to notice the end of a dbt Cloud run quickly, that second is most of the lag.
 
-An async flow returns a coroutine to its caller, though, and users call ``run_dbt_cloud_job(...)`` as a sync
-function from scripts, sync flows and async flows alike. :class:`SyncCallableFlow` keeps that contract: whoever
-calls it gets the value (or the state, with ``return_state=True``), as from a sync flow; only the flow engine
-runs it as async. Called from an async parent it blocks that parent's event loop while it runs, exactly as a
-sync subflow does. A ``timeout_seconds`` of the flow or of its caller is not enforced by Prefect while blocking
-work runs inside: :func:`flow_deadline` tells the flow when it must be done.
+An async flow returns a coroutine to every caller, though, and a script or a sync parent flow cannot await it.
+:class:`SyncCallableFlow` follows Prefect's convention for async code instead: an async caller awaits it (its
+loop is never blocked), and a sync caller gets the value, as from a sync flow. A ``timeout_seconds`` of the flow
+or of its caller is not enforced by Prefect while blocking work runs inside: :func:`flow_deadline` tells the
+flow when it must be done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -51,12 +51,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class SyncCallableFlow(Flow[Any, Any]):
-    """A Prefect ``Flow`` around an async function that a plain sync caller can call and get the value from."""
+    """A Prefect ``Flow`` around an async function, called as Prefect's convention for async code has it.
+
+    In an async context (an async parent flow, a running event loop) the call returns an awaitable:
+    ``await run_dbt_cloud_job(...)`` never blocks the caller's loop, and ``asyncio.gather`` runs several at once.
+    Anywhere else (a script, a sync parent flow, a sync task) the call returns the value (or the state, with
+    ``return_state=True``), as from a sync flow.
+    """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """As ``Flow.__call__`` of a sync flow: the value (or the state), never a coroutine, whoever calls."""
+        """The value (sync caller) or an awaitable of it (async caller); see the class docstring."""
         # What bounds the caller bounds this call too (its own timeout, and its caller's).
-        token = _CALLER_DEADLINE.set(flow_deadline())
+        deadline = flow_deadline()
+        if _in_async_context():
+            return self._awaitable(deadline, args, kwargs)
+        token = _CALLER_DEADLINE.set(deadline)
         try:
             result = super().__call__(*args, **kwargs)
             if asyncio.iscoroutine(result):
@@ -66,11 +75,28 @@ class SyncCallableFlow(Flow[Any, Any]):
         finally:
             _CALLER_DEADLINE.reset(token)
 
+    async def _awaitable(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = _CALLER_DEADLINE.set(deadline)
+        try:
+            result = super().__call__(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            _CALLER_DEADLINE.reset(token)
+
     def with_options(self, **options: Any) -> SyncCallableFlow:
         """As ``Flow.with_options`` (which builds a plain ``Flow``), keeping this class."""
         new = super().with_options(**options)
         new.__class__ = SyncCallableFlow
         return new  # type: ignore[return-value]
+
+
+def _in_async_context() -> bool:
+    """True when the caller runs on an event loop of this thread (an async flow, task or function)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def sync_callable_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncCallableFlow]:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 from prefect import get_run_logger
@@ -25,19 +24,25 @@ from prefect.events import emit_event
 from prefect.flows import Flow
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
-from pydantic import BaseModel, Field
 
-from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
-from dbt_cloud_gate.waiter import webhook_waiter
-from dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
-from dbtcloud_api.client import TRIGGER_OVERRIDES
-from dbtcloud_api.errors import DbtCloudResponseError
-from dbtcloud_api.polling import check_interval
-from dbtcloud_api.wait import WaitTimedOut, check_wait_settings
-from tasks.dbt_cloud import (
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.dbtcloud_api import DbtCloudConfigError, DbtCloudError, ModelResult, Run, RunStatus, run_url
+from dbt_cloud_gate.dbtcloud_api.client import TRIGGER_OVERRIDES
+from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudResponseError
+from dbt_cloud_gate.dbtcloud_api.polling import check_interval
+from dbt_cloud_gate.dbtcloud_api.wait import WaitTimedOut, check_wait_settings
+from dbt_cloud_gate.errors import (
     DbtCloudJobAlreadyRunning,
     DbtCloudNativeScheduleOn,
+    DbtCloudRunCancelled,
+    DbtCloudRunError,
+    DbtCloudRunFailed,
+    DbtCloudRunInvalid,
+    DbtCloudRunTimedOut,
+)
+from dbt_cloud_gate.models import DbtCloudRunResult
+from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
+from dbt_cloud_gate.tasks.dbt_cloud import (
     StartedRun,
     cancel_dbt_cloud_run,
     carries_scope_key,
@@ -55,6 +60,7 @@ from tasks.dbt_cloud import (
     wait_for_dbt_cloud_run_and_results,
     wait_timeout_seconds,
 )
+from dbt_cloud_gate.waiter import webhook_waiter
 
 __all__ = [
     "DbtCloudJobAlreadyRunning",
@@ -69,64 +75,6 @@ __all__ = [
 ]
 
 Outcome = Literal["succeeded", "failed", "cancelled", "timed-out"]
-
-
-class DbtCloudRunError(Exception):
-    """A dbt Cloud run did not succeed. ``run_id``, ``status`` and ``url`` say which run and how it ended."""
-
-    def __init__(self, message: str, *, run_id: int, status: str, url: str, job_id: int | None = None) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.status = status
-        self.url = url
-        self.job_id = job_id
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_run_error,
-            (type(self), self.args[0], self.run_id, self.status, self.url, self.job_id),
-        )
-
-
-def _rebuild_run_error(
-    cls: type[DbtCloudRunError], message: str, run_id: int, status: str, url: str, job_id: int | None
-) -> DbtCloudRunError:
-    return cls(message, run_id=run_id, status=status, url=url, job_id=job_id)
-
-
-class DbtCloudRunFailed(DbtCloudRunError):
-    """The run ended in Error."""
-
-
-class DbtCloudRunCancelled(DbtCloudRunError):
-    """The run was cancelled (in dbt Cloud, or by this flow's cancellation). Cancelled is never a success."""
-
-
-class DbtCloudRunTimedOut(DbtCloudRunError):
-    """The run reached no terminal status before ``max_wait_seconds``; the message says where it stood then
-    ("still queued after 600 s, never started" or "running for 540 s")."""
-
-
-class DbtCloudRunInvalid(DbtCloudRunError):
-    """dbt Cloud's answer about the run cannot be used: a Success without ``finished_at`` (no watermark), or an
-    answer that is not that run. Nothing downstream may run on it."""
-
-
-class DbtCloudRunResult(BaseModel):
-    """What a successful run hands to downstream steps; ``finished_at`` is their watermark (UTC, exact)."""
-
-    run_id: int
-    job_id: int
-    account_id: int
-    status: str
-    status_code: int
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_seconds: float | None = Field(description="From start to finish of the run, queueing excluded.")
-    queued_seconds: float | None = None
-    url: str
-    cause: str | None
-    models: list[ModelResult] = Field(default_factory=list)
 
 
 OUTCOMES: dict[RunStatus, tuple[Outcome, type[DbtCloudRunError] | None]] = {

@@ -26,15 +26,16 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from dbtcloud_api.emulator import EmulatorServer, demo_emulator
-from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
-from flows.dbt_cloud import DbtCloudRunError, run_dbt_cloud_job
-from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
-from flows.etl import EtlFailed, EtlSummary, dbt_cloud_etl
-from stack.__main__ import main as stack_main
-from stack.services import PrefectServer, WebhookReceiver, ensure_emulator_webhook
-from tasks.snowflake import LoadTarget
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
+from dbt_cloud_gate.errors import DbtCloudRunError, EtlFailed
+from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
+from dbt_cloud_gate.flows.etl import dbt_cloud_etl
+from dbt_cloud_gate.models import EtlSummary, LoadTarget
+from dbt_cloud_gate.stack.__main__ import main as stack_main
+from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from dbt_cloud_gate.stack.services import PrefectServer, WebhookReceiver, ensure_emulator_webhook
 
 DEMO_TARGETS = [
     LoadTarget(
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stack",
         action="store_true",
-        help="start the local stack instead (the same as python -m stack): Prefect server and UI, deployments, worker",
+        help="start the local stack instead (the same as python -m dbt_cloud_gate.stack): Prefect server and UI, deployments, worker",
     )
     parser.add_argument(
         "--webhooks",

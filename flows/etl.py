@@ -10,7 +10,6 @@ failed, naming each failure.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -18,51 +17,21 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect_snowflake import SnowflakeConnector
-from pydantic import BaseModel, Field
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from flows.dbt_cloud import DbtCloudRunError, cancel_runs_below, run_dbt_cloud_job
-from tasks.snowflake import (
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.errors import DbtCloudRunError, EtlFailed
+from dbt_cloud_gate.flows.dbt_cloud import cancel_runs_below, run_dbt_cloud_job
+from dbt_cloud_gate.models import EtlPipeline, EtlSummary, LoadTarget
+from dbt_cloud_gate.tasks.snowflake import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_LOOKBACK_SECONDS,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    LoadReport,
-    LoadTarget,
     attempt_each,
     check_load_settings,
     load_incremental,
 )
 
 __all__ = ["DEFAULT_LOOKBACK_SECONDS", "EtlFailed", "EtlPipeline", "EtlSummary", "dbt_cloud_etl", "dbt_cloud_etl_many"]
-
-
-class EtlFailed(Exception):
-    """One or more loads (or pipelines) failed; the message names each."""
-
-
-class EtlSummary(BaseModel):
-    """What one ETL cycle did: which dbt run produced the data, and the rows loaded per target."""
-
-    pipeline: str
-    dbt_job_id: int
-    dbt_run_id: int
-    dbt_status: str
-    finished_at: datetime | None
-    url: str
-    loads: list[LoadReport] = Field(default_factory=list)
-
-    @property
-    def rows_by_target(self) -> dict[str, int]:
-        """Rows loaded per target name."""
-        return {load.target: load.rows_loaded for load in self.loads}
-
-
-class EtlPipeline(BaseModel):
-    """One dbt job and the loads gated on it (an item of ``dbt_cloud_etl_many``)."""
-
-    job_id: int = Field(gt=0)
-    targets: list[LoadTarget]
-    name: str | None = None
 
 
 def artifact_slug(text: str) -> str:

@@ -14,17 +14,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
-from pydantic import BaseModel, Field
 
-from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbt_cloud_gate.waiter import webhook_waiter
-from dbtcloud_api import run_url
-from dbtcloud_api.polling import check_interval
-from dbtcloud_api.wait import check_wait_settings
-from flows.dbt_cloud import (
-    DbtCloudRunInvalid,
-    DbtCloudRunResult,
-    DbtCloudRunTimedOut,
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.dbtcloud_api import run_url
+from dbt_cloud_gate.dbtcloud_api.polling import check_interval
+from dbt_cloud_gate.dbtcloud_api.wait import check_wait_settings
+from dbt_cloud_gate.errors import DbtCloudRunInvalid, DbtCloudRunsFailed, DbtCloudRunTimedOut
+from dbt_cloud_gate.flows.dbt_cloud import (
     alert_body,
     build_result,
     cancel_runs_of_flow_run,
@@ -32,7 +28,8 @@ from flows.dbt_cloud import (
     judge,
     remember_for_cancellation,
 )
-from tasks.dbt_cloud import (
+from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
+from dbt_cloud_gate.tasks.dbt_cloud import (
     cause_with_key,
     check_alert_blocks,
     check_native_schedule,
@@ -43,31 +40,9 @@ from tasks.dbt_cloud import (
     wait_for_dbt_cloud_runs,
     wait_timeout_seconds,
 )
+from dbt_cloud_gate.waiter import webhook_waiter
 
 __all__ = ["DbtCloudJobRequest", "DbtCloudRunsFailed", "run_dbt_cloud_jobs"]
-
-
-class DbtCloudJobRequest(BaseModel):
-    """One job of a fan-out, with its own cause and trigger overrides (``steps_override``, ``git_branch``...)."""
-
-    job_id: int = Field(gt=0)
-    cause: str | None = None
-    overrides: dict[str, Any] = Field(default_factory=dict)
-
-
-class DbtCloudRunsFailed(Exception):
-    """Some runs of a fan-out did not succeed; ``failures`` lists each (job, run, status, url) and ``results``
-    holds the runs that did succeed, so that nothing is lost."""
-
-    def __init__(
-        self, message: str, failures: list[dict[str, Any]], results: list[DbtCloudRunResult] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.failures = failures
-        self.results = results or []
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.args[0], self.failures, self.results))
 
 
 def _cancel_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:

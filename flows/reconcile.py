@@ -12,13 +12,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect_snowflake import SnowflakeConnector
 
-from flows.etl import EtlFailed, artifact_slug, resolve_connector
-from tasks.reconcile import reconcile_target
-from tasks.snowflake import (
+from dbt_cloud_gate.errors import EtlFailed
+from dbt_cloud_gate.flows.etl import artifact_slug, resolve_connector
+from dbt_cloud_gate.models import LoadReport, LoadTarget
+from dbt_cloud_gate.tasks.reconcile import reconcile_target
+from dbt_cloud_gate.tasks.snowflake import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    LoadReport,
-    LoadTarget,
     attempt_each,
     check_load_settings,
 )

@@ -11,8 +11,13 @@ import json
 
 from prefect import flow, get_run_logger
 
-from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from tasks.webhooks import DEFAULT_SECRET_BLOCK, DEFAULT_SUBSCRIPTION_NAME, WebhookReport, ensure_dbt_cloud_webhook
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.tasks.webhooks import (
+    DEFAULT_SECRET_BLOCK,
+    DEFAULT_SUBSCRIPTION_NAME,
+    WebhookReport,
+    ensure_dbt_cloud_webhook,
+)
 
 
 @flow(name="ensure-dbt-cloud-webhooks", log_prints=False)

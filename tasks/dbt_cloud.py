@@ -35,16 +35,15 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from dbt_cloud_gate.waiter import DEFAULT_FALLBACK_POLL_SECONDS, RunEventWaiter, webhook_waiter
-from dbtcloud_api import (
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api import (
     DbtCloudAmbiguousTriggerError,
     DbtCloudError,
     ModelResult,
     Run,
 )
-from dbtcloud_api.client import MAX_CAUSE_LENGTH, DbtCloudClient, request_deadline
-from dbtcloud_api.errors import (
+from dbt_cloud_gate.dbtcloud_api.client import MAX_CAUSE_LENGTH, DbtCloudClient, request_deadline
+from dbt_cloud_gate.dbtcloud_api.errors import (
     DbtCloudMissingFinishedAtError,
     DbtCloudRateLimitError,
     DbtCloudResponseError,
@@ -53,16 +52,16 @@ from dbtcloud_api.errors import (
     DbtCloudTransportError,
     scrub,
 )
-from dbtcloud_api.models import (
+from dbt_cloud_gate.dbtcloud_api.models import (
     ACTIVE_STATUSES,
     RECENT_RUNS_INCLUDES,
     RECENT_RUNS_LIMIT,
     RecentRuns,
     RunStatus,
 )
-from dbtcloud_api.polling import FixedInterval, check_interval, make_schedule
-from dbtcloud_api.results import aread_model_results, has_model_results, read_model_results
-from dbtcloud_api.wait import (
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, check_interval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.results import aread_model_results, has_model_results, read_model_results
+from dbt_cloud_gate.dbtcloud_api.wait import (
     AFTER_WAIT_SECONDS,
     PollSchedule,
     WaitOutcome,
@@ -71,9 +70,11 @@ from dbtcloud_api.wait import (
     first_poll_delay,
     wait_for_run,
 )
+from dbt_cloud_gate.errors import DbtCloudJobAlreadyRunning, DbtCloudNativeScheduleOn
+from dbt_cloud_gate.waiter import DEFAULT_FALLBACK_POLL_SECONDS, RunEventWaiter, webhook_waiter
 
 T = TypeVar("T")
-_LOG = logging.getLogger("dbtcloud_api")
+_LOG = logging.getLogger("dbt_cloud_gate.dbtcloud_api")
 IDEMPOTENCY_PREFIX = "dcg:"
 # How many times an ambiguous trigger is followed by a search and a new attempt before giving up.
 MAX_TRIGGER_ATTEMPTS = 3
@@ -115,14 +116,6 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
     if isinstance(exc, DbtCloudRunMismatchError | DbtCloudMissingFinishedAtError):
         return False
     return isinstance(exc, TRANSIENT_ERRORS)
-
-
-class DbtCloudJobAlreadyRunning(DbtCloudError):
-    """``if_running="fail"`` and the job already has a run queued or running."""
-
-
-class DbtCloudNativeScheduleOn(DbtCloudError):
-    """``native_schedule="fail"`` and the job's own dbt Cloud schedule is on."""
 
 
 def _apply_schedule_policy(
@@ -290,7 +283,7 @@ def cause_with_key(cause: str | None, key: str) -> str:
     text = (cause or "").strip() or f"Triggered by Prefect flow run {runtime_flow_run.get_name() or 'outside a flow'}"
     room = MAX_CAUSE_LENGTH - len(key) - 1
     if len(text) > room:
-        logging.getLogger("dbtcloud_api").warning(
+        logging.getLogger("dbt_cloud_gate.dbtcloud_api").warning(
             "The run cause is %d characters; it was cut to %d to leave room for the %d-character idempotency key "
             "within dbt Cloud's %d.",
             len(text),

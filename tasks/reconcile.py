@@ -12,13 +12,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_snowflake import SnowflakeConnector
 
-from tasks.snowflake import (
-    DEFAULT_LOCK_TIMEOUT_SECONDS,
-    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    LoadReport,
-    LoadTarget,
-    run_load,
-)
+from dbt_cloud_gate.models import LoadReport, LoadTarget
+from dbt_cloud_gate.tasks.snowflake import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_STATEMENT_TIMEOUT_SECONDS, run_load
 
 
 @task(name="reconcile-snowflake-target", cache_policy=NO_CACHE)

@@ -27,11 +27,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_snowflake import SnowflakeConnector
-from pydantic import BaseModel, Field, field_validator
 
 from dbt_cloud_gate import audit
 from dbt_cloud_gate import loads_sql as q
-from dbtcloud_api import ModelResult
+from dbt_cloud_gate.dbtcloud_api import ModelResult
+from dbt_cloud_gate.errors import InvalidRowsError, LoadLockTimeout, StaleDataError
+from dbt_cloud_gate.models import LoadReport, LoadTarget
 
 SUCCESS_MODEL_STATUSES = frozenset({"success"})
 AUDIT_COLUMNS = audit.AUDIT_COLUMNS
@@ -42,18 +43,6 @@ DEFAULT_LOCK_TIMEOUT_SECONDS = 300.0
 DEFAULT_STATEMENT_TIMEOUT_SECONDS = 3600.0
 # Each try to take the lock is bounded so that fakesnow's fail-at-once conflicts are retried.
 _LOCK_TRY_SECONDS = 10.0
-
-
-class StaleDataError(Exception):
-    """A load was refused because its data would be stale or unverified; nothing was loaded."""
-
-
-class InvalidRowsError(StaleDataError):
-    """Rows no load can take (NULL key, NULL or future watermark) under ``on_invalid_rows="fail"``."""
-
-
-class LoadLockTimeout(Exception):
-    """A load could not take its target's write lock in time; nothing was loaded."""
 
 
 def describe_load_failure(name: str, exc: Exception) -> str:
@@ -87,102 +76,6 @@ def quote_identifier(name: str, what: str = "identifier") -> str:
 def quote_table(name: str, what: str = "table") -> str:
     """Quote ``[database.][schema.]table``, each part validated."""
     return q.table_display(q.split_table(name, what))
-
-
-class LoadTarget(BaseModel):
-    """One load: a dbt model's table into a target table."""
-
-    name: str = Field(description="A short label for logs, artifacts and the audit history, e.g. 'orders'.")
-    source_model: str = Field(
-        description="The dbt model whose success in the run gates this load: 'orders', a version "
-        "'dim_customers.v2', or a unique_id 'model.shop.orders'."
-    )
-    source_table: str = Field(description="Where dbt built the model: DATABASE.SCHEMA.TABLE.")
-    target_table: str = Field(description="The table to load into: DATABASE.SCHEMA.TABLE (must exist).")
-    key_columns: list[str] = Field(min_length=1, description="Columns that identify a row (upsert key).")
-    watermark_column: str = Field(
-        description="Timestamp column (UTC) that says when a source row changed. Exact when dbt stamps it as it "
-        "writes the row; a business timestamp (UPDATED_AT of the source system) needs lookback_seconds or a "
-        "reconcile."
-    )
-    columns: list[str] | None = Field(
-        default=None, description="Columns to copy; default: all of the source's, spelled as the source has them."
-    )
-    lookback_seconds: float | None = Field(
-        default=None,
-        ge=0,
-        le=366 * 86400,
-        allow_inf_nan=False,
-        description="Start each window this long before the last watermark, to take rows that arrive late; "
-        "None: the flow's default. 0 is exact only for a watermark dbt stamps as it writes the row.",
-    )
-    on_invalid_rows: Literal["skip", "fail"] = Field(
-        default="skip",
-        description="Rows with a NULL key, a NULL watermark or a watermark after the run's end: 'skip' them "
-        "with a warning (counted in the report and the audit), or 'fail' the load (nothing loaded).",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        text = value.strip()
-        if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
-            raise ValueError("name must be a non-empty label without control characters.")
-        return text
-
-    @field_validator("source_model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        text = value.strip()
-        if not text or any(c.isspace() or ord(c) < 32 for c in text):
-            raise ValueError(f"source_model {value!r} must be a dbt model name, name.vN or unique_id, without spaces.")
-        return text
-
-    @field_validator("source_table", "target_table")
-    @classmethod
-    def _table(cls, value: str) -> str:
-        q.split_table(value)
-        return value.strip()
-
-    @field_validator("key_columns", "columns")
-    @classmethod
-    def _columns(cls, value: list[str] | None) -> list[str] | None:
-        exact = [q.resolve_name(column, "column") for column in value or []]
-        if len(set(exact)) != len(exact):
-            raise ValueError(f"columns {value} name one column twice.")
-        return value
-
-    @field_validator("watermark_column")
-    @classmethod
-    def _watermark(cls, value: str) -> str:
-        q.resolve_name(value, "watermark column")
-        return value
-
-
-class LoadReport(BaseModel):
-    """What one load (or reconcile) did."""
-
-    target: str
-    target_table: str
-    source_table: str = ""
-    kind: Literal["incremental", "reconcile"] = "incremental"
-    rows_loaded: int = Field(description="Rows written: new keys plus changed rows.")
-    rows_updated: int = 0
-    rows_deleted: int = Field(default=0, description="Target keys gone from the source, deleted (reconcile).")
-    rows_null_key: int = 0
-    rows_null_watermark: int = 0
-    rows_future_watermark: int = 0
-    rows_duplicates_removed: int = Field(default=0, description="Target rows of keys held more than once (reconcile).")
-    already_loaded: bool = Field(default=False, description="This dbt run was loaded before: nothing to do.")
-    lookback_seconds: float = 0
-    watermark_from: datetime | None
-    watermark_to: datetime | None
-    dbt_run_id: int | None
-
-    @property
-    def rows_skipped(self) -> int:
-        """Rows no load took: NULL key, NULL watermark, watermark after the run's end."""
-        return self.rows_null_key + self.rows_null_watermark + self.rows_future_watermark
 
 
 def require_model_built(models: list[ModelResult], source_model: str) -> None:

@@ -17,9 +17,9 @@ from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbtcloud_api import DbtCloudClient, DbtCloudNotFoundError
-from dbtcloud_api.webhooks import EVENT_TYPES, WebhookSubscription, check_client_url
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, DbtCloudNotFoundError
+from dbt_cloud_gate.dbtcloud_api.webhooks import EVENT_TYPES, WebhookSubscription, check_client_url
 
 DEFAULT_SECRET_BLOCK = "dbt-cloud-webhook-secrets"
 DEFAULT_SUBSCRIPTION_NAME = "dbt-cloud-gate"

@@ -16,10 +16,10 @@ for _name in ("DBT_CLOUD_ACCOUNT_ID", "DBT_CLOUD_API_TOKEN", "DBT_CLOUD_ACCESS_U
 
 import pytest  # noqa: E402
 
-from dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
-from dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec  # noqa: E402
-from dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator  # noqa: E402
-from flows.embedded import AlertSink  # noqa: E402
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec  # noqa: E402
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator  # noqa: E402
+from dbt_cloud_gate.stack.embedded import AlertSink  # noqa: E402
 
 TOKEN = "tok_sEcReT_0123456789abcdef"
 ACCOUNT = 4242

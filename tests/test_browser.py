@@ -1,4 +1,4 @@
-"""The Prefect UI in headless Chromium against the local stack (``python -m stack``): the deployments' run forms
+"""The Prefect UI in headless Chromium against the local stack (``python -m dbt_cloud_gate.stack``): the deployments' run forms
 explain every parameter; a completed ETL flow run shows its artifacts (the dbt Cloud run link, the run summary,
 the model table, the load report) rendered. Screenshots go to SCREENSHOTS (printed).
 
@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
-from stack.services import ROOT
+from dbt_cloud_gate.stack.services import ROOT
 from tests.test_stack import RunningStack, wait_state
 
 pytestmark = pytest.mark.slow

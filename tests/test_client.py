@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from dbtcloud_api import (
+from dbt_cloud_gate.dbtcloud_api import (
     AsyncDbtCloudClient,
     DbtCloudAmbiguousTriggerError,
     DbtCloudAPIError,
@@ -31,7 +31,7 @@ from dbtcloud_api import (
     Timeouts,
     parse_retry_after,
 )
-from dbtcloud_api.emulator import EmulatorServer, Fault, http_date
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault, http_date
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 
 ALL_OVERRIDES = {
@@ -385,7 +385,7 @@ def test_connection_refused_trigger_is_retried_then_transport_error() -> None:
 def test_cause_is_cut_to_255_with_a_warning(
     client: DbtCloudClient, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dbtcloud_api")
+    caplog.set_level(logging.WARNING, logger="dbt_cloud_gate.dbtcloud_api")
     client.trigger_job_run(11, "x" * 300)
     assert len(api_requests(emulator, "POST")[-1].body["cause"]) == 255  # type: ignore[attr-defined]
     assert "cut" in caplog.text
@@ -498,7 +498,7 @@ def test_async_client_same_paths(emulator: EmulatorServer) -> None:
 
 
 def test_a_run_read_back_must_be_the_run_asked_for() -> None:
-    from dbtcloud_api import DbtCloudRunMismatchError
+    from dbt_cloud_gate.dbtcloud_api import DbtCloudRunMismatchError
     from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
 
     def respond(method: str, path: str) -> Answer:
@@ -548,7 +548,7 @@ def test_a_trigger_answered_with_something_else_is_ambiguous_never_resent(answer
 
 
 def test_request_deadline_bounds_a_call_whatever_the_server_does() -> None:
-    from dbtcloud_api import DbtCloudDeadlineExceeded, request_deadline
+    from dbt_cloud_gate.dbtcloud_api import DbtCloudDeadlineExceeded, request_deadline
     from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
 
     slow = Answer(body=envelope(run_data(7, 10)), delay=40)
@@ -581,8 +581,8 @@ def test_total_timeout_ends_an_attempt_that_trickles() -> None:
 
 
 def test_no_retry_sleeps_past_the_deadline(emulator: EmulatorServer) -> None:
-    from dbtcloud_api import DbtCloudDeadlineExceeded, request_deadline
-    from dbtcloud_api.ratelimit import RateLimiter
+    from dbt_cloud_gate.dbtcloud_api import DbtCloudDeadlineExceeded, request_deadline
+    from dbt_cloud_gate.dbtcloud_api.ratelimit import RateLimiter
 
     emulator.emulator.add_fault(Fault(kind="429", retry_after="30"))
     policy = RetryPolicy(max_attempts=5, max_elapsed_seconds=100, max_retry_after_seconds=60)
@@ -641,7 +641,7 @@ def test_timeouts_and_retry_policy_refuse_what_is_not_finite(make: object, named
 
 
 def test_deadlines_must_be_finite() -> None:
-    from dbtcloud_api import request_deadline
+    from dbt_cloud_gate.dbtcloud_api import request_deadline
 
     for bad in (float("nan"), float("inf")):
         with pytest.raises(DbtCloudConfigError, match="finite"), request_deadline(bad):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from stack.services import ROOT
+from dbt_cloud_gate.stack.services import ROOT
 
 pytestmark = pytest.mark.slow
 

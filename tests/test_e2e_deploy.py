@@ -21,10 +21,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
 from rich.console import Console
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from dbtcloud_api.emulator import Emulator, JobSpec
-from stack import services
-from stack.services import ROOT
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, JobSpec
+from dbt_cloud_gate.stack import services
+from dbt_cloud_gate.stack.services import ROOT
 from tests.conftest import ACCOUNT, TOKEN
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

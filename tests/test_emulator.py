@@ -11,9 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dbtcloud_api import DbtCloudClient, DbtCloudNotFoundError, DbtCloudRateLimitError, RetryPolicy, RunStatus
-from dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec, StepSpec
-from dbtcloud_api.openapi import SpecValidator
+from dbt_cloud_gate.dbtcloud_api import (
+    DbtCloudClient,
+    DbtCloudNotFoundError,
+    DbtCloudRateLimitError,
+    RetryPolicy,
+    RunStatus,
+)
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, Fault, JobSpec, StepSpec
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 
 
@@ -96,7 +102,17 @@ def test_command_line_starts_the_emulator(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.json"
     jobs.write_text(json.dumps([{"id": 77, "name": "cli job"}]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "dbtcloud_api.emulator", "--port", "0", "--jobs", str(jobs), "--token", "cli-token"],
+        [
+            sys.executable,
+            "-m",
+            "dbt_cloud_gate.dbtcloud_api.emulator",
+            "--port",
+            "0",
+            "--jobs",
+            str(jobs),
+            "--token",
+            "cli-token",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,13 +17,15 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect_snowflake import SnowflakeConnector
 
-from dbtcloud_api import DbtCloudClient, RunStatus
-from dbtcloud_api.emulator import EmulatorServer
-from flows.dbt_cloud import DbtCloudNativeScheduleOn, DbtCloudRunFailed, run_dbt_cloud_job
-from flows.demo import DEMO_TARGETS
-from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
-from flows.etl import EtlFailed, EtlPipeline, EtlSummary, dbt_cloud_etl, dbt_cloud_etl_many
-from flows.reconcile import dbt_cloud_reconcile
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RunStatus
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn, DbtCloudRunFailed, EtlFailed
+from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
+from dbt_cloud_gate.flows.demo import DEMO_TARGETS
+from dbt_cloud_gate.flows.etl import dbt_cloud_etl, dbt_cloud_etl_many
+from dbt_cloud_gate.flows.reconcile import dbt_cloud_reconcile
+from dbt_cloud_gate.models import EtlPipeline, EtlSummary
+from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
 from tests.conftest import ACCOUNT, TOKEN, AlertSink
 from tests.test_flow import FAST, creds, saved_webhook
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from prefect_snowflake import SnowflakeConnector
 
-from dbtcloud_api.emulator import EmulatorServer, Fault
-from flows.etl import EtlPipeline, dbt_cloud_etl, dbt_cloud_etl_many
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault
+from dbt_cloud_gate.flows.etl import dbt_cloud_etl, dbt_cloud_etl_many
+from dbt_cloud_gate.models import EtlPipeline
 from tests.test_etl import ORDERS, snowflake  # noqa: F401 - the fakesnow fixture
 from tests.test_flow import FAST, creds
 

@@ -8,9 +8,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from bench.soak import TOKEN as SOAK_TOKEN
 from bench.soak import run_soak
-from dbtcloud_api.emulator import EmulatorServer
-from flows.dbt_cloud import DbtCloudNativeScheduleOn
-from flows.fanout import DbtCloudJobRequest, DbtCloudRunsFailed, run_dbt_cloud_jobs
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn, DbtCloudRunsFailed
+from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
+from dbt_cloud_gate.models import DbtCloudJobRequest
 from tests.conftest import TOKEN, AlertSink
 from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, saved_webhook
 

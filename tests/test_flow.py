@@ -18,26 +18,28 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.logging.handlers import APILogHandler
 
-from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, Run, RunStatus
-from dbtcloud_api.emulator import EmulatorServer, Fault, JobSpec, StepSpec
-from flows.dbt_cloud import (
-    _CANCEL_CONTEXT,
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, Run, RunStatus
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault, JobSpec, StepSpec
+from dbt_cloud_gate.errors import (
     DbtCloudJobAlreadyRunning,
     DbtCloudNativeScheduleOn,
     DbtCloudRunCancelled,
     DbtCloudRunError,
     DbtCloudRunFailed,
     DbtCloudRunInvalid,
-    DbtCloudRunResult,
     DbtCloudRunTimedOut,
+)
+from dbt_cloud_gate.flows.dbt_cloud import (
+    _CANCEL_CONTEXT,
     build_result,
     credentials_of_flow_run,
     judge,
     run_dbt_cloud_job,
 )
-from flows.fanout import run_dbt_cloud_jobs
-from tasks.dbt_cloud import (
+from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
+from dbt_cloud_gate.models import DbtCloudRunResult
+from dbt_cloud_gate.tasks.dbt_cloud import (
     cause_with_key,
     idempotency_key,
     trigger_dbt_cloud_job,
@@ -402,7 +404,7 @@ def test_block_registers_with_the_prefect_cli() -> None:
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     done = subprocess.run(
-        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks.dbt_cloud"],
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "dbt_cloud_gate.blocks.dbt_cloud"],
         env=env,
         capture_output=True,
         text=True,
@@ -419,7 +421,7 @@ def test_block_registers_with_the_prefect_cli() -> None:
 
 
 def test_long_cause_keeps_the_key_within_255(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="dbtcloud_api")
+    caplog.set_level(logging.WARNING, logger="dbt_cloud_gate.dbtcloud_api")
     result = run_dbt_cloud_job(11, creds(emulator), cause="c" * 300, **FAST)
     cause = emulator.emulator.runs[result.run_id].cause
     assert len(cause) == 255 and cause.endswith(":11]") and "[dcg:" in cause
@@ -612,7 +614,7 @@ def test_wait_task_backstop_fails_the_flow_as_timed_out_and_cancels(
     emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Should the wait hang past its own deadline, the task's Prefect timeout ends it; the run is cancelled.
-    monkeypatch.setattr("flows.dbt_cloud.wait_timeout_seconds", lambda max_wait: 1.5)
+    monkeypatch.setattr("dbt_cloud_gate.flows.dbt_cloud.wait_timeout_seconds", lambda max_wait: 1.5)
     started = time.monotonic()
     with pytest.raises(DbtCloudRunTimedOut, match="backstop") as info:
         run_dbt_cloud_job(14, creds(emulator), poll_interval_seconds=0.1, max_wait_seconds=20)

@@ -6,11 +6,17 @@ import logging
 
 import pytest
 
-from blocks.dbt_cloud import resolve_credentials
-from dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, DbtCloudNotFoundError, RunStatus
-from dbtcloud_api.emulator import EmulatorServer
-from dbtcloud_api.polling import FixedInterval
-from dbtcloud_api.wait import wait_for_run
+from dbt_cloud_gate.blocks.dbt_cloud import resolve_credentials
+from dbt_cloud_gate.dbtcloud_api import (
+    DbtCloudAuthError,
+    DbtCloudClient,
+    DbtCloudConfigError,
+    DbtCloudNotFoundError,
+    RunStatus,
+)
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval
+from dbt_cloud_gate.dbtcloud_api.wait import wait_for_run
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dbtcloud_api import Job, Run, RunStatus, parse_run_results, parse_timestamp
-from dbtcloud_api.models import RunStep, format_timestamp, merge_run_results
+from dbt_cloud_gate.dbtcloud_api import Job, Run, RunStatus, parse_run_results, parse_timestamp
+from dbt_cloud_gate.dbtcloud_api.models import RunStep, format_timestamp, merge_run_results
 from tests.conftest import FIXTURES
 
 

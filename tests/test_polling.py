@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from dbtcloud_api import DbtCloudClient, Run, RunStatus
-from dbtcloud_api.emulator import EmulatorServer, Fault
-from dbtcloud_api.polling import AdaptiveSchedule, DurationModel, FixedInterval, make_schedule
-from dbtcloud_api.ratelimit import RateLimiter, shared_limiter
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, Run, RunStatus
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault
+from dbt_cloud_gate.dbtcloud_api.polling import AdaptiveSchedule, DurationModel, FixedInterval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.ratelimit import RateLimiter, shared_limiter
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 from rich.console import Console
 
-from tasks.snowflake import LoadTarget
+from dbt_cloud_gate.models import LoadTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -172,8 +172,8 @@ def _webhook_event(job_id: int, run_id: int, status_code: int, event_type: str =
 
     from prefect.server.events.schemas.events import ReceivedEvent
 
+    from dbt_cloud_gate.dbtcloud_api.webhooks import delivery_payload, encode_body, parse_delivery
     from dbt_cloud_gate.events import webhook_event
-    from dbtcloud_api.webhooks import delivery_payload, encode_body, parse_delivery
 
     body = delivery_payload(event_type, account_id=7, run_id=run_id, job_id=job_id, run_status_code=status_code)
     event = webhook_event(parse_delivery(encode_body(body)))

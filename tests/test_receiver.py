@@ -20,6 +20,9 @@ import pytest
 import uvicorn
 from prefect.events import Event
 
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api.webhooks import delivery_payload, encode_body, sign
 from dbt_cloud_gate.events import (
     LABEL_ACCOUNT_ID,
     LABEL_JOB_ID,
@@ -38,10 +41,7 @@ from dbt_cloud_gate.receiver import (
     create_app,
     secrets_from_env,
 )
-from dbtcloud_api import DbtCloudClient
-from dbtcloud_api.emulator import EmulatorServer
-from dbtcloud_api.webhooks import delivery_payload, encode_body, sign
-from stack.services import PrefectServer, free_port
+from dbt_cloud_gate.stack.services import PrefectServer, free_port
 
 # The async tests run on anyio's pytest plugin (installed with httpx), on asyncio.
 pytestmark = pytest.mark.anyio

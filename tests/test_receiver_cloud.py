@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from dbt_cloud_gate.dbtcloud_api.webhooks import delivery_payload, encode_body, sign
 from dbt_cloud_gate.receiver import DEFAULT_PATH
-from dbtcloud_api.webhooks import delivery_payload, encode_body, sign
-from stack.services import ROOT, free_port, stop_process_tree
+from dbt_cloud_gate.stack.services import ROOT, free_port, stop_process_tree
 from tests.test_receiver import Served
 
 WORKSPACE = "/api/accounts/0f1e2d3c-0000-4000-8000-000000000001/workspaces/0f1e2d3c-0000-4000-8000-000000000002"

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
-from dbtcloud_api import (
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.dbtcloud_api import (
     DbtCloudClient,
     DbtCloudConfigError,
     DbtCloudTransportError,
@@ -19,8 +19,8 @@ from dbtcloud_api import (
     normalize_access_url,
     validate_api_token,
 )
-from dbtcloud_api.emulator import EmulatorServer
-from dbtcloud_api.errors import scrub, secret_forms
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api.errors import scrub, secret_forms
 from tests.conftest import ACCOUNT
 
 SECRET = "dbtc_Zq8Kx3Lm9Wv2"

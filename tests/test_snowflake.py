@@ -13,14 +13,12 @@ from typing import Any
 import pytest
 from prefect_snowflake import SnowflakeConnector
 
-from dbtcloud_api import ModelResult
-from flows.embedded import fakesnow_connector, fakesnow_server
-from tasks.reconcile import reconcile_target
-from tasks.snowflake import (
-    InvalidRowsError,
-    LoadLockTimeout,
-    LoadTarget,
-    StaleDataError,
+from dbt_cloud_gate.dbtcloud_api import ModelResult
+from dbt_cloud_gate.errors import InvalidRowsError, LoadLockTimeout, StaleDataError
+from dbt_cloud_gate.models import LoadTarget
+from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server
+from dbt_cloud_gate.tasks.reconcile import reconcile_target
+from dbt_cloud_gate.tasks.snowflake import (
     check_load_settings,
     load_incremental,
     quote_identifier,

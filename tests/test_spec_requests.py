@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from dbtcloud_api import DbtCloudClient, Job, RunStatus
-from dbtcloud_api.openapi import SpecValidator
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, Job, RunStatus
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
 from tests.conftest import FIXTURES
 from tests.test_client import ALL_OVERRIDES
 

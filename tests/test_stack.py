@@ -1,4 +1,4 @@
-"""``python -m stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator, fakesnow, the
+"""``python -m dbt_cloud_gate.stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator, fakesnow, the
 webhook receiver and a worker, deploys prefect.yaml, runs deployments, stops on SIGINT or SIGTERM with no process left behind, and
 starts again on the same state without duplicating anything."""
 
@@ -20,11 +20,11 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from dbtcloud_api import DbtCloudClient
-from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
-from stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK
-from stack.services import ROOT, WORK_POOL, alive, descendants, fakesnow_connector
-from tasks.webhooks import DEFAULT_SECRET_BLOCK
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
+from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
+from dbt_cloud_gate.stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK
+from dbt_cloud_gate.stack.services import ROOT, WORK_POOL, alive, descendants, fakesnow_connector
+from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,14 @@ START_TIMEOUT = 240.0
 
 
 class RunningStack:
-    """A ``python -m stack`` process and what it wrote to STATE/stack.json once ready."""
+    """A ``python -m dbt_cloud_gate.stack`` process and what it wrote to STATE/stack.json once ready."""
 
     def __init__(self, state: Path) -> None:
         self.state = state
         self.output = state.parent / f"{state.name}-console.log"
         with self.output.open("ab") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stack", "--state-dir", str(state), "--port", "0"],
+                [sys.executable, "-m", "dbt_cloud_gate.stack", "--state-dir", str(state), "--port", "0"],
                 cwd=ROOT,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -122,7 +122,7 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
     try:
         # A second stack on the same state refuses at once (one server per database).
         twin = subprocess.run(
-            [sys.executable, "-m", "stack", "--state-dir", str(state), "--port", "0"],
+            [sys.executable, "-m", "dbt_cloud_gate.stack", "--state-dir", str(state), "--port", "0"],
             cwd=ROOT,
             capture_output=True,
             text=True,

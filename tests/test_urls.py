@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbtcloud_api import DbtCloudConfigError, normalize_access_url, run_url
+from dbt_cloud_gate.dbtcloud_api import DbtCloudConfigError, normalize_access_url, run_url
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dbtcloud_api import (
+from dbt_cloud_gate.dbtcloud_api import (
     AsyncDbtCloudClient,
     DbtCloudClient,
     DbtCloudMissingFinishedAtError,
@@ -23,9 +23,9 @@ from dbtcloud_api import (
     RunStatus,
     WaitTimedOut,
 )
-from dbtcloud_api.emulator import EmulatorServer, JobSpec, StepSpec
-from dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
-from dbtcloud_api.wait import RunWatcher, await_run, await_runs, wait_for_run
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, JobSpec, StepSpec
+from dbt_cloud_gate.dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.wait import RunWatcher, await_run, await_runs, wait_for_run
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
 
@@ -333,7 +333,7 @@ def test_wait_timed_out_keeps_its_old_constructor_and_pickles() -> None:
     )
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.run_id, copy.waited_seconds, str(copy)) == (3, 1.5, "late")
-    from dbtcloud_api import wait
+    from dbt_cloud_gate.dbtcloud_api import wait
 
     assert wait.WaitTimedOut is WaitTimedOut  # still importable from where the flows import it
 
@@ -358,7 +358,7 @@ def test_a_finished_run_read_again_as_running_keeps_its_finished_state() -> None
     ],
 )
 def test_check_wait_settings_refuses_what_the_flows_must_not_start_with(settings: dict[str, Any], named: str) -> None:
-    from dbtcloud_api.wait import check_wait_settings
+    from dbt_cloud_gate.dbtcloud_api.wait import check_wait_settings
 
     with pytest.raises(ValueError, match=named):
         check_wait_settings(**settings)
@@ -366,7 +366,7 @@ def test_check_wait_settings_refuses_what_the_flows_must_not_start_with(settings
 
 
 def test_emulator_success_without_finished_at_never_reaches_the_caller(spec_validator: Any) -> None:
-    from dbtcloud_api.emulator import Emulator, JobSpec
+    from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, JobSpec
 
     job = JobSpec(
         id=21, name="no-finish", queue_seconds=0.05, start_seconds=0.05, run_seconds=0.2, finished_at_missing=True
@@ -434,7 +434,7 @@ def test_a_wake_up_polls_at_once_and_that_poll_decides(
     # Long sleeps (30 s) that only the wake-up can cut: sleep 0 wakes once the run is surely over.
     waker = FakeWaker({0: 2.0})
     started = time.monotonic()
-    caplog.set_level("INFO", logger="dbtcloud_api.wait")
+    caplog.set_level("INFO", logger="dbt_cloud_gate.dbtcloud_api.wait")
     if mode == "sync":
         run = wait_for_run(client, run_id, schedule=FixedInterval(30), waker=waker, first_poll_delay_seconds=30)
     else:

@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 
-from blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RunStatus
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
+from dbt_cloud_gate.errors import DbtCloudRunCancelled
+from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.receiver import PrefectEventsEmitter, ReceiverConfig, create_app
+from dbt_cloud_gate.stack.services import PrefectServer
 from dbt_cloud_gate.waiter import RunEventWaiter, stop_webhook_waiters, webhook_waiter, webhook_waits_unavailable
-from dbtcloud_api import DbtCloudClient, RunStatus
-from dbtcloud_api.emulator import EmulatorServer
-from dbtcloud_api.emulator.webhooks import WebhookFault
-from flows.dbt_cloud import DbtCloudRunCancelled, run_dbt_cloud_job
-from stack.services import PrefectServer
 from tests.conftest import ACCOUNT, TOKEN
 from tests.test_receiver import Served
 
@@ -206,7 +207,7 @@ def test_a_cancelled_run_sends_no_webhook_and_is_seen_by_the_fallback_poll(webho
 
 @pytest.mark.slow
 def test_fan_out_waits_share_one_subscription(webhook_path: EmulatorServer) -> None:
-    from flows.fanout import run_dbt_cloud_jobs
+    from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
 
     emulator = webhook_path
     emulator.emulator.set_job(11, run_seconds=1.0)
@@ -230,7 +231,7 @@ def test_fan_out_waits_share_one_subscription(webhook_path: EmulatorServer) -> N
 def test_run_id_waits_on_a_run_started_elsewhere_and_triggers_nothing(
     emulator: EmulatorServer, client: DbtCloudClient
 ) -> None:
-    from flows.dbt_cloud import DbtCloudRunInvalid
+    from dbt_cloud_gate.errors import DbtCloudRunInvalid
 
     elsewhere = client.trigger_job_run(11, "dbt Cloud's scheduler").id
     triggers = len([r for r in emulator.emulator.requests if r.method == "POST"])

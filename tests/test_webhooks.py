@@ -1,4 +1,4 @@
-"""dbtcloud_api.webhooks: signatures over raw bytes and the lenient delivery parser (no Prefect, no sockets)."""
+"""dbt_cloud_gate.dbtcloud_api.webhooks: signatures over raw bytes and the lenient delivery parser (no Prefect, no sockets)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from dbtcloud_api.models import RunStatus
-from dbtcloud_api.webhooks import (
+from dbt_cloud_gate.dbtcloud_api.models import RunStatus
+from dbt_cloud_gate.dbtcloud_api.webhooks import (
     EVENT_COMPLETED,
     EVENT_ERRORED,
     WebhookPayloadError,

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, DbtCloudNotFoundError
-from dbtcloud_api.emulator import EmulatorServer, WebhookFault
-from dbtcloud_api.openapi import SpecValidator, load_default_validator
-from dbtcloud_api.webhooks import EVENT_TYPES, parse_delivery, verify
+from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, DbtCloudNotFoundError
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, WebhookFault
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, load_default_validator
+from dbt_cloud_gate.dbtcloud_api.webhooks import EVENT_TYPES, parse_delivery, verify
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 
 

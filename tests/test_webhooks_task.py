@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from prefect.blocks.system import Secret
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from dbtcloud_api.emulator import EmulatorServer
-from flows.webhooks import ensure_dbt_cloud_webhooks, main
-from tasks.webhooks import ensure_webhook
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.flows.webhooks import ensure_dbt_cloud_webhooks, main
+from dbt_cloud_gate.tasks.webhooks import ensure_webhook
 from tests.conftest import ACCOUNT, TOKEN
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from dbtcloud_api.emulator.faults import fires, spent
-from dbtcloud_api.emulator.webhooks import WebhookHub
-from dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep, format_timestamp
-from dbtcloud_api.openapi import SpecValidator
+from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
+from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookHub
+from dbt_cloud_gate.dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep, format_timestamp
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
 
 Outcome = Literal["success", "error", "cancelled"]
 FaultKind = Literal["429", "5xx", "status", "drop", "slow", "not_found_fresh", "lost_response"]

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
-from dbtcloud_api.errors import DbtCloudConfigError
-from dbtcloud_api.models import RunStatus
-from dbtcloud_api.urls import describe_character, is_loopback_host
+from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
+from dbt_cloud_gate.dbtcloud_api.models import RunStatus
+from dbt_cloud_gate.dbtcloud_api.urls import describe_character, is_loopback_host
 
 SIGNATURE_HEADER = "Authorization"
 EVENT_STARTED = "job.run.started"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-logger = logging.getLogger("dbtcloud_api")
+logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api")
 
 
 class RunStatus(IntEnum):

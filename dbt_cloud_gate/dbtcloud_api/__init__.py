@@ -1,6 +1,6 @@
 """dbt Cloud Administrative API v2: a typed sync/async client, and a local emulator for tests and demos."""
 
-from dbtcloud_api.client import (
+from dbt_cloud_gate.dbtcloud_api.client import (
     DEFAULT_RUN_INCLUDES,
     MAX_CAUSE_LENGTH,
     AsyncDbtCloudClient,
@@ -13,7 +13,7 @@ from dbtcloud_api.client import (
     request_deadline,
     validate_api_token,
 )
-from dbtcloud_api.errors import (
+from dbt_cloud_gate.dbtcloud_api.errors import (
     DbtCloudAmbiguousTriggerError,
     DbtCloudAPIError,
     DbtCloudAuthError,
@@ -30,7 +30,7 @@ from dbtcloud_api.errors import (
     DbtCloudTransportError,
     WaitTimedOut,
 )
-from dbtcloud_api.models import (
+from dbt_cloud_gate.dbtcloud_api.models import (
     Job,
     JobTriggers,
     ModelResult,
@@ -42,7 +42,7 @@ from dbtcloud_api.models import (
     parse_run_results,
     parse_timestamp,
 )
-from dbtcloud_api.urls import DEFAULT_ACCESS_URL, normalize_access_url, run_url
+from dbt_cloud_gate.dbtcloud_api.urls import DEFAULT_ACCESS_URL, normalize_access_url, run_url
 
 __all__ = [
     "DEFAULT_ACCESS_URL",

@@ -15,9 +15,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dbtcloud_api.emulator.state import Emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator
 
-logger = logging.getLogger("dbtcloud_api.emulator")
+logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api.emulator")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from dbtcloud_api.emulator.faults import fires, spent
-from dbtcloud_api.models import RunStatus
-from dbtcloud_api.openapi import SpecValidator, load_default_validator
-from dbtcloud_api.webhooks import (
+from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
+from dbt_cloud_gate.dbtcloud_api.models import RunStatus
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, load_default_validator
+from dbt_cloud_gate.dbtcloud_api.webhooks import (
     EVENT_COMPLETED,
     EVENT_ERRORED,
     EVENT_STARTED,
@@ -46,9 +46,9 @@ from dbtcloud_api.webhooks import (
 )
 
 if TYPE_CHECKING:
-    from dbtcloud_api.emulator.state import Emulator, _Run
+    from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator, _Run
 
-logger = logging.getLogger("dbtcloud_api.emulator.webhooks")
+logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api.emulator.webhooks")
 
 WebhookFaultKind = Literal["drop", "delay", "bad_signature", "duplicate"]
 # What one API call answers: status code, the envelope's data, and its extra (or None).

@@ -43,7 +43,7 @@ from urllib.parse import quote
 import httpcore
 import httpx
 
-from dbtcloud_api.errors import (
+from dbt_cloud_gate.dbtcloud_api.errors import (
     DbtCloudAmbiguousTriggerError,
     DbtCloudAPIError,
     DbtCloudAuthError,
@@ -58,20 +58,26 @@ from dbtcloud_api.errors import (
     DbtCloudTransportError,
     scrub,
 )
-from dbtcloud_api.models import Job, Run, RunPage, RunStatus
-from dbtcloud_api.polling import durations_from_runs
-from dbtcloud_api.ratelimit import RateLimiter
-from dbtcloud_api.urls import DEFAULT_ACCESS_URL, describe_character, normalize_access_url
-from dbtcloud_api.webhooks import SubscriptionSettings, WebhookSubscription, check_subscription_id, subscription_body
+from dbt_cloud_gate.dbtcloud_api.models import Job, Run, RunPage, RunStatus
+from dbt_cloud_gate.dbtcloud_api.polling import durations_from_runs
+from dbt_cloud_gate.dbtcloud_api.ratelimit import RateLimiter
+from dbt_cloud_gate.dbtcloud_api.types import check_id
+from dbt_cloud_gate.dbtcloud_api.urls import DEFAULT_ACCESS_URL, describe_character, normalize_access_url
+from dbt_cloud_gate.dbtcloud_api.webhooks import (
+    SubscriptionSettings,
+    WebhookSubscription,
+    check_subscription_id,
+    subscription_body,
+)
 
-logger = logging.getLogger("dbtcloud_api")
+logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api")
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 MAX_CAUSE_LENGTH = 255
 MAX_PAGE_SIZE = 100
-MAX_ID = 2**63 - 1  # dbt Cloud IDs are 64-bit signed integers
+
 DEFAULT_RUN_INCLUDES: tuple[str, ...] = ("run_steps", "job", "trigger")
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Failures that prove the request never left this machine: safe to resend even when it starts a run.
@@ -594,20 +600,6 @@ def _bracketed(values: Sequence[int]) -> str:
     return "[" + ",".join(str(int(v)) for v in values) + "]"
 
 
-def _check_id(name: str, value: object) -> int:
-    """``value`` if it can be a dbt Cloud ID (an int from 1 to 2**63-1, not a bool); a clear error otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DbtCloudConfigError(f"{name} must be a positive integer (a dbt Cloud ID), got {value!r}.")
-    if not 1 <= value <= MAX_ID:
-        raise DbtCloudConfigError(f"{name} must be between 1 and 2**63-1 (a dbt Cloud ID), got {value!r}.")
-    return value
-
-
-def check_id(name: str, value: object) -> int:
-    """Public form of the ID check: ``value`` if it can be a dbt Cloud account, job or run ID."""
-    return _check_id(name, value)
-
-
 def validate_api_token(token: object) -> str:
     """The API token, stripped of surrounding whitespace, if it can go into an HTTP header; else a clear error.
 
@@ -705,7 +697,7 @@ class _Core:
         rate_limiter: RateLimiter | None = None,
         seed: int | None = None,
     ) -> None:
-        self.account_id = _check_id("account_id", account_id)
+        self.account_id = check_id("account_id", account_id)
         self._token = validate_api_token(api_token)
         self.access_url = normalize_access_url(access_url)
         if timeouts is not None and not isinstance(timeouts, Timeouts):
@@ -821,7 +813,7 @@ class _Core:
         return _Call(method, path, parse=_parser(f"{method} {path}", model), **options)
 
     def trigger_call(self, job_id: int, cause: str, overrides: dict[str, Any]) -> _Call[Run]:
-        _check_id("job_id", job_id)
+        check_id("job_id", job_id)
         body: dict[str, Any] = {"cause": clip_cause(cause)}
         unknown = set(overrides) - set(TRIGGER_OVERRIDES)
         if unknown:
@@ -856,9 +848,9 @@ class _Core:
         not_found_grace_seconds: float | None,
         job_id: int | None = None,
     ) -> _Call[Run]:
-        _check_id("run_id", run_id)
+        check_id("run_id", run_id)
         if job_id is not None:
-            _check_id("job_id", job_id)
+            check_id("job_id", job_id)
         if not_found_grace_seconds is not None:
             _check_seconds("get_run", "not_found_grace_seconds", not_found_grace_seconds, allow_zero=True)
         params = [("include_related", ",".join(include_related))] if include_related else []
@@ -886,7 +878,7 @@ class _Core:
             raise DbtCloudConfigError(f"offset must be an integer, 0 or more, got {offset!r}.")
         params: list[tuple[str, str]] = []
         if job_definition_id is not None:
-            params.append(("job_definition_id", str(_check_id("job_definition_id", job_definition_id))))
+            params.append(("job_definition_id", str(check_id("job_definition_id", job_definition_id))))
         if status_in:
             params.append(("status__in", _bracketed(status_in)))
         if order_by:
@@ -918,7 +910,7 @@ class _Core:
         return _Call("GET", path, parse=parse, params=params)
 
     def cancel_call(self, run_id: int) -> _Call[Run]:
-        _check_id("run_id", run_id)
+        check_id("run_id", run_id)
         label = f"POST {self._path(f'runs/{run_id}/cancel/')}"
         return self._build(
             "POST",
@@ -928,7 +920,7 @@ class _Core:
         )
 
     def retry_call(self, run_id: int) -> _Call[Run]:
-        _check_id("run_id", run_id)
+        check_id("run_id", run_id)
         label = f"POST {self._path(f'runs/{run_id}/retry/')}"
         return self._build(
             "POST",
@@ -939,7 +931,7 @@ class _Core:
 
     def list_artifacts_call(self, run_id: int) -> _Call[list[str]]:
         # The spec gives this endpoint no ``step`` parameter (only the download has one).
-        _check_id("run_id", run_id)
+        check_id("run_id", run_id)
 
         def to_list(data: Any) -> list[str]:
             if not isinstance(data, list):
@@ -949,7 +941,7 @@ class _Core:
         return self._build("GET", f"runs/{run_id}/artifacts/", to_list)
 
     def get_artifact_call(self, run_id: int, path: str, step: int | None) -> _Call[bytes]:
-        _check_id("run_id", run_id)
+        check_id("run_id", run_id)
         clean = path.strip().lstrip("/")
         if not clean or any(part in ("", ".", "..") for part in clean.split("/")):
             raise DbtCloudConfigError(f"Artifact path {path!r} is not a relative file path like run_results.json.")
@@ -962,12 +954,12 @@ class _Core:
         )
 
     def get_job_call(self, job_id: int) -> _Call[Job]:
-        _check_id("job_id", job_id)
+        check_id("job_id", job_id)
         return self._build("GET", f"jobs/{job_id}/", Job.model_validate)
 
     def update_job_call(self, job: Job | dict[str, Any]) -> _Call[Job]:
         body = job_update_body(job)
-        job_id = _check_id("job id", body.get("id"))
+        job_id = check_id("job id", body.get("id"))
         return self._build("POST", f"jobs/{job_id}/", Job.model_validate, json_body=body, kind="write")
 
     # -- API v3: webhook subscriptions (another base path than v2's) ----------------------------------------

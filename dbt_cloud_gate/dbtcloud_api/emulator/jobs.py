@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbtcloud_api.emulator.state import Emulator, JobSpec
-from dbtcloud_api.openapi import load_default_validator
+from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator, JobSpec
+from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
 
 DEMO_ACCOUNT_ID = 1
 DEMO_TOKEN = "emulator-token"

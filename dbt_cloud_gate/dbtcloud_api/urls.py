@@ -6,7 +6,7 @@ import ipaddress
 import unicodedata
 from urllib.parse import urlsplit
 
-from dbtcloud_api.errors import DbtCloudConfigError
+from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
 
 DEFAULT_ACCESS_URL = "https://cloud.getdbt.com"
 

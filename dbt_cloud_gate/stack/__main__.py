@@ -1,4 +1,4 @@
-"""``python -m stack``: the project deployed on this machine, as in production, with no account anywhere.
+"""``python -m dbt_cloud_gate.stack``: the project deployed on this machine, as in production, with no account anywhere.
 
 It starts a Prefect server (UI included; its database in STATE_DIR/prefect), the dbt Cloud emulator, a
 fakesnow server (data in STATE_DIR/fakesnow), saves the blocks and the variables prefect.yaml reads, adds a
@@ -28,10 +28,10 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from blocks.dbt_cloud import DbtCloudCredentials
-from dbtcloud_api.emulator import demo_emulator
-from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
-from stack.services import (
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api.emulator import demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
+from dbt_cloud_gate.stack.services import (
     WORK_POOL,
     PrefectServer,
     WebhookReceiver,
@@ -47,7 +47,7 @@ from stack.services import (
     seed_demo_tables,
     set_variables,
 )
-from tasks.webhooks import DEFAULT_SECRET_BLOCK
+from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
 
 CREDENTIALS_BLOCK = "local-dbt-cloud"
 SNOWFLAKE_BLOCK = "local-snowflake"
@@ -95,7 +95,7 @@ Try it:
 
 def main(argv: list[str] | None = None) -> int:
     """Start the stack and serve until Ctrl-C or SIGTERM; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dbt_cloud_gate.stack", description=__doc__)
     parser.add_argument("--state-dir", default=".stack", help="where the server's database, data and logs live")
     parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port (0 picks a free one)")
     parser.add_argument("--emulator-port", type=int, default=0, help="the dbt Cloud emulator's port (0: a free one)")

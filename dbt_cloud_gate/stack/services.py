@@ -27,11 +27,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.variables import Variable
 from prefect_snowflake import SnowflakeConnector
 
-from blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer
 from dbt_cloud_gate.receiver import DEFAULT_PATH
-from dbtcloud_api.emulator import Emulator, EmulatorServer
-from flows.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
-from tasks.webhooks import WebhookReport, ensure_webhook
+from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from dbt_cloud_gate.tasks.webhooks import WebhookReport, ensure_webhook
 
 __all__ = [
     "ROOT",

@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dbtcloud_api.models import Run, RunStatus, durations_from_runs
+from dbt_cloud_gate.dbtcloud_api.models import Run, RunStatus, durations_from_runs
+from dbt_cloud_gate.dbtcloud_api.types import check_seconds
 
 __all__ = [
     "DEFAULT_TARGET_LAG_SECONDS",
@@ -39,14 +40,8 @@ _NORMAL = statistics.NormalDist()
 
 
 def check_interval(name: str, value: object) -> float:
-    """``value`` as seconds if it is a finite, positive number; a ``ValueError`` naming it otherwise.
-
-    NaN slips through ``value <= 0`` (every comparison with NaN is false) and would poll with no delay;
-    infinity would never poll again.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite, positive number of seconds, got {value!r}")
-    return float(value)
+    """``value`` as seconds if it is a finite, positive number; a ``ValueError`` naming it otherwise."""
+    return check_seconds(name, value)
 
 
 class FixedInterval:

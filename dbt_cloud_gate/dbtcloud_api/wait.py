@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from dbtcloud_api.client import (
+from dbt_cloud_gate.dbtcloud_api.client import (
     DEFAULT_RUN_INCLUDES,
     AsyncDbtCloudClient,
     DbtCloudClient,
     check_id,
     request_deadline,
 )
-from dbtcloud_api.errors import (
+from dbt_cloud_gate.dbtcloud_api.errors import (
     DbtCloudError,
     DbtCloudMissingFinishedAtError,
     DbtCloudRateLimitError,
@@ -42,11 +42,11 @@ from dbtcloud_api.errors import (
     DbtCloudTransportError,
     WaitTimedOut,
 )
-from dbtcloud_api.models import ModelResult, Run, RunStatus
-from dbtcloud_api.polling import FixedInterval, check_interval
-from dbtcloud_api.results import aread_model_results, has_model_results
+from dbt_cloud_gate.dbtcloud_api.models import ModelResult, Run, RunStatus
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, check_interval
+from dbt_cloud_gate.dbtcloud_api.results import aread_model_results, has_model_results
 
-logger = logging.getLogger("dbtcloud_api.wait")
+logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api.wait")
 
 __all__ = [
     "TRANSIENT_POLL_ERRORS",

@@ -11,13 +11,13 @@ import json
 import logging
 from typing import Any
 
-from dbtcloud_api.client import AsyncDbtCloudClient, DbtCloudClient
-from dbtcloud_api.errors import DbtCloudError, DbtCloudNotFoundError
-from dbtcloud_api.models import ModelResult, Run, RunStatus, merge_run_results, parse_run_results
+from dbt_cloud_gate.dbtcloud_api.client import AsyncDbtCloudClient, DbtCloudClient
+from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudError, DbtCloudNotFoundError
+from dbt_cloud_gate.dbtcloud_api.models import ModelResult, Run, RunStatus, merge_run_results, parse_run_results
 
 __all__ = ["aread_model_results", "has_model_results", "read_model_results"]
 
-_LOG = logging.getLogger("dbtcloud_api")
+_LOG = logging.getLogger("dbt_cloud_gate.dbtcloud_api")
 
 
 def has_model_results(run: Run | None) -> bool:

@@ -1,4 +1,4 @@
-"""``python -m dbtcloud_api.emulator [--port 8765] [--jobs jobs.json]``: serve the emulator until Ctrl-C.
+"""``python -m dbt_cloud_gate.dbtcloud_api.emulator [--port 8765] [--jobs jobs.json]``: serve the emulator until Ctrl-C.
 
 Webhook subscriptions are made through the v3 API as in dbt Cloud; ``--webhook-fault`` injects delivery faults.
 """
@@ -10,16 +10,16 @@ import json
 import logging
 import sys
 
-from dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN, demo_emulator
-from dbtcloud_api.emulator.server import EmulatorServer
-from dbtcloud_api.emulator.state import Emulator
-from dbtcloud_api.emulator.webhooks import WebhookFault
-from dbtcloud_api.openapi import load_default_validator
+from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN, demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.server import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
+from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and serve."""
-    parser = argparse.ArgumentParser(prog="python -m dbtcloud_api.emulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dbt_cloud_gate.dbtcloud_api.emulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one; default 8765)")
     parser.add_argument("--jobs", help='JSON file of jobs: {"jobs": [{"id": 1, "run_seconds": 5, ...}]}')
