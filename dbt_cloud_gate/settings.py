@@ -17,6 +17,7 @@ message naming the field. Prefect-free: pydantic only.
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -186,3 +187,39 @@ LOAD = LoadSettings()
 
 if set(TriggerOverrides.model_fields) != set(TRIGGER_OVERRIDES):  # pragma: no cover - caught by the tests
     raise RuntimeError("TriggerOverrides and the client's TRIGGER_OVERRIDES disagree")
+
+
+# The flat parameter names of earlier releases, by the group that now holds them. A flow called with one of them
+# (from Python) still works for this release, with a DeprecationWarning: see ``regroup``.
+LEGACY_PARAMETERS: dict[str, tuple[str, type[_Settings]]] = {
+    **{name: ("wait", WaitSettings) for name in WaitSettings.model_fields},
+    **{name: ("start", StartSettings) for name in StartSettings.model_fields},
+    **{name: ("trigger", TriggerOverrides) for name in TriggerOverrides.model_fields},
+    **{name: ("load", LoadSettings) for name in LoadSettings.model_fields},
+}
+
+
+def regroup(flow_name: str, accepted: set[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every flat parameter of an earlier release moved into its group (``poll_interval_seconds=5``
+    becomes ``wait=WaitSettings(..., poll_interval_seconds=5)``), for a flow whose parameters are ``accepted``.
+
+    A group passed too is the base the flat values update. Warns once per call, naming the new spelling.
+    """
+    moved: dict[str, dict[str, Any]] = {}
+    for name in [n for n in kwargs if n not in accepted and n in LEGACY_PARAMETERS]:
+        group, _ = LEGACY_PARAMETERS[name]
+        if group in accepted:
+            moved.setdefault(group, {})[name] = kwargs.pop(name)
+    for group, values in moved.items():
+        model = next(m for g, m in LEGACY_PARAMETERS.values() if g == group)
+        base = kwargs.get(group)
+        current = base.model_dump() if isinstance(base, BaseModel) else dict(base or {})
+        kwargs[group] = model.model_validate({**current, **values})
+        spelled = ", ".join(f"{k}=..." for k in values)
+        warnings.warn(
+            f"{flow_name}({spelled}) is deprecated and will be removed in the next release: pass "
+            f"{group}={model.__name__}({spelled}).",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+    return kwargs

@@ -24,7 +24,9 @@ from prefect import Flow
 from prefect.context import FlowRunContext
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-__all__ = ["SyncCallableFlow", "flow_deadline", "sync_callable_flow"]
+from dbt_cloud_gate.settings import regroup
+
+__all__ = ["GateFlow", "SyncCallableFlow", "flow_deadline", "gate_flow", "sync_callable_flow"]
 
 # The wall-clock time (time.time()) by which the flow that called this one times out, if it has a timeout.
 _CALLER_DEADLINE: ContextVar[float | None] = ContextVar("dcg_caller_deadline", default=None)
@@ -50,7 +52,25 @@ def flow_deadline() -> float | None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class SyncCallableFlow(Flow[Any, Any]):
+class GateFlow(Flow[Any, Any]):
+    """A Prefect ``Flow`` that still takes the flat parameter names of the previous release from Python callers,
+    moving each into its settings group with a ``DeprecationWarning`` (see ``dbt_cloud_gate.settings.regroup``)."""
+
+    def _regrouped(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return regroup(self.name, set(self.parameters.properties), kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """As ``Flow.__call__``, after moving legacy flat parameters into their groups."""
+        return super().__call__(*args, **self._regrouped(kwargs))
+
+    def with_options(self, **options: Any) -> GateFlow:
+        """As ``Flow.with_options`` (which builds a plain ``Flow``), keeping this class."""
+        new = super().with_options(**options)
+        new.__class__ = type(self)
+        return new  # type: ignore[return-value]
+
+
+class SyncCallableFlow(GateFlow):
     """A Prefect ``Flow`` around an async function, called as Prefect's convention for async code has it.
 
     In an async context (an async parent flow, a running event loop) the call returns an awaitable:
@@ -63,11 +83,12 @@ class SyncCallableFlow(Flow[Any, Any]):
         """The value (sync caller) or an awaitable of it (async caller); see the class docstring."""
         # What bounds the caller bounds this call too (its own timeout, and its caller's).
         deadline = flow_deadline()
+        kwargs = self._regrouped(kwargs)
         if _in_async_context():
             return self._awaitable(deadline, args, kwargs)
         token = _CALLER_DEADLINE.set(deadline)
         try:
-            result = super().__call__(*args, **kwargs)
+            result = Flow.__call__(self, *args, **kwargs)
             if asyncio.iscoroutine(result):
                 # A thread and loop of its own: on Prefect's shared loop, calls from several threads would queue.
                 return run_coro_as_sync(result, force_new_thread=True)
@@ -78,16 +99,10 @@ class SyncCallableFlow(Flow[Any, Any]):
     async def _awaitable(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         token = _CALLER_DEADLINE.set(deadline)
         try:
-            result = super().__call__(*args, **kwargs)
+            result = Flow.__call__(self, *args, **kwargs)
             return await result if inspect.isawaitable(result) else result
         finally:
             _CALLER_DEADLINE.reset(token)
-
-    def with_options(self, **options: Any) -> SyncCallableFlow:
-        """As ``Flow.with_options`` (which builds a plain ``Flow``), keeping this class."""
-        new = super().with_options(**options)
-        new.__class__ = SyncCallableFlow
-        return new  # type: ignore[return-value]
 
 
 def _in_async_context() -> bool:
@@ -97,6 +112,16 @@ def _in_async_context() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def gate_flow(**options: Any) -> Callable[[Callable[..., Any]], GateFlow]:
+    """``@flow(**options)`` for our flows: an async function becomes a :class:`SyncCallableFlow`, a sync one a
+    :class:`GateFlow`."""
+
+    def decorate(fn: Callable[..., Any]) -> GateFlow:
+        return SyncCallableFlow(fn, **options) if asyncio.iscoroutinefunction(fn) else GateFlow(fn, **options)
+
+    return decorate
 
 
 def sync_callable_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncCallableFlow]:

@@ -19,8 +19,9 @@ from prefect.futures import wait
 from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.cancellation import cancel_runs_below
 from dbt_cloud_gate.errors import DbtCloudRunError, EtlFailed
-from dbt_cloud_gate.flows.dbt_cloud import cancel_runs_below, run_dbt_cloud_job
+from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.models import EtlPipeline, EtlSummary, LoadTarget
 from dbt_cloud_gate.tasks.snowflake import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,

@@ -15,32 +15,22 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 
+from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.cancellation import cancel_runs_of_flow_run, remember_for_cancellation
 from dbt_cloud_gate.dbtcloud_api import run_url
 from dbt_cloud_gate.dbtcloud_api.polling import check_interval
 from dbt_cloud_gate.dbtcloud_api.wait import check_wait_settings
 from dbt_cloud_gate.errors import DbtCloudRunInvalid, DbtCloudRunsFailed, DbtCloudRunTimedOut
-from dbt_cloud_gate.flows.dbt_cloud import (
-    alert_body,
-    build_result,
-    cancel_runs_of_flow_run,
-    emit_run_event,
-    judge,
-    remember_for_cancellation,
-)
+from dbt_cloud_gate.keys import cause_with_key, idempotency_key, key_scope
 from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
-from dbt_cloud_gate.tasks.dbt_cloud import (
-    cause_with_key,
-    check_alert_blocks,
-    check_native_schedule,
-    idempotency_key,
-    key_scope,
-    send_alerts,
-    trigger_dbt_cloud_job,
-    wait_for_dbt_cloud_runs,
-    wait_timeout_seconds,
-)
+from dbt_cloud_gate.outcomes import alert_body, build_result, judge
+from dbt_cloud_gate.publish import emit_run_event
+from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
+from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
+from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_runs
 from dbt_cloud_gate.waiter import webhook_waiter
+from dbt_cloud_gate.waiting import wait_timeout_seconds
 
 __all__ = ["DbtCloudJobRequest", "DbtCloudRunsFailed", "run_dbt_cloud_jobs"]
 
@@ -95,7 +85,7 @@ def run_dbt_cloud_jobs(
     creds = resolve_credentials(credentials)
     scope = key_scope()
     remember_for_cancellation(creds, scope)
-    check_native_schedule(creds, [r.job_id for r in requests], native_schedule)
+    check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], native_schedule)
     # One subscription for every run, opened before any trigger so that no run's event passes unseen.
     webhooks = webhooks and webhook_waiter(log) is not None
 
@@ -149,7 +139,7 @@ def run_dbt_cloud_jobs(
                 {"job_id": job_id, "run_id": outcome.run_id, "status": "Unknown", "url": url, "error": reason}
             )
             if alert_blocks:
-                send_alerts(
+                send_dbt_cloud_alert(
                     alert_blocks,
                     f"dbt Cloud job {job_id} failed",
                     f"dbt Cloud job {job_id}: run {outcome.run_id} cannot be used.\nRun: {url}\n{reason}",
@@ -172,7 +162,7 @@ def run_dbt_cloud_jobs(
             {"job_id": job_id, "run_id": run.id, "status": result.status, "url": result.url, "error": error}
         )
         if alert_blocks:
-            send_alerts(
+            send_dbt_cloud_alert(
                 alert_blocks,
                 f"dbt Cloud job {job_id} {kind}",
                 alert_body(result, kind, run, verdict.detail),

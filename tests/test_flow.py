@@ -19,6 +19,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.logging.handlers import APILogHandler
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.cancellation import _CANCEL_CONTEXT, credentials_of_flow_run
 from dbt_cloud_gate.dbtcloud_api import DbtCloudAuthError, DbtCloudClient, DbtCloudConfigError, Run, RunStatus
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault, JobSpec, StepSpec
 from dbt_cloud_gate.errors import (
@@ -30,22 +31,14 @@ from dbt_cloud_gate.errors import (
     DbtCloudRunInvalid,
     DbtCloudRunTimedOut,
 )
-from dbt_cloud_gate.flows.dbt_cloud import (
-    _CANCEL_CONTEXT,
-    build_result,
-    credentials_of_flow_run,
-    judge,
-    run_dbt_cloud_job,
-)
+from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
+from dbt_cloud_gate.keys import cause_with_key, idempotency_key
 from dbt_cloud_gate.models import DbtCloudRunResult
-from dbt_cloud_gate.tasks.dbt_cloud import (
-    cause_with_key,
-    idempotency_key,
-    trigger_dbt_cloud_job,
-    wait_for_dbt_cloud_run,
-    wait_timeout_seconds,
-)
+from dbt_cloud_gate.outcomes import build_result, judge
+from dbt_cloud_gate.tasks.start import trigger_dbt_cloud_job
+from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_run
+from dbt_cloud_gate.waiting import wait_timeout_seconds
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN, AlertSink
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -332,7 +325,7 @@ def test_subflow_of_sync_and_async_parents(emulator: EmulatorServer) -> None:
 
     @flow
     async def async_parent() -> datetime | None:
-        return run_dbt_cloud_job(11, credentials, **FAST).finished_at
+        return (await run_dbt_cloud_job(11, credentials, **FAST)).finished_at
 
     @flow
     def halting_parent() -> str:

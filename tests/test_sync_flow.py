@@ -1,10 +1,12 @@
-"""``SyncCallableFlow``: an async flow (no wait for Prefect's heartbeat thread at its end) that every caller
-calls like a sync one."""
+"""``SyncCallableFlow``: an async flow (no wait for Prefect's heartbeat thread at its end) that async callers
+await and sync callers call plainly; ``GateFlow``: the flat parameters of the previous release, regrouped."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 
 import pytest
 from prefect import flow, task
@@ -12,6 +14,8 @@ from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
 from dbt_cloud_gate.sync_flow import SyncCallableFlow, sync_callable_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @task
@@ -36,7 +40,7 @@ def test_every_caller_gets_the_value_and_subflows_link_to_their_parent() -> None
 
     @flow
     async def async_parent() -> tuple[str, str]:
-        return str(get_run_context().flow_run.id), whoami()  # type: ignore[union-attr]
+        return str(get_run_context().flow_run.id), await whoami()  # type: ignore[union-attr]
 
     assert isinstance(whoami(), str)  # plain sync code, no loop
     for call in (sync_parent, lambda: asyncio.run(async_parent())):
@@ -81,3 +85,74 @@ def test_only_async_functions_are_wrapped() -> None:
 
     with pytest.raises(TypeError, match="async"):
         sync_callable_flow(name="plain")(plain)
+
+
+SPANS: list[tuple[float, float]] = []
+
+
+@sync_callable_flow(name="nap")
+async def nap(seconds: float) -> float:
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    SPANS.append((started, time.monotonic()))
+    return seconds
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of spans that cover one instant."""
+    return max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
+
+
+def test_an_async_parent_awaits_and_gathers_without_blocking_its_loop() -> None:
+    """Four naps of 3 s gathered in one async parent overlap (all four at once at some instant, so the wall is
+    about one nap plus Prefect's start-up of each subflow, not four naps), and a ticker on the parent's loop
+    keeps ticking meanwhile: the call never blocks the caller's loop."""
+    ticks: list[float] = []
+    SPANS.clear()
+
+    @flow
+    async def parent() -> list[float]:
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.1)
+
+        ticking = asyncio.create_task(ticker())
+        naps = await asyncio.gather(*(nap(3.0) for _ in range(4)))
+        ticking.cancel()
+        return naps
+
+    started = time.monotonic()
+    assert asyncio.run(parent()) == [3.0] * 4
+    wall = time.monotonic() - started
+    assert most_at_once(SPANS) == 4, f"the naps ran one after another: {SPANS}"
+    assert wall < 4 * 3.0, f"four 3 s naps took {wall:.1f} s"
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= 20 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"
+
+
+def test_a_sync_caller_inside_an_async_program_still_gets_the_value() -> None:
+    """A sync task run from an async parent runs on a worker thread with no loop: it calls plainly."""
+
+    @task
+    def sync_step() -> float:
+        return nap(0.01)
+
+    @flow
+    async def parent() -> float:
+        return sync_step()
+
+    assert asyncio.run(parent()) == 0.01
+
+
+def test_flat_parameters_of_the_previous_release_are_regrouped_with_a_warning() -> None:
+    from dbt_cloud_gate.settings import WaitSettings, regroup
+
+    kwargs = {"poll_interval_seconds": 5, "wait": WaitSettings(max_wait_seconds=60), "job_id": 1}
+    with pytest.warns(DeprecationWarning, match=r"wait=WaitSettings\(poll_interval_seconds=...\)"):
+        regrouped = regroup("run-dbt-cloud-job", {"job_id", "wait"}, kwargs)
+    assert regrouped == {"job_id": 1, "wait": WaitSettings(poll_interval_seconds=5, max_wait_seconds=60)}
+    with pytest.raises(ValueError, match="poll_interval_seconds"):
+        regroup("run-dbt-cloud-job", {"wait"}, {"poll_interval_seconds": float("nan")})
+    # A name the flow still takes itself is left alone.
+    assert regroup("x", {"run_id", "wait"}, {"run_id": 7}) == {"run_id": 7}

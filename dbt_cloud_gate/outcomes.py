@@ -1,0 +1,119 @@
+"""How a run's end maps to an outcome, and the result handed downstream: one mapping for every flow.
+
+``judge`` turns how a wait ended into a :class:`Verdict` (outcome, error to raise, why); ``build_result`` makes the
+:class:`DbtCloudRunResult` (a Success without ``finished_at`` is refused here, the one guard); ``alert_body`` is
+the text of a failure alert (no token: the result and run hold none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prefect.runtime import flow_run as runtime_flow_run
+
+from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api import ModelResult, Run, RunStatus, run_url
+from dbt_cloud_gate.errors import (
+    DbtCloudRunCancelled,
+    DbtCloudRunError,
+    DbtCloudRunFailed,
+    DbtCloudRunInvalid,
+    DbtCloudRunTimedOut,
+)
+from dbt_cloud_gate.models import DbtCloudRunResult
+
+Outcome = Literal["succeeded", "failed", "cancelled", "timed-out"]
+
+
+OUTCOMES: dict[RunStatus, tuple[Outcome, type[DbtCloudRunError] | None]] = {
+    RunStatus.SUCCESS: ("succeeded", None),
+    RunStatus.ERROR: ("failed", DbtCloudRunFailed),
+    RunStatus.CANCELLED: ("cancelled", DbtCloudRunCancelled),
+}
+
+
+NO_WATERMARK = "dbt Cloud reported Success without finished_at: there is no watermark, so nothing downstream may use it"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a run's end means for the flow: its outcome, the error to raise (``None`` on success), and why."""
+
+    outcome: Outcome
+    error: type[DbtCloudRunError] | None
+    detail: str
+
+
+def judge(run: Run | None, *, deadline: str | None = None, left_running: bool = False) -> Verdict:
+    """The one mapping from how a wait ended to an outcome, for every flow: ``deadline`` (where the run stood when
+    it passed) when the wait timed out; a Success without ``finished_at`` is never a success."""
+    if deadline is not None:
+        left = "left running" if left_running else "cancelled"
+        return Verdict("timed-out", DbtCloudRunTimedOut, f"Timed out: {deadline}; the dbt Cloud run was {left}.")
+    if run is None:
+        return Verdict("failed", DbtCloudRunFailed, "The run was never read.")
+    known = run.known_status
+    if known is RunStatus.SUCCESS and run.finished_at is None:
+        return Verdict("failed", DbtCloudRunInvalid, f"{NO_WATERMARK}.")
+    outcome, error = OUTCOMES.get(known, ("failed", DbtCloudRunFailed)) if known else ("failed", DbtCloudRunFailed)
+    return Verdict(outcome, error, run.status_message or "")
+
+
+def build_result(
+    run: Run,
+    job_id: int,
+    credentials: DbtCloudCredentials,
+    models: list[ModelResult],
+    *,
+    require_watermark: bool = True,
+) -> DbtCloudRunResult:
+    """The result handed downstream. A Success without ``finished_at`` is refused (``DbtCloudRunInvalid``) unless
+    ``require_watermark=False``, which only the failure report (alert, artifacts, event) asks for."""
+    url = (
+        run.href
+        if run.href and run.href.startswith("http")
+        else run_url(credentials.access_url, credentials.account_id, run.id, run.project_id)
+    )
+    if require_watermark and run.known_status is RunStatus.SUCCESS and run.finished_at is None:
+        raise DbtCloudRunInvalid(
+            f"dbt Cloud run {run.id} of job {job_id}: {NO_WATERMARK}.",
+            run_id=run.id,
+            status=run.status_label,
+            url=url,
+            job_id=job_id,
+        )
+    duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
+    queued = (run.started_at - run.created_at).total_seconds() if run.started_at and run.created_at else None
+    return DbtCloudRunResult(
+        run_id=run.id,
+        job_id=job_id,
+        account_id=run.account_id,
+        status=run.status_label,
+        status_code=int(run.status),
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        duration_seconds=duration,
+        queued_seconds=queued,
+        url=url,
+        cause=run.trigger.cause if run.trigger else None,
+        models=models,
+    )
+
+
+def alert_body(result: DbtCloudRunResult, outcome: Outcome, run: Run | None, detail: str) -> str:
+    lines = [
+        f"dbt Cloud job {result.job_id}: run {result.run_id} {outcome} (status {result.status}).",
+        f"Run: {result.url}",
+        detail,
+    ]
+    flow_run_name = runtime_flow_run.get_name()
+    if flow_run_name:
+        lines.append(f"Prefect flow run: {flow_run_name} ({runtime_flow_run.get_id()})")
+    step = run.failed_step if run is not None else None
+    if step is not None:
+        lines += [f"Failed step {step.index}: {step.name}", "Last log lines:", *step.last_log_lines(10)]
+    failing = [m for m in result.models if m.status in ("error", "fail", "runtime error")]
+    if failing:
+        lines.append("Failing models: " + ", ".join(f"{m.label} ({m.status})" for m in failing))
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""What a finished run publishes in Prefect: its artifacts (link, summary, models) and the outcome event
+``dbt-cloud.run.<outcome>`` that Automations route on. No token reaches either."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
+from prefect.events import emit_event
+
+from dbt_cloud_gate.dbtcloud_api import Run
+from dbt_cloud_gate.models import DbtCloudRunResult
+from dbt_cloud_gate.outcomes import Outcome
+
+
+async def publish_run(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> None:
+    """Artifacts (link, summary, models), created at once rather than one after the other, and the event that
+    Automations route on (sent in the background)."""
+    emit_run_event(result, outcome)
+    key = f"dbt-cloud-job-{result.job_id}"
+    link = acreate_link_artifact(
+        key=f"{key}-run",
+        link=result.url,
+        link_text=f"dbt Cloud run {result.run_id}",
+        description=f"dbt Cloud run {result.run_id} of job {result.job_id}: {result.status}",
+    )
+    failing = [m for m in result.models if m.status in ("error", "fail", "runtime error")]
+    lines = [
+        f"## dbt Cloud run [{result.run_id}]({result.url}) of job {result.job_id}: **{result.status}**",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| outcome | {outcome} |",
+        f"| started at | {result.started_at.isoformat() if result.started_at else '—'} |",
+        f"| finished at (watermark) | {result.finished_at.isoformat() if result.finished_at else '—'} |",
+        f"| run time | {f'{result.duration_seconds:.1f} s' if result.duration_seconds is not None else '—'} |",
+        f"| queued | {f'{result.queued_seconds:.1f} s' if result.queued_seconds is not None else '—'} |",
+        f"| models | {len(result.models)} ({len(failing)} failed) |",
+        f"| cause | {result.cause or '—'} |",
+    ]
+    step = run.failed_step if run is not None else None
+    if step is not None:
+        lines += ["", f"### Failed step {step.index}: {step.name}", "", "```", *step.last_log_lines(15), "```"]
+    summary = acreate_markdown_artifact(
+        key=f"{key}-summary", markdown="\n".join(lines), description="dbt Cloud run summary"
+    )
+    models = acreate_table_artifact(
+        key=f"{key}-models",
+        table=[
+            {
+                "model": m.label,
+                "type": m.resource_type or "",
+                "status": m.status,
+                "seconds": m.execution_time,
+                "message": (m.message or "")[:200],
+            }
+            for m in result.models
+        ]
+        or [{"model": "(no run_results.json)", "type": "", "status": result.status, "seconds": None, "message": ""}],
+        description=f"Models of dbt Cloud run {result.run_id}",
+    )
+    await asyncio.gather(link, summary, models)
+
+
+def emit_run_event(result: DbtCloudRunResult, outcome: Outcome) -> None:
+    """The event Automations route on: ``dbt-cloud.run.<outcome>`` on resource ``dbt-cloud.run.<run_id>``."""
+    emit_event(
+        event=f"dbt-cloud.run.{outcome}",
+        resource={
+            "prefect.resource.id": f"dbt-cloud.run.{result.run_id}",
+            "prefect.resource.name": f"dbt Cloud run {result.run_id}",
+            "dbt-cloud.run.status": result.status,
+        },
+        related=[
+            {"prefect.resource.id": f"dbt-cloud.job.{result.job_id}", "prefect.resource.role": "job"},
+            {"prefect.resource.id": f"dbt-cloud.account.{result.account_id}", "prefect.resource.role": "account"},
+        ],
+        payload={
+            "run_id": result.run_id,
+            "job_id": result.job_id,
+            "status": result.status,
+            "status_code": result.status_code,
+            "finished_at": result.finished_at.isoformat() if result.finished_at else None,
+            "url": result.url,
+        },
+    )

@@ -1,0 +1,208 @@
+"""How a run is started, apart from the tasks that start it: the trigger with its idempotency key (search
+first, then POST, never a blind repeat of a POST that may have started a run), the schedule policy, and which
+failures another attempt can heal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import Task
+from prefect.client.schemas.objects import TaskRun
+from prefect.runtime import deployment as runtime_deployment
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import State
+
+from dbt_cloud_gate.dbtcloud_api import (
+    DbtCloudAmbiguousTriggerError,
+    Run,
+)
+from dbt_cloud_gate.dbtcloud_api.client import DbtCloudClient
+from dbt_cloud_gate.dbtcloud_api.errors import (
+    DbtCloudMissingFinishedAtError,
+    DbtCloudRateLimitError,
+    DbtCloudResponseError,
+    DbtCloudRunMismatchError,
+    DbtCloudServerError,
+    DbtCloudTransportError,
+)
+from dbt_cloud_gate.dbtcloud_api.models import (
+    RECENT_RUNS_INCLUDES,
+    RECENT_RUNS_LIMIT,
+    RecentRuns,
+    RunStatus,
+)
+from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn
+from dbt_cloud_gate.keys import cause_with_attempt
+
+_LOG = logging.getLogger(__name__)
+
+
+# How many times an ambiguous trigger is followed by a search and a new attempt before giving up.
+MAX_TRIGGER_ATTEMPTS = 3
+
+
+# Prefect's own retries of the trigger task (each attempt looks for the key first) and their delays.
+TRIGGER_RETRIES = 2
+
+
+TRIGGER_RETRY_DELAYS = [10.0, 30.0]
+
+
+# Bounds one trigger attempt: a search, up to MAX_TRIGGER_ATTEMPTS POSTs, each retried by the client.
+TRIGGER_TIMEOUT_SECONDS = 600.0
+
+
+# Errors after which another attempt can succeed. Auth, bad request, not found and configuration errors cannot.
+# How a reusable run must not have ended: a retry after these runs dbt again.
+FAILED_STATUSES = frozenset({RunStatus.ERROR, RunStatus.CANCELLED})
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    DbtCloudServerError,
+    DbtCloudTransportError,
+    DbtCloudRateLimitError,
+    DbtCloudResponseError,
+    DbtCloudAmbiguousTriggerError,
+    TimeoutError,
+)
+
+
+def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failure another attempt can heal (5xx, 429, no answer, an
+    ambiguous trigger, the task's own timeout); never a refused token, a bad request or a bad setting."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the result cannot be read: a crash, retrying is the safe side for an idempotent task
+        return True
+    # A run of another ID/job read back, or a Success without finished_at, was already retried by the client:
+    # another attempt would read the same answer.
+    if isinstance(exc, DbtCloudRunMismatchError | DbtCloudMissingFinishedAtError):
+        return False
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def apply_schedule_policy(
+    client: DbtCloudClient,
+    job_id: int,
+    policy: str,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    recent: RecentRuns | None = None,
+) -> str | None:
+    """Apply the policy to one job; returns a refusal message under "fail" when its schedule is on, else None.
+
+    When ``recent`` (read with the job) says the schedule is off, no request is made; otherwise the job is read
+    (the message names it, and "disable" writes the whole job back)."""
+    if recent is not None and recent.schedule_enabled() is False:
+        return None
+    job = client.get_job(job_id)
+    if not job.schedule_enabled:
+        return None
+    where = f"dbt Cloud job {job_id} ({job.name!r}) has its own dbt Cloud schedule on ({job.cron_humanized or 'cron'})"
+    if policy == "fail":
+        return where
+    if policy == "warn":
+        log.warning(
+            "%s: it also runs outside this pipeline. Turn off 'Run on schedule' in the job's triggers in dbt "
+            "Cloud, or run with native_schedule='disable'.",
+            where,
+        )
+        return None
+    owner = runtime_deployment.get_name() or runtime_flow_run.get_flow_name() or "a Prefect flow"
+    job.triggers.schedule = False
+    note = f"Schedule owned by Prefect deployment {owner} (dbt-cloud-gate); dbt Cloud schedule turned off."
+    description = (job.description or "").strip()
+    if note not in description:
+        job.description = f"{description}\n{note}".strip()
+    client.update_job(job)
+    log.warning("%s: turned it off (native_schedule='disable'); the job now runs only from %s.", where, owner)
+    return None
+
+
+def check_schedule_policy(policy: str) -> None:
+    if policy not in ("warn", "fail", "disable"):
+        raise ValueError(f"native_schedule must be 'warn', 'fail' or 'disable', got {policy!r}.")
+
+
+def check_start_settings(if_running: str, native_schedule: str) -> None:
+    """Refuse an unknown ``if_running`` or ``native_schedule`` with a ``ValueError`` naming it."""
+    check_schedule_policy(native_schedule)
+    if if_running not in ("trigger", "reuse", "fail"):
+        raise ValueError(f"if_running must be 'trigger', 'reuse' or 'fail', got {if_running!r}.")
+
+
+def schedule_refusal(refused: list[str]) -> DbtCloudNativeScheduleOn:
+    return DbtCloudNativeScheduleOn(
+        f"{'; '.join(refused)}, so it also runs outside this pipeline. Turn off 'Run on schedule' in the job's "
+        "triggers in dbt Cloud, or run with native_schedule='disable' to turn it off from here."
+    )
+
+
+def trigger_with_key(
+    client: DbtCloudClient,
+    job_id: int,
+    cause: str,
+    key: str,
+    overrides: dict[str, Any] | None,
+    found: list[Run],
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> tuple[int, bool]:
+    """The run for ``key`` given ``found`` (the job's runs carrying it, newest first): reuse the newest unless it
+    failed, else POST, searching again after an ambiguous failure. Returns the run ID and whether it is new."""
+    if found and found[0].status not in FAILED_STATUSES:
+        log.info(
+            "dbt Cloud run %s of job %s carries this trigger's key %s (%s): reusing it.",
+            found[0].id,
+            job_id,
+            key,
+            found[0].status_label,
+        )
+        return found[0].id, False
+    if found:
+        # A retry after the run failed or was cancelled (at the deadline, say): run dbt again, as a new attempt
+        # of the same key, so that a search still finds it and a retry of this attempt reuses it.
+        attempt_no = len(found) + 1
+        log.info(
+            "dbt Cloud run %s carrying key %s ended %s: triggering attempt %d.",
+            found[0].id,
+            key,
+            found[0].status_label,
+            attempt_no,
+        )
+        cause = cause_with_attempt(cause, key, attempt_no)
+    for attempt in range(1, MAX_TRIGGER_ATTEMPTS + 1):
+        try:
+            run = client.trigger_job_run(job_id, cause, **(overrides or {}))
+        except DbtCloudAmbiguousTriggerError as exc:
+            log.warning("Trigger of job %s may or may not have started a run (%s); looking for it.", job_id, exc)
+            again = client.find_runs_by_cause(job_id, key, max_runs=RECENT_RUNS_LIMIT)
+            if len(again) > len(found):  # a run this attempt started
+                log.info("Found dbt Cloud run %s carrying this trigger's key; using it.", again[0].id)
+                return again[0].id, True
+            if attempt == MAX_TRIGGER_ATTEMPTS:
+                raise
+            continue
+        log.info("Triggered dbt Cloud job %s: run %s (%s).", job_id, run.id, run.href or "no link")
+        return run.id, True
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """The run a flow waits on, and what the one read before it learnt: the job's recent run times."""
+
+    run_id: int
+    triggered: bool  # started now (False: a run carrying the key, or one in flight, was reused)
+    history_seconds: list[float] | None  # None: not read (the wait reads it)
+    # Started by this place in the run tree (it carries the key, or was retried from here). A run started by
+    # someone else is never cancelled at this flow's deadline: that would fail the other pipeline.
+    owned: bool = True
+
+
+def read_recent_runs(client: DbtCloudClient, job_id: int) -> RecentRuns:
+    """The job's newest runs, with trigger and job: one request (see ``RecentRuns``)."""
+    page = client.list_runs(
+        job_definition_id=job_id, order_by="-id", limit=RECENT_RUNS_LIMIT, include_related=RECENT_RUNS_INCLUDES
+    )
+    return RecentRuns.from_page(job_id, page)

@@ -1,0 +1,205 @@
+"""How a task waits for runs, apart from the tasks themselves: the wait on one run (and its per-model results)
+on one connection, the webhook wake-ups, the backstop timeout, cancelling at the deadline or on Prefect
+cancellation, and the words for where a run stood at the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import TerminationSignal
+from prefect.runtime import flow_run as runtime_flow_run
+
+from dbt_cloud_gate.dbtcloud_api import (
+    DbtCloudError,
+    ModelResult,
+    Run,
+)
+from dbt_cloud_gate.dbtcloud_api.client import DbtCloudClient, request_deadline
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.wait import (
+    AFTER_WAIT_SECONDS,
+    PollSchedule,
+    WaitTimedOut,
+    first_poll_delay,
+    wait_for_run,
+)
+from dbt_cloud_gate.keys import flow_runs_upwards
+from dbt_cloud_gate.settings import WaitSettings
+from dbt_cloud_gate.waiter import RunEventWaiter, webhook_waiter
+
+# The wait task's hard backstop past ``max_wait_seconds``: the wait ends on its own deadline and then cancels,
+# which may take the client's retries; this only fires should something inside hang.
+WAIT_BACKSTOP_SECONDS = 120.0
+
+
+def wait_timeout_seconds(max_wait_seconds: float) -> float:
+    """The wait task's ``timeout_seconds`` for a wait of ``max_wait_seconds``: a hard backstop a little past it."""
+    return float(max_wait_seconds) + WAIT_BACKSTOP_SECONDS
+
+
+def deadline_description(exc: WaitTimedOut) -> str:
+    """Where the run stood when the wait's deadline passed ("still queued after 600 s, never started", "running
+    for 540 s"), as the wait recorded it, whatever was done to the run after (a cancel)."""
+    return exc.description or describe_run_at(exc.run, exc.waited_seconds)
+
+
+def describe_run_at(run: Run | None, waited_seconds: float, now: datetime | None = None) -> str:
+    """Where ``run`` (as last read) stood after a wait of ``waited_seconds``: queued, never started, or running."""
+    now = now or datetime.now(UTC)
+    if run is None:
+        return f"never read in {waited_seconds:.0f} s of waiting"
+    if run.started_at is None:
+        since = (now - run.created_at).total_seconds() if run.created_at else waited_seconds
+        return f"still {run.status_label.lower()} after {since:.0f} s, never started"
+    return f"running for {(now - run.started_at).total_seconds():.0f} s (started at {run.started_at.isoformat()})"
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run, as the poll that saw its end read it (steps and trigger included), and its per-model
+    results merged over every step that can build models."""
+
+    run: Run
+    models: list[ModelResult]
+
+
+def wait_in_task(
+    client: DbtCloudClient,
+    run_id: int,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    wait: WaitSettings,
+    *,
+    schedule: PollSchedule | None = None,
+    job_id: int | None = None,
+    history_seconds: list[float] | None = None,
+    just_triggered: bool = False,
+) -> Run:
+    """The body of the wait tasks: build the schedule, wait, and on the way out cancel as the settings say."""
+    waker = webhook_waker(wait, log)
+    if schedule is None and waker is not None:
+        # The run's event ends the wait; polling is the safety net (cancellations, lost deliveries).
+        schedule = FixedInterval(wait.fallback_poll_seconds)
+        log.info(
+            "Waiting for dbt Cloud run %s on webhook events; polling every %g s as a safety net.",
+            run_id,
+            wait.fallback_poll_seconds,
+        )
+    if schedule is None:
+        history = list(history_seconds or [])
+        if history_seconds is None and wait.adaptive_polling and job_id is not None:
+            try:
+                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                    history = client.job_history(job_id)
+            except DbtCloudError as exc:
+                log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
+        schedule = make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
+        log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
+    try:
+        return wait_for_run(
+            client,
+            run_id,
+            max_wait_seconds=wait.max_wait_seconds,
+            schedule=schedule,
+            not_found_grace_seconds=client.retry.not_found_grace_seconds,
+            log=log,
+            job_id=job_id,
+            first_poll_delay_seconds=first_poll_delay(schedule) if just_triggered else 0.0,
+            waker=waker,
+        )
+    except TerminationSignal:
+        # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook
+        # may be skipped when the process exits quickly, so cancel the dbt Cloud run here too; a stop that is
+        # not a cancellation leaves it running, for a retry to resume.
+        if prefect_cancellation_requested():
+            cancel_quietly(client, [run_id], log)
+        raise
+    except WaitTimedOut as exc:
+        if wait.on_timeout == "cancel":
+            try:
+                # Bounded: a server that misbehaved until the deadline must not hold the cancel for minutes.
+                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                    exc.run = client.cancel_run(run_id)
+                log.warning(
+                    "Deadline of %g s passed (%s): cancelled dbt Cloud run %s.",
+                    wait.max_wait_seconds,
+                    deadline_description(exc),
+                    run_id,
+                )
+            except DbtCloudError as cancel_error:
+                log.error("Deadline passed, and cancelling dbt Cloud run %s failed: %s", run_id, cancel_error)
+        else:
+            log.warning("Deadline of %g s passed: dbt Cloud run %s left running.", wait.max_wait_seconds, run_id)
+        raise
+
+
+def webhook_waker(wait: WaitSettings, log: logging.Logger | logging.LoggerAdapter[Any]) -> RunEventWaiter | None:
+    """The process-wide webhook waiter when ``wait.webhooks`` is on and a Prefect server makes it work, else
+    ``None`` (the reason logged: the wait then polls as without webhooks)."""
+    return webhook_waiter(log) if wait.webhooks else None
+
+
+@dataclass
+class RunWaitOutcome:
+    """How the wait for one run of a fan-out ended.
+
+    ``run`` is the run as last read (after the cancel, for one cancelled at the deadline); ``deadline`` says where
+    it stood when the deadline passed; ``error`` is what stopped the wait otherwise; ``models`` its merged results.
+    """
+
+    run_id: int
+    run: Run | None
+    timed_out: bool = False
+    deadline: str | None = None
+    error: DbtCloudError | None = None
+    models: list[ModelResult] = field(default_factory=list)
+
+
+def prefect_cancellation_requested() -> bool:
+    """Whether this task's flow run, or a flow run above it, is being cancelled in Prefect (Cancelling or
+    Cancelled): cancelling a deployed ETL flow run stops the process that runs its in-process subflows, whose own
+    state is still Running."""
+    flow_run_id = runtime_flow_run.get_id()
+    if not flow_run_id:
+        return False
+    try:
+        with get_client(sync_client=True) as prefect:
+            return any(
+                run.state is not None and (run.state.is_cancelling() or run.state.is_cancelled())
+                for run, _ in flow_runs_upwards(prefect, flow_run_id)
+            )
+    except Exception:  # no API at hand: do not guess
+        return False
+
+
+def cancel_quietly(
+    client: DbtCloudClient, run_ids: list[int], log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id, ())
+            if not run.is_terminal:
+                client.cancel_run(run_id)
+                log.warning("Prefect flow run cancelled: cancelled dbt Cloud run %s.", run_id)
+        except DbtCloudError as exc:
+            log.error("Prefect flow run cancelled, but dbt Cloud run %s could not be cancelled: %s", run_id, exc)
+
+
+T = TypeVar("T")
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, in a fresh thread when this one already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
