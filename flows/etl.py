@@ -21,15 +21,15 @@ from prefect_snowflake import SnowflakeConnector
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.errors import DbtCloudRunError, EtlFailed
 from dbt_cloud_gate.flows.dbt_cloud import cancel_runs_below, run_dbt_cloud_job
-from dbt_cloud_gate.models import EtlPipeline, EtlSummary, LoadTarget
-from dbt_cloud_gate.tasks.snowflake import (
+from dbt_cloud_gate.loads import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_LOOKBACK_SECONDS,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     attempt_each,
-    check_load_settings,
-    load_incremental,
 )
+from dbt_cloud_gate.models import EtlPipeline, EtlSummary, LoadTarget
+from dbt_cloud_gate.settings import LoadSettings
+from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
 
 __all__ = ["DEFAULT_LOOKBACK_SECONDS", "EtlFailed", "EtlPipeline", "EtlSummary", "dbt_cloud_etl", "dbt_cloud_etl_many"]
 
@@ -106,11 +106,13 @@ def dbt_cloud_etl(
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to load after the dbt run.")
     # Before the dbt run is triggered: a setting that cannot work must not cost a run.
-    check_load_settings(
+    settings = LoadSettings(
         lookback_seconds=lookback_seconds,
         lock_timeout_seconds=lock_timeout_seconds,
         statement_timeout_seconds=statement_timeout_seconds,
         audit_table=audit_table,
+        check_newer_run=check_newer_run,
+        check_model_built=check_model_built,
     )
     name = pipeline or f"dbt-job-{job_id}"
     connector = resolve_connector(snowflake)
@@ -130,7 +132,7 @@ def dbt_cloud_etl(
     # Every target is attempted: one failing (refused, or a database error) does not stop the others.
     reports, failures = attempt_each(
         targets,
-        lambda target: load_incremental(
+        lambda target: load_snowflake_incremental(
             connector,
             target,
             dbt_run_id=dbt.run_id,
@@ -139,12 +141,7 @@ def dbt_cloud_etl(
             dbt_finished_at=dbt.finished_at,
             models=dbt.models,
             pipeline=name,
-            audit_table=audit_table,
-            check_newer_run=check_newer_run,
-            check_model_built_ok=check_model_built,
-            lookback_seconds=lookback_seconds,
-            lock_timeout_seconds=lock_timeout_seconds,
-            statement_timeout_seconds=statement_timeout_seconds,
+            settings=settings,
         ),
         log,
     )
@@ -242,7 +239,7 @@ def dbt_cloud_etl_many(
     """
     if not pipelines:
         raise ValueError("pipelines is empty.")
-    check_load_settings(
+    LoadSettings(  # refused before any pipeline starts; each dbt_cloud_etl builds its own
         lookback_seconds=lookback_seconds,
         lock_timeout_seconds=lock_timeout_seconds,
         statement_timeout_seconds=statement_timeout_seconds,
