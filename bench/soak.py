@@ -27,7 +27,7 @@ from dbt_cloud_gate.errors import DbtCloudRunsFailed
 from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
 from dbt_cloud_gate.models import DbtCloudJobRequest, LoadTarget
 from dbt_cloud_gate.stack.embedded import AlertSink, fakesnow_connector, fakesnow_server, seed_demo_tables
-from dbt_cloud_gate.tasks.snowflake import load_incremental
+from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
 
 TOKEN = "soak_tok_9f8e7d6c5b4a"
 ACCOUNT = 777
@@ -142,7 +142,7 @@ def run_soak(
                 )
             if result.finished_at is None:  # the flows never return such a success; a bench must not hide one
                 raise RuntimeError(f"dbt run {result.run_id} succeeded without finished_at")
-            load_incremental(
+            load_snowflake_incremental(
                 connector,
                 target,
                 dbt_run_id=result.run_id,

@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
-from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
+from prefect.artifacts import (
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_table_artifact,
+    create_markdown_artifact,
+)
 from prefect.events import emit_event
 
 from dbt_cloud_gate.dbtcloud_api import Run
-from dbt_cloud_gate.models import DbtCloudRunResult
+from dbt_cloud_gate.models import DbtCloudRunResult, EtlSummary
 from dbt_cloud_gate.outcomes import Outcome
 
 
@@ -83,4 +89,42 @@ def emit_run_event(result: DbtCloudRunResult, outcome: Outcome) -> None:
             "finished_at": result.finished_at.isoformat() if result.finished_at else None,
             "url": result.url,
         },
+    )
+
+
+def artifact_slug(text: str) -> str:
+    """``text`` as the tail of a Prefect artifact key (lowercase letters, digits and dashes only)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "pipeline"
+
+
+def publish_etl_report(summary: EtlSummary, failures: list[str]) -> None:
+    """The ETL cycle's markdown artifact ``dbt-cloud-etl-<pipeline>``: the dbt run, one row per load, the rows
+    skipped and the loads that failed."""
+    rows = "\n".join(
+        f"| {r.target} | {r.target_table} | {r.rows_loaded}{' (already loaded)' if r.already_loaded else ''} | "
+        f"{r.rows_updated} | {r.rows_null_key} | "
+        f"{r.rows_null_watermark} | {r.rows_future_watermark} | "
+        f"{r.watermark_from.isoformat() if r.watermark_from else 'start'} | "
+        f"{r.watermark_to.isoformat() if r.watermark_to else ''} |"
+        for r in summary.loads
+    )
+    skipped = [r for r in summary.loads if r.rows_skipped]
+    finished = summary.finished_at.isoformat() if summary.finished_at else ""
+    create_markdown_artifact(
+        key=f"dbt-cloud-etl-{artifact_slug(summary.pipeline)}",
+        markdown=(
+            f"## {summary.pipeline}: dbt Cloud run [{summary.dbt_run_id}]({summary.url}) — {summary.dbt_status}\n\n"
+            f"finished_at (watermark): **{finished}**\n\n"
+            "| target | table | rows written | of which changed | skipped: NULL key | skipped: NULL watermark | "
+            "skipped: watermark after the run | window from | to |\n|---|---|---|---|---|---|---|---|---|\n"
+            + rows
+            + (
+                "\n\n**Rows skipped** (in no window, not loaded): "
+                + ", ".join(f"{r.target}: {r.rows_skipped}" for r in skipped)
+                if skipped
+                else ""
+            )
+            + ("\n\n### Failed or refused loads\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
+        ),
+        description=f"ETL cycle of {summary.pipeline}",
     )

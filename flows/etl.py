@@ -9,71 +9,52 @@ failed, naming each failure.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import wait as futures_wait
 from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.cancellation import cancel_runs_below
 from dbt_cloud_gate.errors import DbtCloudRunError, EtlFailed
 from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
+from dbt_cloud_gate.loads import attempt_each
 from dbt_cloud_gate.models import EtlPipeline, EtlSummary, LoadTarget
-from dbt_cloud_gate.tasks.snowflake import (
-    DEFAULT_LOCK_TIMEOUT_SECONDS,
-    DEFAULT_LOOKBACK_SECONDS,
-    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    attempt_each,
-    check_load_settings,
-    load_incremental,
+from dbt_cloud_gate.publish import publish_etl_report
+from dbt_cloud_gate.settings import (
+    LOAD,
+    NO_OVERRIDES,
+    START,
+    WAIT,
+    DbtCloudId,
+    LoadSettings,
+    StartSettings,
+    TriggerOverrides,
+    WaitSettings,
 )
+from dbt_cloud_gate.sync_flow import gate_flow
+from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
 
-__all__ = ["DEFAULT_LOOKBACK_SECONDS", "EtlFailed", "EtlPipeline", "EtlSummary", "dbt_cloud_etl", "dbt_cloud_etl_many"]
-
-
-def artifact_slug(text: str) -> str:
-    """``text`` as the tail of a Prefect artifact key (lowercase letters, digits and dashes only)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "pipeline"
+__all__ = ["dbt_cloud_etl", "dbt_cloud_etl_many"]
 
 
-def resolve_connector(snowflake: SnowflakeConnector | str) -> SnowflakeConnector:
-    """The connector block given, or the saved one of that name (with a clear error when there is none)."""
-    if isinstance(snowflake, SnowflakeConnector):
-        return snowflake
-    try:
-        return SnowflakeConnector.load(snowflake)
-    except ValueError as exc:
-        raise ValueError(
-            f"No saved Snowflake connector block named {snowflake!r}: create a prefect-snowflake SnowflakeConnector "
-            f"block with that name (UI, or SnowflakeConnector(...).save({snowflake!r})). ({exc})"
-        ) from None
-
-
-@flow(name="dbt-cloud-etl", on_cancellation=[cancel_runs_below])
+@gate_flow(name="dbt-cloud-etl", on_cancellation=[cancel_runs_below])
 def dbt_cloud_etl(
-    job_id: int,
+    job_id: DbtCloudId,
     targets: list[LoadTarget],
     snowflake: SnowflakeConnector | str,
     credentials: DbtCloudCredentials | str | None = None,
     *,
     pipeline: str | None = None,
-    poll_interval_seconds: float = 30,
-    max_wait_seconds: float = 7200,
-    native_schedule: Literal["warn", "fail", "disable"] = "warn",
+    cause: str | None = None,
+    trigger: TriggerOverrides = NO_OVERRIDES,
+    wait: WaitSettings = WAIT,
+    start: StartSettings = START,
+    load: LoadSettings = LOAD,
     alert_blocks: list[str] | None = None,
-    audit_table: str | None = None,
-    check_newer_run: bool = True,
-    check_model_built: bool = True,
-    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
-    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
-    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    run_id: int | None = None,
-    webhooks: bool = False,
-    fallback_poll_seconds: float = 120,
 ) -> EtlSummary:
     """Run dbt Cloud job ``job_id``; on Success load every target up to the run's ``finished_at`` and audit it.
 
@@ -81,57 +62,30 @@ def dbt_cloud_etl(
         job_id: The dbt Cloud job to trigger.
         targets: The loads gated on the run: source model table, target table, key and watermark columns.
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
-        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
-            DBT_CLOUD_* environment variables.
+        credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
+            DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_* environment variables.
         pipeline: A label for logs, the artifact and the audit history; default dbt-job-{job_id}.
-        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
-            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
-            end.
-        max_wait_seconds: Give up on the run after this long (it is then cancelled, and the flow fails).
-        native_schedule: What to do when the job's own dbt Cloud schedule is on: warn, fail, or disable it.
+        cause: Why the run was started, shown in dbt Cloud.
+        trigger: Overrides of the job's settings for this run (steps, git branch, schema...).
+        wait: How to wait for the run (polling, deadline, webhooks).
+        start: How to start it (a run in flight, the job's own schedule, a rerun, a run started elsewhere: what a
+            deployment trigger on the run's webhook event passes as start.run_id).
+        load: How the loads run (lookback, lock and statement timeouts, audit table, guards).
         alert_blocks: Notification blocks alerted when the run fails, as type-slug/name.
-        audit_table: The audit table; default DBT_CLOUD_GATE_AUDIT beside each target.
-        check_newer_run: Refuse a run that finished no later than the last one loaded for a target.
-        check_model_built: Refuse a target whose source model did not build successfully in this run.
-        lookback_seconds: Start each window this long before the last watermark (targets may set their own);
-            0 is exact only for a watermark dbt stamps as it writes the row.
-        lock_timeout_seconds: How long a load waits for its target's write lock before failing.
-        statement_timeout_seconds: The longest any one statement of a load may run.
-        run_id: Load after this run of job_id, started elsewhere (dbt Cloud's scheduler, CI), instead of
-            triggering the job: what a deployment trigger on the run's webhook event passes.
-        webhooks: End the wait on the run's dbt Cloud webhook event instead of polling for it (needs a Prefect
-            server and the webhook receiver; without them it polls).
-        fallback_poll_seconds: With webhooks, also poll the run this often (a cancelled run sends no webhook).
     """
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to load after the dbt run.")
-    # Before the dbt run is triggered: a setting that cannot work must not cost a run.
-    check_load_settings(
-        lookback_seconds=lookback_seconds,
-        lock_timeout_seconds=lock_timeout_seconds,
-        statement_timeout_seconds=statement_timeout_seconds,
-        audit_table=audit_table,
-    )
     name = pipeline or f"dbt-job-{job_id}"
+    # Before the dbt run is triggered: a connector that cannot be loaded must not cost a run.
     connector = resolve_connector(snowflake)
     dbt = run_dbt_cloud_job(
-        job_id,
-        credentials,
-        poll_interval_seconds=poll_interval_seconds,
-        max_wait_seconds=max_wait_seconds,
-        native_schedule=native_schedule,
-        alert_blocks=alert_blocks,
-        run_id=run_id,
-        webhooks=webhooks,
-        fallback_poll_seconds=fallback_poll_seconds,
+        job_id, credentials, cause=cause, trigger=trigger, wait=wait, start=start, alert_blocks=alert_blocks
     )
-    if dbt.finished_at is None:  # the wait refuses such a run; never load without a watermark
-        raise EtlFailed(f"dbt Cloud run {dbt.run_id} succeeded without finished_at: no watermark, nothing loaded.")
     # Every target is attempted: one failing (refused, or a database error) does not stop the others.
     reports, failures = attempt_each(
         targets,
-        lambda target: load_incremental(
+        lambda target: load_snowflake_incremental(
             connector,
             target,
             dbt_run_id=dbt.run_id,
@@ -140,12 +94,7 @@ def dbt_cloud_etl(
             dbt_finished_at=dbt.finished_at,
             models=dbt.models,
             pipeline=name,
-            audit_table=audit_table,
-            check_newer_run=check_newer_run,
-            check_model_built_ok=check_model_built,
-            lookback_seconds=lookback_seconds,
-            lock_timeout_seconds=lock_timeout_seconds,
-            statement_timeout_seconds=statement_timeout_seconds,
+            settings=load,
         ),
         log,
     )
@@ -158,110 +107,64 @@ def dbt_cloud_etl(
         url=dbt.url,
         loads=reports,
     )
-    rows = "\n".join(
-        f"| {r.target} | {r.target_table} | {r.rows_loaded}{' (already loaded)' if r.already_loaded else ''} | "
-        f"{r.rows_updated} | {r.rows_null_key} | "
-        f"{r.rows_null_watermark} | {r.rows_future_watermark} | "
-        f"{r.watermark_from.isoformat() if r.watermark_from else 'start'} | "
-        f"{r.watermark_to.isoformat() if r.watermark_to else ''} |"
-        for r in reports
-    )
-    skipped = [r for r in reports if r.rows_skipped]
-    create_markdown_artifact(
-        key=f"dbt-cloud-etl-{artifact_slug(name)}",
-        markdown=(
-            f"## {name}: dbt Cloud run [{dbt.run_id}]({dbt.url}) — {dbt.status}\n\n"
-            f"finished_at (watermark): **{dbt.finished_at.isoformat()}**\n\n"
-            "| target | table | rows written | of which changed | skipped: NULL key | skipped: NULL watermark | "
-            "skipped: watermark after the run | window from | to |\n|---|---|---|---|---|---|---|---|---|\n"
-            + rows
-            + (
-                "\n\n**Rows skipped** (in no window, not loaded): "
-                + ", ".join(f"{r.target}: {r.rows_skipped}" for r in skipped)
-                if skipped
-                else ""
-            )
-            + ("\n\n### Failed or refused loads\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
-        ),
-        description=f"ETL cycle of {name}",
-    )
+    publish_etl_report(summary, failures)
     if failures:
         raise EtlFailed(
             f"{len(failures)} of {len(targets)} load(s) of {name} refused or failed: " + "; ".join(failures)
         )
-    log.info(
-        "ETL %s: dbt run %s, finished_at %s, rows %s.",
-        name,
-        dbt.run_id,
-        dbt.finished_at.isoformat(),
-        summary.rows_by_target,
-    )
+    log.info("ETL %s: dbt run %s, finished_at %s, rows %s.", name, dbt.run_id, dbt.finished_at, summary.rows_by_target)
     return summary
 
 
 @task(name="etl-pipeline", cache_policy=NO_CACHE)
-def _pipeline_task(item: EtlPipeline, snowflake: SnowflakeConnector | str, options: dict[str, Any]) -> EtlSummary:
+def etl_pipeline(item: EtlPipeline, snowflake: SnowflakeConnector | str, options: dict[str, Any]) -> EtlSummary:
+    """One pipeline of ``dbt_cloud_etl_many``: its ``dbt_cloud_etl`` subflow, in a task so that they run at once."""
     return dbt_cloud_etl(item.job_id, item.targets, snowflake, pipeline=item.name, **options)
 
 
-@flow(name="dbt-cloud-etl-many", on_cancellation=[cancel_runs_below])
+@gate_flow(name="dbt-cloud-etl-many", on_cancellation=[cancel_runs_below])
 def dbt_cloud_etl_many(
     pipelines: list[EtlPipeline],
     snowflake: SnowflakeConnector | str,
     credentials: DbtCloudCredentials | str | None = None,
     *,
-    poll_interval_seconds: float = 30,
-    max_wait_seconds: float = 7200,
-    native_schedule: Literal["warn", "fail", "disable"] = "warn",
+    trigger: TriggerOverrides = NO_OVERRIDES,
+    wait: WaitSettings = WAIT,
+    start: StartSettings = START,
+    load: LoadSettings = LOAD,
     alert_blocks: list[str] | None = None,
-    check_newer_run: bool = True,
-    check_model_built: bool = True,
-    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
-    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
-    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
 ) -> list[EtlSummary]:
     """Run several ETL pipelines concurrently; fail after all finished if any failed, naming each failed run.
 
-    The pipelines share the connector block, not a connection: every load opens a connection of its own.
+    The pipelines share the connector block, not a connection: every load opens a connection of its own, and
+    every setting below applies to every pipeline.
 
     Args:
         pipelines: The pipelines: each a dbt Cloud job and the loads gated on it.
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
-        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
-            DBT_CLOUD_* environment variables.
-        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
-            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
-            end.
-        max_wait_seconds: Give up on a run after this long (it is then cancelled, and its pipeline fails).
-        native_schedule: What to do when a job's own dbt Cloud schedule is on: warn, fail, or disable it.
+        credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
+            DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_* environment variables.
+        trigger: Overrides of the jobs' settings for these runs.
+        wait: How to wait for each run (polling, deadline, webhooks).
+        start: How to start each run (a run in flight, the jobs' own schedules; a rerun or run_id names one run
+            and is refused here).
+        load: How the loads run (lookback, lock and statement timeouts, audit table, guards).
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
-        check_newer_run: Refuse a run that finished no later than the last one loaded for a target.
-        check_model_built: Refuse a target whose source model did not build successfully in its run.
-        lookback_seconds: Start each window this long before the last watermark (targets may set their own).
-        lock_timeout_seconds: How long a load waits for its target's write lock before failing.
-        statement_timeout_seconds: The longest any one statement of a load may run.
     """
     if not pipelines:
         raise ValueError("pipelines is empty.")
-    check_load_settings(
-        lookback_seconds=lookback_seconds,
-        lock_timeout_seconds=lock_timeout_seconds,
-        statement_timeout_seconds=statement_timeout_seconds,
-    )
+    if start.run_id is not None or start.retry_failed_run_id is not None:
+        raise ValueError("start.run_id and start.retry_failed_run_id name one run: use dbt_cloud_etl for them.")
     options: dict[str, Any] = {
         "credentials": credentials,
-        "poll_interval_seconds": poll_interval_seconds,
-        "max_wait_seconds": max_wait_seconds,
-        "native_schedule": native_schedule,
+        "trigger": trigger,
+        "wait": wait,
+        "start": start,
+        "load": load,
         "alert_blocks": alert_blocks,
-        "check_newer_run": check_newer_run,
-        "check_model_built": check_model_built,
-        "lookback_seconds": lookback_seconds,
-        "lock_timeout_seconds": lock_timeout_seconds,
-        "statement_timeout_seconds": statement_timeout_seconds,
     }
-    futures = [_pipeline_task.submit(item, snowflake, options) for item in pipelines]
-    wait(futures)
+    futures = [etl_pipeline.submit(item, snowflake, options) for item in pipelines]
+    futures_wait(futures)
     summaries: list[EtlSummary] = []
     failures: list[str] = []
     for item, future in zip(pipelines, futures, strict=True):

@@ -8,9 +8,9 @@ The flow fails after every run has finished if any failed, naming each failed ru
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
@@ -19,20 +19,20 @@ from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbt_cloud_gate.cancellation import cancel_runs_of_flow_run, remember_for_cancellation
 from dbt_cloud_gate.dbtcloud_api import run_url
-from dbt_cloud_gate.dbtcloud_api.polling import check_interval
-from dbt_cloud_gate.dbtcloud_api.wait import check_wait_settings
 from dbt_cloud_gate.errors import DbtCloudRunInvalid, DbtCloudRunsFailed, DbtCloudRunTimedOut
 from dbt_cloud_gate.keys import cause_with_key, idempotency_key, key_scope
 from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
 from dbt_cloud_gate.outcomes import alert_body, build_result, judge
 from dbt_cloud_gate.publish import emit_run_event
+from dbt_cloud_gate.settings import START, WAIT, StartSettings, WaitSettings
+from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
 from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_runs
 from dbt_cloud_gate.waiter import webhook_waiter
-from dbt_cloud_gate.waiting import wait_timeout_seconds
+from dbt_cloud_gate.waiting import RunWaitOutcome, wait_timeout_seconds
 
-__all__ = ["DbtCloudJobRequest", "DbtCloudRunsFailed", "run_dbt_cloud_jobs"]
+__all__ = ["run_dbt_cloud_jobs"]
 
 
 def _cancel_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -41,19 +41,14 @@ def _cancel_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> 
     cancel_runs_of_flow_run(flow, flow_run, [j for j in job_ids if j > 0])
 
 
-@flow(name="run-dbt-cloud-jobs", on_cancellation=[_cancel_hook])
+@gate_flow(name="run-dbt-cloud-jobs", on_cancellation=[_cancel_hook])
 def run_dbt_cloud_jobs(
     jobs: list[int | DbtCloudJobRequest],
     credentials: DbtCloudCredentials | str | None = None,
     *,
-    poll_interval_seconds: float = 30,
-    adaptive_polling: bool = True,
-    max_wait_seconds: float = 7200,
-    on_timeout: Literal["cancel", "leave"] = "cancel",
-    native_schedule: Literal["warn", "fail", "disable"] = "warn",
+    wait: WaitSettings = WAIT,
+    start: StartSettings = START,
     alert_blocks: list[str] | None = None,
-    webhooks: bool = False,
-    fallback_poll_seconds: float = 120,
 ) -> list[DbtCloudRunResult]:
     """Trigger every job concurrently, wait for all runs, and return their results in the order given.
 
@@ -61,34 +56,67 @@ def run_dbt_cloud_jobs(
 
     Args:
         jobs: The jobs to run: job IDs, or requests with a cause and trigger overrides each.
-        credentials: A dbt Cloud Gate Credentials block or its name; empty: DBT_CLOUD_CREDENTIALS_BLOCK or the
-            DBT_CLOUD_* environment variables.
-        poll_interval_seconds: The longest gap between two polls of the run, in seconds (so an early Error or a cancel
-            is seen at most this late); with adaptive polling, polls come every 8.5 s only where the run is likely to
-            end.
-        adaptive_polling: Poll around the durations of each job's recent successful runs.
-        max_wait_seconds: Give up on a run after this long: alert, and cancel it unless on_timeout is leave.
-        on_timeout: At the deadline, cancel the dbt Cloud run, or leave it running.
-        native_schedule: When a job's own dbt Cloud schedule is on: warn, fail, or disable it through the API.
+        credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
+            DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_* environment variables.
+        wait: How to wait for each run (polling, deadline, webhooks: one event subscription for all runs).
+        start: The jobs' own schedules (warn, fail, disable); every run is triggered (if_running='trigger'), and
+            a rerun or run_id, which name one run, are refused here.
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
-        webhooks: End each run's wait on its dbt Cloud webhook event (one event subscription for all runs);
-            needs a Prefect server and the webhook receiver. Without a server it polls as usual.
-        fallback_poll_seconds: With webhooks, also poll each run this often (cancelled runs send no webhook).
     """
     log = get_run_logger()
     if not jobs:
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
-    check_wait_settings(max_wait_seconds, poll_interval_seconds, on_timeout)
-    check_interval("fallback_poll_seconds", fallback_poll_seconds)
+    if start.if_running != "trigger" or start.run_id is not None or start.retry_failed_run_id is not None:
+        raise ValueError(
+            "run_dbt_cloud_jobs triggers every job: start.if_running must be 'trigger', and start.run_id and "
+            "start.retry_failed_run_id (one run each) belong to run_dbt_cloud_job."
+        )
     check_alert_blocks(alert_blocks)
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
     scope = key_scope()
     remember_for_cancellation(creds, scope)
-    check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], native_schedule)
+    check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
     # One subscription for every run, opened before any trigger so that no run's event passes unseen.
-    webhooks = webhooks and webhook_waiter(log) is not None
+    if wait.webhooks and webhook_waiter(log) is None:
+        wait = wait.model_copy(update={"webhooks": False})
+    started, failures = _trigger_all(creds, requests, scope)
+    log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
+    outcomes = wait_for_dbt_cloud_runs.with_options(timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds))(
+        creds, started, wait
+    )
+    results = _judge_all(creds, started, outcomes, wait, alert_blocks, failures)
+    create_table_artifact(
+        key="dbt-cloud-fan-out",
+        table=[
+            {"job": r.job_id, "run": r.run_id, "status": r.status, "finished_at": str(r.finished_at), "url": r.url}
+            for r in results
+        ]
+        + [
+            {"job": f["job_id"], "run": f["run_id"], "status": f["status"], "finished_at": "", "url": f["url"] or ""}
+            for f in failures
+        ],
+        description=f"{len(results)} succeeded, {len(failures)} failed",
+    )
+    order = {run_id: index for index, run_id in enumerate(started)}
+    results.sort(key=lambda r: order[r.run_id])
+    if failures:
+        named = "; ".join(
+            f"job {f['job_id']}: run {f['run_id']} {f['status']}"
+            + (f" ({f['url']})" if f["url"] else "")
+            + (f" - {f['error']}" if f["error"] not in ("failed", "cancelled") else "")
+            for f in failures
+        )
+        raise DbtCloudRunsFailed(
+            f"{len(failures)} of {len(requests)} dbt Cloud run(s) did not succeed: {named}", failures, results
+        )
+    return results
 
+
+def _trigger_all(
+    creds: DbtCloudCredentials, requests: list[DbtCloudJobRequest], scope: str
+) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Trigger every request at once (one task run each); the runs started (run ID to job ID) and the failures."""
     counts: dict[int, int] = {}
     futures = []
     for request in requests:
@@ -115,18 +143,18 @@ def run_dbt_cloud_jobs(
                     "error": f"{type(exc).__name__}: {exc}",
                 }
             )
-    log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
+    return started, failures
 
-    outcomes = wait_for_dbt_cloud_runs.with_options(timeout_seconds=wait_timeout_seconds(max_wait_seconds))(
-        creds,
-        started,
-        poll_interval_seconds=poll_interval_seconds,
-        max_wait_seconds=max_wait_seconds,
-        on_timeout=on_timeout,
-        adaptive_polling=adaptive_polling,
-        webhooks=webhooks,
-        fallback_poll_seconds=fallback_poll_seconds,
-    )
+
+def _judge_all(
+    creds: DbtCloudCredentials,
+    started: dict[int, int],
+    outcomes: list[RunWaitOutcome],
+    wait: WaitSettings,
+    alert_blocks: list[str] | None,
+    failures: list[dict[str, Any]],
+) -> list[DbtCloudRunResult]:
+    """Each run's verdict: the successes returned, every failure appended to ``failures``, published and alerted."""
     results: list[DbtCloudRunResult] = []
     token = creds.api_token.get_secret_value()
     for outcome in outcomes:
@@ -149,7 +177,7 @@ def run_dbt_cloud_jobs(
         verdict = judge(
             run,
             deadline=(outcome.deadline or "no terminal status before the deadline") if outcome.timed_out else None,
-            left_running=on_timeout == "leave",
+            left_running=wait.on_timeout == "leave",
         )
         kind = verdict.outcome
         result = build_result(run, job_id, creds, outcome.models, require_watermark=verdict.error is None)
@@ -168,29 +196,4 @@ def run_dbt_cloud_jobs(
                 alert_body(result, kind, run, verdict.detail),
                 secret=token,
             )
-
-    create_table_artifact(
-        key="dbt-cloud-fan-out",
-        table=[
-            {"job": r.job_id, "run": r.run_id, "status": r.status, "finished_at": str(r.finished_at), "url": r.url}
-            for r in results
-        ]
-        + [
-            {"job": f["job_id"], "run": f["run_id"], "status": f["status"], "finished_at": "", "url": f["url"] or ""}
-            for f in failures
-        ],
-        description=f"{len(results)} succeeded, {len(failures)} failed",
-    )
-    order = {run_id: index for index, run_id in enumerate(started)}
-    results.sort(key=lambda r: order[r.run_id])
-    if failures:
-        named = "; ".join(
-            f"job {f['job_id']}: run {f['run_id']} {f['status']}"
-            + (f" ({f['url']})" if f["url"] else "")
-            + (f" - {f['error']}" if f["error"] not in ("failed", "cancelled") else "")
-            for f in failures
-        )
-        raise DbtCloudRunsFailed(
-            f"{len(failures)} of {len(requests)} dbt Cloud run(s) did not succeed: {named}", failures, results
-        )
     return results

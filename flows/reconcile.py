@@ -12,16 +12,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect_snowflake import SnowflakeConnector
 
+from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.errors import EtlFailed
-from dbt_cloud_gate.flows.etl import artifact_slug, resolve_connector
+from dbt_cloud_gate.loads import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_STATEMENT_TIMEOUT_SECONDS, attempt_each
 from dbt_cloud_gate.models import LoadReport, LoadTarget
-from dbt_cloud_gate.tasks.reconcile import reconcile_target
-from dbt_cloud_gate.tasks.snowflake import (
-    DEFAULT_LOCK_TIMEOUT_SECONDS,
-    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    attempt_each,
-    check_load_settings,
-)
+from dbt_cloud_gate.publish import artifact_slug
+from dbt_cloud_gate.settings import LoadSettings
+from dbt_cloud_gate.tasks.reconcile import reconcile_snowflake_target
 
 __all__ = ["dbt_cloud_reconcile"]
 
@@ -51,7 +48,8 @@ def dbt_cloud_reconcile(
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to reconcile.")
-    check_load_settings(
+    # The flat parameters are the deployment's form: checked here, as one type, before any target is touched.
+    settings = LoadSettings(
         lock_timeout_seconds=lock_timeout_seconds,
         statement_timeout_seconds=statement_timeout_seconds,
         audit_table=audit_table,
@@ -59,14 +57,8 @@ def dbt_cloud_reconcile(
     connector = resolve_connector(snowflake)
     reports, failures = attempt_each(
         targets,
-        lambda target: reconcile_target(
-            connector,
-            target,
-            pipeline=pipeline,
-            audit_table=audit_table,
-            propagate_deletes=propagate_deletes,
-            lock_timeout_seconds=lock_timeout_seconds,
-            statement_timeout_seconds=statement_timeout_seconds,
+        lambda target: reconcile_snowflake_target(
+            connector, target, pipeline=pipeline, settings=settings, propagate_deletes=propagate_deletes
         ),
         log,
         "Reconcile",

@@ -103,8 +103,9 @@ def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) 
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     parameters = resolve(deployment["parameters"])
     if deployment.get("triggers"):  # a run also gets the trigger's parameters (from the event): sample values here
+        samples: dict[str, Any] = {"job_id": 1, "start": {"run_id": 1}}
         for name in deployment["triggers"][0].get("parameters", {}):
-            parameters.setdefault(name, 1)
+            parameters.setdefault(name, samples[name])
     validated = flow.validate_parameters(parameters)
     assert set(validated) >= set(parameters)
     if "job_id" in deployment["parameters"]:
@@ -214,7 +215,7 @@ def test_the_event_trigger_loads_matches_the_receivers_event_and_its_parameters_
     rendered = hydrate(
         parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": success})
     )
-    assert rendered == {"job_id": external, "run_id": 777001}
+    assert rendered == {"job_id": external, "start": {"run_id": 777001}}
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     validated = flow.validate_parameters({**resolve(deployment["parameters"]), **rendered})
-    assert validated["run_id"] == 777001 and validated["job_id"] == external
+    assert validated["start"].run_id == 777001 and validated["job_id"] == external

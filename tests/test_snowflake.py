@@ -15,16 +15,12 @@ from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.dbtcloud_api import ModelResult
 from dbt_cloud_gate.errors import InvalidRowsError, LoadLockTimeout, StaleDataError
+from dbt_cloud_gate.loads import ensure_model_built, quote_identifier, quote_table
 from dbt_cloud_gate.models import LoadTarget
+from dbt_cloud_gate.settings import LoadSettings
 from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server
-from dbt_cloud_gate.tasks.reconcile import reconcile_target
-from dbt_cloud_gate.tasks.snowflake import (
-    check_load_settings,
-    load_incremental,
-    quote_identifier,
-    quote_table,
-    require_model_built,
-)
+from dbt_cloud_gate.tasks.reconcile import reconcile_snowflake_target
+from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -80,20 +76,31 @@ def add_source(block: SnowflakeConnector, order_id: int | None, amount: float, a
     )
 
 
-def load(block: SnowflakeConnector, finished_at: datetime, run_id: int, **options: Any) -> Any:
-    target = options.pop("target", TARGET)
-    # Exact windows unless a test asks for a lookback (the task's own default is DEFAULT_LOOKBACK_SECONDS).
-    arguments: dict[str, Any] = {"models": OK_MODELS, "lookback_seconds": 0, **options}
-    return load_incremental(
+def load(
+    block: SnowflakeConnector,
+    finished_at: datetime,
+    run_id: int,
+    *,
+    target: LoadTarget = TARGET,
+    models: list[ModelResult] = OK_MODELS,
+    **settings: Any,
+) -> Any:
+    # Exact windows unless a test asks for a lookback (the task's own default is LOAD.lookback_seconds).
+    return load_snowflake_incremental(
         block,
         target,
         dbt_run_id=run_id,
         dbt_job_id=7,
         dbt_account_id=1,
         dbt_finished_at=finished_at,
+        models=models,
         pipeline="test",
-        **arguments,
+        settings=LoadSettings(**{"lookback_seconds": 0, **settings}),
     )
+
+
+def reconcile(block: SnowflakeConnector, propagate_deletes: bool = False) -> Any:
+    return reconcile_snowflake_target(block, TARGET, pipeline="test", propagate_deletes=propagate_deletes)
 
 
 def target_rows(block: SnowflakeConnector, table: str = "SRC.MARTS.ORDERS") -> list[tuple[Any, ...]]:
@@ -301,9 +308,9 @@ def test_model_guard(connector: SnowflakeConnector) -> None:
     with pytest.raises(StaleDataError, match="not built in this run"):
         load(connector, T0, run_id=1, models=other)
     with pytest.raises(StaleDataError, match="no per-model results"):
-        require_model_built([], "orders")
+        ensure_model_built([], "orders")
     assert target_rows(connector) == []
-    assert load(connector, T0, run_id=1, models=failed, check_model_built_ok=False).rows_loaded == 1
+    assert load(connector, T0, run_id=1, models=failed, check_model_built=False).rows_loaded == 1
 
 
 def test_failure_mid_transaction_leaves_nothing(connector: SnowflakeConnector) -> None:
@@ -384,7 +391,7 @@ def test_reconcile_loads_what_is_missing_or_different(connector: SnowflakeConnec
     for order_id in (1, 2, 3):
         add_source(connector, order_id, 10 * order_id, T0 - timedelta(minutes=order_id))
     with pytest.raises(StaleDataError, match="No incremental load"):
-        reconcile_target(connector, TARGET, pipeline="test")
+        reconcile(connector)
     load(connector, T0, run_id=1)
     # Drift: a row lost, a row changed behind the load's back, a row deleted from the source, a late row.
     sql(connector, "DELETE FROM SRC.MARTS.ORDERS WHERE ORDER_ID = 1")
@@ -392,10 +399,10 @@ def test_reconcile_loads_what_is_missing_or_different(connector: SnowflakeConnec
     sql(connector, "DELETE FROM SRC.DBT.ORDERS WHERE ORDER_ID = 3")
     add_source(connector, 4, 40, T0 - timedelta(days=3))
     add_source(connector, 5, 50, T0 + timedelta(minutes=5))  # after the last load's watermark: not yet
-    report = reconcile_target(connector, TARGET, pipeline="test")
+    report = reconcile(connector)
     assert (report.kind, report.rows_loaded, report.rows_updated, report.rows_deleted) == ("reconcile", 3, 1, 0)
     assert target_rows(connector) == [(1, 10), (2, 20), (3, 30), (4, 40)]
-    report = reconcile_target(connector, TARGET, pipeline="test", propagate_deletes=True)
+    report = reconcile(connector, propagate_deletes=True)
     assert (report.rows_loaded, report.rows_deleted) == (0, 1)
     assert target_rows(connector) == [(1, 10), (2, 20), (4, 40)]
     kinds = sql(connector, f"SELECT LOAD_KIND, ROWS_LOADED, ROWS_DELETED FROM {AUDIT} ORDER BY LOADED_AT")
@@ -430,14 +437,14 @@ def test_an_audit_table_of_an_earlier_version_is_upgraded(connector: SnowflakeCo
 def test_the_model_guard_knows_versions() -> None:
     v1 = ModelResult(unique_id="model.shop.dim_customers.v1", name="dim_customers", version="1", status="success")
     v2 = ModelResult(unique_id="model.shop.dim_customers.v2", name="dim_customers", version="2", status="error")
-    require_model_built([v1, v2], "dim_customers.v1")
-    require_model_built([v1, v2], "model.shop.dim_customers.v1")
+    ensure_model_built([v1, v2], "dim_customers.v1")
+    ensure_model_built([v1, v2], "model.shop.dim_customers.v1")
     with pytest.raises(StaleDataError, match=r"model.shop.dim_customers.v2' ended 'error'"):
-        require_model_built([v1, v2], "dim_customers.v2")
+        ensure_model_built([v1, v2], "dim_customers.v2")
     with pytest.raises(StaleDataError, match="ended 'error'"):  # the bare name: every version must have built
-        require_model_built([v1, v2], "dim_customers")
+        ensure_model_built([v1, v2], "dim_customers")
     with pytest.raises(StaleDataError, match="not built"):
-        require_model_built([v1, v2], "dim_customers.v3")
+        ensure_model_built([v1, v2], "dim_customers.v3")
 
 
 def test_a_lock_on_another_target_does_not_block_this_one(connector: SnowflakeConnector) -> None:
@@ -476,14 +483,14 @@ def test_reconcile_removes_duplicates_and_keeps_deletes_to_a_single_source(conne
     add_source(connector, 1, 10, T0 - timedelta(minutes=5))
     load(connector, T0, run_id=1)
     sql(connector, "INSERT INTO SRC.MARTS.ORDERS VALUES (1, 10, %(at)s)", {"at": naive(T0 - timedelta(minutes=5))})
-    report = reconcile_target(connector, TARGET, pipeline="test")
+    report = reconcile(connector)
     assert report.rows_duplicates_removed == 2 and target_rows(connector) == [(1, 10)]
     # A second source loads into the same target: deleting what the first source lacks would delete its rows.
     sql(connector, "CREATE TABLE SRC.DBT.ORDERS_EU (ORDER_ID NUMBER, AMOUNT NUMBER(10,2), UPDATED_AT TIMESTAMP_NTZ)")
     sql(connector, "INSERT INTO SRC.DBT.ORDERS_EU VALUES (2, 20, %(at)s)", {"at": naive(T0 - timedelta(minutes=3))})
     load(connector, T0, run_id=7, target=TARGET.model_copy(update={"source_table": "SRC.DBT.ORDERS_EU"}))
     with pytest.raises(StaleDataError, match="propagate_deletes would delete"):
-        reconcile_target(connector, TARGET, pipeline="test", propagate_deletes=True)
+        reconcile(connector, propagate_deletes=True)
     assert target_rows(connector) == [(1, 10), (2, 20)]
 
 
@@ -499,4 +506,4 @@ def test_reconcile_removes_duplicates_and_keeps_deletes_to_a_single_source(conne
 )
 def test_load_settings_that_cannot_work_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(settings)).replace("_", ".")):
-        check_load_settings(**settings)
+        LoadSettings(**settings)

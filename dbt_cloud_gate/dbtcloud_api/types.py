@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, Strict
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
 
@@ -39,6 +39,13 @@ def check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
-# Strict: a bool or a string is not an ID; the bounds show in the JSON schema of a deployment's form.
-DbtCloudId = Annotated[int, Strict(), Field(ge=1, le=MAX_ID)]
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("a dbt Cloud ID is an integer, not a bool")
+    return value
+
+
+# A digit string is taken (a deployment's variables are strings); a bool is not. The bounds show in the JSON
+# schema of a deployment's form.
+DbtCloudId = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=MAX_ID)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False), AfterValidator(lambda v: check_seconds("seconds", v))]
