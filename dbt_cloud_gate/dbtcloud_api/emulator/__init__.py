@@ -1,8 +1,9 @@
 """A local, stateful dbt Cloud API v2 emulator: the embedded default for the demo and the tests."""
 
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_JOBS, demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.routes import Emulator, http_date
 from dbt_cloud_gate.dbtcloud_api.emulator.server import EmulatorServer
-from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator, Fault, JobSpec, RecordedRequest, StepSpec, http_date
+from dbt_cloud_gate.dbtcloud_api.emulator.specs import Fault, JobSpec, RecordedRequest, StepSpec
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import DeliveryAttempt, Subscription, WebhookFault, WebhookHub
 
 __all__ = [
