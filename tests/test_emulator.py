@@ -203,3 +203,38 @@ def test_jobs_file_describes_steps(tmp_path: Path) -> None:
         StepSpec("dbt deps"),
         StepSpec("dbt run", ["x"]),
     ]
+
+
+_WITHOUT_MODULE = """
+import json, sys
+sys.modules[sys.argv[1]] = None  # as if the [local] extra were not installed
+import dbt_cloud_gate.dbtcloud_api
+loaded = sorted(m for m in ("yaml", "jsonschema", "referencing") if sys.modules.get(m) is not None)
+loaded += sorted(m for m in sys.modules if m.startswith(("dbt_cloud_gate.dbtcloud_api.emulator", "dbt_cloud_gate.dbtcloud_api.openapi")))
+errors = {}
+for module in ("dbt_cloud_gate.dbtcloud_api.emulator", "dbt_cloud_gate.dbtcloud_api.openapi"):
+    try:
+        __import__(module)
+    except ImportError as exc:
+        errors[module] = [str(exc), exc.name]
+print(json.dumps({"loaded": loaded, "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("missing", ["yaml", "jsonschema", "referencing"])
+def test_without_the_local_extra_the_client_imports_and_the_emulator_says_what_to_install(missing: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MODULE, missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["loaded"] == []  # the client package needs none of the emulator's dependencies
+    assert sorted(report["errors"]) == ["dbt_cloud_gate.dbtcloud_api.emulator", "dbt_cloud_gate.dbtcloud_api.openapi"]
+    for message, name in report["errors"].values():
+        assert name == missing
+        assert repr(missing) in message
+        assert "pip install 'dbt-cloud-gate[local]'" in message
