@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -238,3 +239,26 @@ def test_without_the_local_extra_the_client_imports_and_the_emulator_says_what_t
         assert name == missing
         assert repr(missing) in message
         assert "pip install 'dbt-cloud-gate[local]'" in message
+
+
+def test_the_emulator_modules_import_no_loop() -> None:
+    """state and webhooks once imported each other; no emulator module may import one that imports it back."""
+    package = Path(__file__).resolve().parents[1] / "dbt_cloud_gate" / "dbtcloud_api" / "emulator"
+    prefix = "dbt_cloud_gate.dbtcloud_api.emulator"
+    graph: dict[str, set[str]] = {}
+    for source in package.glob("*.py"):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):  # TYPE_CHECKING imports count too
+            if isinstance(node, ast.ImportFrom) and node.module == prefix:
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix + "."):
+                imported.add((node.module or "").rsplit(".", 1)[1])
+        graph[source.stem] = imported & {path.stem for path in package.glob("*.py")} - {"__init__"}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(
+            after == target or (after not in seen and reaches(after, target, seen | {after})) for after in graph[start]
+        )
+
+    assert graph["state"] and "webhooks" in graph["routes"]  # the graph was read
+    assert [name for name in graph if name != "__init__" and reaches(name, name, set())] == []

@@ -20,6 +20,15 @@ SETUP_STEPS = ("Clone git repository", "Create profile from connection", "Invoke
 _OUTCOME_STATUS = {"success": RunStatus.SUCCESS, "error": RunStatus.ERROR, "cancelled": RunStatus.CANCELLED}
 
 
+def reject_unknown(cls: type[Any], data: dict[str, Any], label: str, *, show_known: bool = True) -> None:
+    """Refuse settings that are not fields of the dataclass ``cls`` (a typo is an error, not silently ignored)."""
+    known = set(cls.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        hint = f"; known: {sorted(known)}" if show_known else ""
+        raise ValueError(f"unknown {label} setting(s) {sorted(unknown)}{hint}")
+
+
 def dbt_command(command: str) -> str | None:
     """The dbt sub-command of a step command (``dbt run --select x`` → ``run``), as dbt Cloud's step name says."""
     return RunStep(name=f"Invoke dbt with `{command}`").dbt_command
@@ -47,9 +56,7 @@ class StepSpec:
             return value
         if isinstance(value, str):
             return cls(command=value)
-        unknown = set(value) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown step setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        reject_unknown(cls, value, "step")
         return cls(**value)
 
     def built_models(self, job_models: list[str]) -> list[str]:
@@ -112,10 +119,7 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         """Build from a jobs-file entry; unknown keys are an error, not silently ignored."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown job setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        reject_unknown(cls, data, "job")
         return cls(**data)
 
     def error_model(self) -> str:
@@ -156,10 +160,7 @@ class Fault:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:
         """Build from JSON (the admin endpoint and the CLI)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown fault setting(s) {sorted(unknown)}")
+        reject_unknown(cls, data, "fault", show_known=False)
         return cls(**data)
 
 

@@ -12,6 +12,10 @@
 
 A background scheduler thread (started with the first subscription) finds due events and retries; a small thread
 pool sends them. Every send has a finite timeout, and :meth:`WebhookHub.close` stops both.
+
+The hub hears of runs as the account's :class:`~dbt_cloud_gate.dbtcloud_api.emulator.state.RunSink` (``track``,
+``wake``) and reads the account through the :class:`Account` protocol, so it imports nothing of the state's;
+:mod:`.webhook_api` maps the v3 subscription requests onto its ``create``/``update``/``delete``/``send_test``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
-from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec, RunRecord
+from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec, RunRecord, reject_unknown
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, load_default_validator
 from dbt_cloud_gate.dbtcloud_api.webhooks import (
@@ -99,9 +103,7 @@ class WebhookFault:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WebhookFault:
         """From a JSON object; unknown keys and kinds are an error."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown webhook fault setting(s) {sorted(unknown)}")
+        reject_unknown(cls, data, "webhook fault", show_known=False)
         fault = cls(**data)
         if fault.kind not in ("drop", "delay", "bad_signature", "duplicate"):
             raise ValueError(f"unknown webhook fault kind {fault.kind!r}")
@@ -179,6 +181,8 @@ class Subscription:
 
 @dataclass(order=True)
 class _Pending:
+    """A delivery waiting in the heap for its due time (ordered by ``due``, then ``seq``)."""
+
     due: float
     seq: int
     subscription_id: str = field(compare=False)
@@ -196,6 +200,8 @@ class _Pending:
 
 @dataclass
 class _Tracked:
+    """A run being watched, and which of its events went out already."""
+
     run: RunRecord
     started_sent: bool = False
     errored_sent: bool = False
