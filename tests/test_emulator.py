@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -203,3 +204,61 @@ def test_jobs_file_describes_steps(tmp_path: Path) -> None:
         StepSpec("dbt deps"),
         StepSpec("dbt run", ["x"]),
     ]
+
+
+_WITHOUT_MODULE = """
+import json, sys
+sys.modules[sys.argv[1]] = None  # as if the [local] extra were not installed
+import dbt_cloud_gate.dbtcloud_api
+loaded = sorted(m for m in ("yaml", "jsonschema", "referencing") if sys.modules.get(m) is not None)
+loaded += sorted(m for m in sys.modules if m.startswith(("dbt_cloud_gate.dbtcloud_api.emulator", "dbt_cloud_gate.dbtcloud_api.openapi")))
+errors = {}
+for module in ("dbt_cloud_gate.dbtcloud_api.emulator", "dbt_cloud_gate.dbtcloud_api.openapi"):
+    try:
+        __import__(module)
+    except ImportError as exc:
+        errors[module] = [str(exc), exc.name]
+print(json.dumps({"loaded": loaded, "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("missing", ["yaml", "jsonschema", "referencing"])
+def test_without_the_local_extra_the_client_imports_and_the_emulator_says_what_to_install(missing: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MODULE, missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["loaded"] == []  # the client package needs none of the emulator's dependencies
+    assert sorted(report["errors"]) == ["dbt_cloud_gate.dbtcloud_api.emulator", "dbt_cloud_gate.dbtcloud_api.openapi"]
+    for message, name in report["errors"].values():
+        assert name == missing
+        assert repr(missing) in message
+        assert "pip install 'dbt-cloud-gate[local]'" in message
+
+
+def test_the_emulator_modules_import_no_loop() -> None:
+    """state and webhooks once imported each other; no emulator module may import one that imports it back."""
+    package = Path(__file__).resolve().parents[1] / "dbt_cloud_gate" / "dbtcloud_api" / "emulator"
+    prefix = "dbt_cloud_gate.dbtcloud_api.emulator"
+    graph: dict[str, set[str]] = {}
+    for source in package.glob("*.py"):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):  # TYPE_CHECKING imports count too
+            if isinstance(node, ast.ImportFrom) and node.module == prefix:
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix + "."):
+                imported.add((node.module or "").rsplit(".", 1)[1])
+        graph[source.stem] = imported & {path.stem for path in package.glob("*.py")} - {"__init__"}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(
+            after == target or (after not in seen and reaches(after, target, seen | {after})) for after in graph[start]
+        )
+
+    assert graph["state"] and "webhooks" in graph["routes"]  # the graph was read
+    assert [name for name in graph if name != "__init__" and reaches(name, name, set())] == []

@@ -3,6 +3,10 @@
 Used by the emulator (every request it receives) and by the tests (every request the client sends).
 The spec is not vendored: it is read from ``DBT_CLOUD_OPENAPI_SPEC`` or from ``../shared/dbt-cloud/``
 beside the project checkout. The v3 spec (webhook subscriptions) is ``openapi-v3.yaml`` in the same folder.
+
+Its dependencies (PyYAML, jsonschema, referencing) come with the ``[local]`` extra: without them, importing this
+module (and so the emulator) raises an :class:`ImportError` that names the missing module and the extra. The
+client package :mod:`dbt_cloud_gate.dbtcloud_api` never imports this module.
 """
 
 from __future__ import annotations
@@ -15,10 +19,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+LOCAL_EXTRA_HINT = "pip install 'dbt-cloud-gate[local]'"
+_DISTRIBUTIONS = {"yaml": "PyYAML", "jsonschema": "jsonschema", "referencing": "referencing"}
+
+try:
+    import yaml
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+except ImportError as exc:
+    # A production install leaves the [local] extra out; say what is missing and how to get it, not just the name.
+    _missing = (exc.name or "yaml").split(".")[0]
+    raise ImportError(
+        f"the dbt Cloud spec validator and emulator need the module {_missing!r} "
+        f"({_DISTRIBUTIONS.get(_missing, _missing)}), which is not installed: {LOCAL_EXTRA_HINT}",
+        name=_missing,
+    ) from exc
 
 SPEC_ENV = "DBT_CLOUD_OPENAPI_SPEC"
 _SPEC_URI = "urn:dbt-cloud-openapi-v2"

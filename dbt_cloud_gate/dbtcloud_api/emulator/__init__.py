@@ -1,8 +1,15 @@
-"""A local, stateful dbt Cloud API v2 emulator: the embedded default for the demo and the tests."""
+"""A local, stateful dbt Cloud API v2 emulator: the embedded default for the demo and the tests.
+
+Modules: ``specs`` (jobs, steps, faults, run records), ``state`` (the account's jobs and run life cycle),
+``render`` (API objects), ``routes`` (:class:`Emulator`: one request in, one reply out), ``webhooks`` and
+``webhook_api`` (v3 subscriptions and signed deliveries), ``server`` (loopback HTTP), ``jobs`` (the demo account).
+Needs the ``[local]`` extra (the OpenAPI spec validator's PyYAML and jsonschema).
+"""
 
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_JOBS, demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.routes import Emulator, http_date
 from dbt_cloud_gate.dbtcloud_api.emulator.server import EmulatorServer
-from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator, Fault, JobSpec, RecordedRequest, StepSpec, http_date
+from dbt_cloud_gate.dbtcloud_api.emulator.specs import Fault, JobSpec, RecordedRequest, StepSpec
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import DeliveryAttempt, Subscription, WebhookFault, WebhookHub
 
 __all__ = [

@@ -11,8 +11,8 @@ import logging
 import sys
 
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN, demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.routes import Emulator
 from dbt_cloud_gate.dbtcloud_api.emulator.server import EmulatorServer
-from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
 from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
 

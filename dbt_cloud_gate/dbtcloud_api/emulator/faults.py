@@ -1,4 +1,4 @@
-"""The firing rule every emulator fault follows (HTTP faults in ``state``, webhook faults in ``webhooks``).
+"""The firing rule every emulator fault follows (HTTP faults in ``routes``, webhook faults in ``webhooks``).
 
 A fault that matches fires at most ``times`` times, with ``probability`` (the emulator's seeded random), after
 letting its first ``skip`` matches through; ``hits`` and ``skipped`` count what happened.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator, JobSpec
+from dbt_cloud_gate.dbtcloud_api.emulator.routes import Emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec
 from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
 
 DEMO_ACCOUNT_ID = 1

@@ -15,7 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator
+from dbt_cloud_gate.dbtcloud_api.emulator.routes import Emulator
 
 logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api.emulator")
 

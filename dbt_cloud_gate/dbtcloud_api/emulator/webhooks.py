@@ -12,6 +12,10 @@
 
 A background scheduler thread (started with the first subscription) finds due events and retries; a small thread
 pool sends them. Every send has a finite timeout, and :meth:`WebhookHub.close` stops both.
+
+The hub hears of runs as the account's :class:`~dbt_cloud_gate.dbtcloud_api.emulator.state.RunSink` (``track``,
+``wake``) and reads the account through the :class:`Account` protocol, so it imports nothing of the state's;
+:mod:`.webhook_api` maps the v3 subscription requests onto its ``create``/``update``/``delete``/``send_test``.
 """
 
 from __future__ import annotations
@@ -20,42 +24,56 @@ import heapq
 import itertools
 import logging
 import random
-import re
 import secrets
 import string
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
 from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
+from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec, RunRecord, reject_unknown
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, load_default_validator
 from dbt_cloud_gate.dbtcloud_api.webhooks import (
     EVENT_COMPLETED,
     EVENT_ERRORED,
     EVENT_STARTED,
-    EVENT_TYPES,
     delivery_payload,
     encode_body,
     sign,
 )
 
-if TYPE_CHECKING:
-    from dbt_cloud_gate.dbtcloud_api.emulator.state import Emulator, _Run
-
 logger = logging.getLogger("dbt_cloud_gate.dbtcloud_api.emulator.webhooks")
 
 WebhookFaultKind = Literal["drop", "delay", "bad_signature", "duplicate"]
-# What one API call answers: status code, the envelope's data, and its extra (or None).
-V3Answer = tuple[int, Any, dict[str, Any] | None]
-
 _ALNUM = string.ascii_letters + string.digits
-_SUBSCRIPTION_PATH = re.compile(r"webhooks/subscription/([^/]+)(/test)?")
+
+
+class Account(Protocol):
+    """What the hub reads of the emulated account (:class:`.state.AccountState` has it): a protocol, so that this
+    module needs nothing from the state's."""
+
+    @property
+    def account_id(self) -> int:
+        """The account's ID."""
+
+    @property
+    def jobs(self) -> dict[int, JobSpec]:
+        """The account's jobs by ID."""
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock the account's runs change under."""
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The account's clock (epoch seconds)."""
 
 
 def _epoch_micros(seconds: float) -> str:
@@ -85,9 +103,7 @@ class WebhookFault:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WebhookFault:
         """From a JSON object; unknown keys and kinds are an error."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown webhook fault setting(s) {sorted(unknown)}")
+        reject_unknown(cls, data, "webhook fault", show_known=False)
         fault = cls(**data)
         if fault.kind not in ("drop", "delay", "bad_signature", "duplicate"):
             raise ValueError(f"unknown webhook fault kind {fault.kind!r}")
@@ -165,6 +181,8 @@ class Subscription:
 
 @dataclass(order=True)
 class _Pending:
+    """A delivery waiting in the heap for its due time (ordered by ``due``, then ``seq``)."""
+
     due: float
     seq: int
     subscription_id: str = field(compare=False)
@@ -182,7 +200,9 @@ class _Pending:
 
 @dataclass
 class _Tracked:
-    run: _Run
+    """A run being watched, and which of its events went out already."""
+
+    run: RunRecord
     started_sent: bool = False
     errored_sent: bool = False
 
@@ -193,7 +213,7 @@ class WebhookHub:
 
     def __init__(
         self,
-        emulator: Emulator,
+        account: Account,
         *,
         timeout_seconds: float = 10.0,
         max_retries: int = 5,
@@ -205,7 +225,7 @@ class WebhookHub:
         validator: SpecValidator | None = None,
         seed: int = 0,
     ) -> None:
-        self.emulator = emulator
+        self.account = account
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
         self.retry_delays = tuple(retry_delays)
@@ -230,10 +250,9 @@ class WebhookHub:
         self._http: httpx.Client | None = None
 
     @classmethod
-    def for_emulator(cls, emulator: Emulator) -> WebhookHub:
-        """The hub an emulator starts with: v3 requests validated when v2 ones are."""
-        validator = load_default_validator("v3") if emulator.validator is not None else None
-        return cls(emulator, validator=validator)
+    def for_emulator(cls, account: Account, *, validate: bool) -> WebhookHub:
+        """The hub an emulator starts with: v3 requests validated (``validate``) when v2 ones are."""
+        return cls(account, validator=load_default_validator("v3") if validate else None)
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -268,9 +287,9 @@ class WebhookHub:
             self._woken = True
             self._cond.notify_all()
 
-    def track(self, run: _Run) -> None:
+    def track(self, run: RunRecord) -> None:
         """Watch a new run for its transitions (history runs, already over, are not)."""
-        if run.status_at(self.emulator.clock()).is_terminal:
+        if run.status_at(self.account.clock()).is_terminal:
             return
         self._tracked[run.id] = _Tracked(run)
 
@@ -324,7 +343,7 @@ class WebhookHub:
     def _scan(self, now: float) -> float | None:
         """Turn due run transitions into deliveries; the next time something falls due."""
         next_due: float | None = None
-        with self.emulator._lock:
+        with self.account.lock:
             for run_id in list(self._tracked):
                 tracked = self._tracked[run_id]
                 events, due, done = self._due_events(tracked, now)
@@ -336,8 +355,8 @@ class WebhookHub:
                     next_due = due if next_due is None else min(next_due, due)
         return next_due
 
-    def _publish(self, run: _Run, event_type: str, occurred: float, now: float) -> None:
-        spec = self.emulator.jobs[run.job_id]
+    def _publish(self, run: RunRecord, event_type: str, occurred: float, now: float) -> None:
+        spec = self.account.jobs[run.job_id]
         status = {
             EVENT_STARTED: RunStatus.RUNNING,
             EVENT_ERRORED: RunStatus.ERROR,
@@ -350,7 +369,7 @@ class WebhookHub:
                     continue  # the run changed before this subscription existed
                 payload = delivery_payload(
                     event_type,
-                    account_id=self.emulator.account_id,
+                    account_id=self.account.account_id,
                     run_id=run.id,
                     job_id=run.job_id,
                     run_status_code=int(status),
@@ -362,9 +381,7 @@ class WebhookHub:
                     webhook_name=subscription.name,
                     job_name=spec.name,
                     run_reason=run.cause,
-                    run_status_message=f"Database Error in model {spec.failing_model or spec.models[-1]}"
-                    if status == RunStatus.ERROR
-                    else None,
+                    run_status_message=spec.error_message() if status == RunStatus.ERROR else None,
                     started_at=datetime.fromtimestamp(run.started, tz=UTC),
                     ended_at=None if event_type == EVENT_STARTED else datetime.fromtimestamp(run.finished, tz=UTC),
                 )
@@ -430,7 +447,7 @@ class WebhookHub:
 
     def _loop(self) -> None:
         while True:
-            now = self.emulator.clock()
+            now = self.account.clock()
             next_due = self._scan(now)
             with self._cond:
                 if self._closed:
@@ -442,7 +459,7 @@ class WebhookHub:
                 candidates = [now + 1.0] + ([next_due] if next_due is not None else [])
                 if self._heap:
                     candidates.append(self._heap[0].due)
-                wait = min(candidates) - self.emulator.clock()
+                wait = min(candidates) - self.account.clock()
                 if wait > 0 and not self._woken:
                     self._cond.wait(wait)
                 self._woken = False
@@ -461,7 +478,7 @@ class WebhookHub:
             "User-Agent": "dbt-cloud-emulator-webhooks",
         }
         started = time.monotonic()
-        at = self.emulator.clock()
+        at = self.account.clock()
         status: int | None = None
         error: str | None = None
         assert self._http is not None
@@ -496,107 +513,41 @@ class WebhookHub:
                     **{
                         **asdict(pending),
                         "seq": next(self._seq),
-                        "due": self.emulator.clock() + delay,
+                        "due": self.account.clock() + delay,
                         "attempt": pending.attempt + 1,
                     }
                 )
                 heapq.heappush(self._heap, retry)
                 self._cond.notify_all()
 
-    # -- the v3 API -------------------------------------------------------------------------------------
+    # -- subscriptions (the v3 API's verbs; :mod:`.webhook_api` maps requests onto them) -----------------
 
-    def handle(self, method: str, rest: str, query: dict[str, list[str]], body: Any, now: float) -> V3Answer:
-        """Answer one ``/api/v3/accounts/{id}/<rest>`` request (already authenticated and validated)."""
-        if rest == "webhooks/subscriptions":
-            if method == "GET":
-                return self._list(query)
-            if method == "POST":
-                return self._create(body, now)
-            return 405, None, None
-        found = _SUBSCRIPTION_PATH.fullmatch(rest)
-        if found is None:
-            return 404, None, None
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, oldest first."""
         with self._cond:
-            subscription = self.subscriptions.get(found.group(1))
-        if subscription is None:
-            return 404, None, None
-        if found.group(2):
-            return (200, {"event_id": self._test(subscription, now)}, None) if method == "GET" else (405, None, None)
-        if method == "GET":
-            return 200, subscription.to_json(), None
-        if method == "PUT":
-            return self._update(subscription, body, now)
-        if method == "DELETE":
-            with self._cond:
-                self.subscriptions.pop(subscription.id, None)
-            return 200, {"id": subscription.id}, None
-        return 405, None, None
+            return list(self.subscriptions.values())
 
-    def _list(self, query: dict[str, list[str]]) -> V3Answer:
-        try:
-            limit = int((query.get("limit") or ["100"])[-1])
-            offset = int((query.get("offset") or ["0"])[-1])
-        except ValueError:
-            return 400, {"limit": ["A valid integer is required."]}, None
+    def get(self, subscription_id: str) -> Subscription | None:
+        """The subscription with this ID, if any."""
         with self._cond:
-            everything = list(self.subscriptions.values())
-        page = everything[offset : offset + limit]
-        extra = {
-            "filters": {"limit": limit, "offset": offset},
-            "pagination": {"count": len(page), "total_count": len(everything)},
-        }
-        return 200, [s.to_json() for s in page], extra
+            return self.subscriptions.get(subscription_id)
 
-    @staticmethod
-    def _checked_body(body: Any) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
-        """The body's subscription settings, or the field errors dbt Cloud would answer with."""
-        if not isinstance(body, dict):
-            return None, {"__all__": ["A JSON object is required."]}
-        errors: dict[str, list[str]] = {}
-        event_types = body.get("event_types")
-        if not isinstance(event_types, list) or not event_types:
-            errors["event_types"] = ["This list may not be empty."]
-        elif any(kind not in EVENT_TYPES for kind in event_types):
-            errors["event_types"] = [f"Event types must be among {list(EVENT_TYPES)}."]
-        url = body.get("client_url")
-        if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+", url):
-            errors["client_url"] = ["Enter a valid URL."]
-        if not str(body.get("name") or "").strip():
-            errors["name"] = ["This field may not be blank."]
-        job_ids = body.get("job_ids") or []
-        if not isinstance(job_ids, list) or any(isinstance(j, bool) or not isinstance(j, int) for j in job_ids):
-            errors["job_ids"] = ["A list of integers is required."]
-        if errors:
-            return None, errors
-        return {
-            "name": str(body["name"]).strip(),
-            "description": str(body.get("description") or ""),
-            "client_url": url,
-            "event_types": list(event_types or []),
-            "job_ids": [int(j) for j in job_ids],
-            "active": bool(body.get("active", True)),
-        }, {}
-
-    def _create(self, body: Any, now: float) -> V3Answer:
-        settings, errors = self._checked_body(body)
-        if settings is None:
-            return 400, errors, None
+    def create(self, settings: dict[str, Any], now: float) -> Subscription:
+        """Store a new subscription with a fresh ID and secret (and start sending)."""
         subscription = Subscription(
             id="wsu_" + "".join(secrets.choice(_ALNUM) for _ in range(27)),
             hmac_secret=secrets.token_hex(32),
-            account_id=self.emulator.account_id,
+            account_id=self.account.account_id,
             created=now,
             **settings,
         )
         with self._cond:
             self.subscriptions[subscription.id] = subscription
         self._ensure_started()
-        return 201, subscription.to_json(with_secret=True), None
+        return subscription
 
-    def _update(self, subscription: Subscription, body: Any, now: float) -> V3Answer:
-        settings, errors = self._checked_body(body)
-        if settings is None:
-            return 400, errors, None
+    def update(self, subscription: Subscription, settings: dict[str, Any], now: float) -> None:
+        """Replace a subscription's settings; turning it on again clears its failures."""
         with self._cond:
             reactivated = settings["active"] and not subscription.active
             for name, value in settings.items():
@@ -605,13 +556,17 @@ class WebhookHub:
             if reactivated:
                 subscription.consecutive_failures = 0
                 subscription.deactivate_reason = None
-        return 200, subscription.to_json(), None
 
-    def _test(self, subscription: Subscription, now: float) -> str:
+    def delete(self, subscription_id: str) -> None:
+        """Forget a subscription: its pending deliveries are not sent."""
+        with self._cond:
+            self.subscriptions.pop(subscription_id, None)
+
+    def send_test(self, subscription: Subscription, now: float) -> str:
         """Send dbt Cloud's test delivery: a fixed sample body, whatever the account's runs (one attempt)."""
         payload = delivery_payload(
             EVENT_COMPLETED,
-            account_id=self.emulator.account_id,
+            account_id=self.account.account_id,
             run_id=12345,
             job_id=123,
             run_status_code=int(RunStatus.SUCCESS),
@@ -630,35 +585,7 @@ class WebhookHub:
         self._ensure_started()
         return event_id
 
-    # -- admin (for processes that cannot hold the emulator object) ---------------------------------------
-
-    def admin(self, method: str, rest: str, body: Any) -> tuple[int, Any]:
-        """``/_emulator/webhooks/<rest>``: ``deliveries`` (GET), ``faults`` (POST one, DELETE all),
-        ``settings`` (POST timeout_seconds, max_retries, retry_delays, deactivate_after...)."""
-        if method == "GET" and rest == "deliveries":
-            with self._cond:
-                return 200, [asdict(d) for d in self.deliveries]
-        if rest == "faults" and method == "POST":
-            try:
-                return 200, asdict(self.add_fault(WebhookFault.from_dict(body or {})))
-            except (TypeError, ValueError) as exc:
-                return 400, str(exc)
-        if rest == "faults" and method == "DELETE":
-            self.clear_faults()
-            return 200, []
-        if rest == "settings" and method == "POST":
-            allowed = {
-                "timeout_seconds",
-                "max_retries",
-                "retry_delays",
-                "deactivate_after",
-                "completed_delay_seconds",
-                "webhook_id_key",
-            }
-            unknown = set(body or {}) - allowed
-            if unknown or not isinstance(body, dict):
-                return 400, f"unknown webhook setting(s) {sorted(unknown)}; known: {sorted(allowed)}"
-            for name, value in body.items():
-                setattr(self, name, tuple(value) if name == "retry_delays" else value)
-            return 200, {name: getattr(self, name) for name in sorted(allowed)}
-        return 404, "Unknown emulator webhook admin endpoint."
+    def delivery_log(self) -> list[DeliveryAttempt]:
+        """A copy of every delivery attempt so far."""
+        with self._cond:
+            return list(self.deliveries)

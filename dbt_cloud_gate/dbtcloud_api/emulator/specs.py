@@ -1,0 +1,221 @@
+"""What the emulator is given and what it keeps: jobs and their steps, HTTP faults, runs, recorded requests.
+
+Plain data with no behaviour beyond a run's status on the clock; :mod:`.state` holds them, :mod:`.render` turns
+them into API objects, :mod:`.routes` answers requests with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dbt_cloud_gate.dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep
+
+Outcome = Literal["success", "error", "cancelled"]
+FaultKind = Literal["429", "5xx", "status", "drop", "slow", "not_found_fresh", "lost_response"]
+
+MAX_CAUSE = 255
+# The set-up steps dbt Cloud runs before a job's own commands (step indexes count them).
+SETUP_STEPS = ("Clone git repository", "Create profile from connection", "Invoke dbt with `dbt deps`")
+_OUTCOME_STATUS = {"success": RunStatus.SUCCESS, "error": RunStatus.ERROR, "cancelled": RunStatus.CANCELLED}
+
+
+def reject_unknown(cls: type[Any], data: dict[str, Any], label: str, *, show_known: bool = True) -> None:
+    """Refuse settings that are not fields of the dataclass ``cls`` (a typo is an error, not silently ignored)."""
+    known = set(cls.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        hint = f"; known: {sorted(known)}" if show_known else ""
+        raise ValueError(f"unknown {label} setting(s) {sorted(unknown)}{hint}")
+
+
+def dbt_command(command: str) -> str | None:
+    """The dbt sub-command of a step command (``dbt run --select x`` → ``run``), as dbt Cloud's step name says."""
+    return RunStep(name=f"Invoke dbt with `{command}`").dbt_command
+
+
+@dataclass
+class StepSpec:
+    """One command step of a job and the ``run_results.json`` it leaves (served with ``?step=<index>``).
+
+    ``models``: the models the step builds; default: the job's ``models`` for a building command (``dbt run``,
+    ``build``, ``seed``, ``snapshot``...), none otherwise. ``tests``: the tests it runs (after its models);
+    default for ``dbt test``: ``not_null_<model>_id`` for each of the job's models, none otherwise.
+    ``artifacts``: whether the step leaves a ``run_results.json`` at all; default: every dbt command but ``deps``.
+    """
+
+    command: str
+    models: list[str] | None = None
+    tests: list[str] | None = None
+    artifacts: bool | None = None
+
+    @classmethod
+    def coerce(cls, value: StepSpec | str | dict[str, Any]) -> StepSpec:
+        """A step from a ``StepSpec``, a bare command, or a jobs-file entry (unknown keys are an error)."""
+        if isinstance(value, StepSpec):
+            return value
+        if isinstance(value, str):
+            return cls(command=value)
+        reject_unknown(cls, value, "step")
+        return cls(**value)
+
+    def built_models(self, job_models: list[str]) -> list[str]:
+        """The models this step builds."""
+        if self.models is not None:
+            return list(self.models)
+        return list(job_models) if dbt_command(self.command) in BUILDING_COMMANDS else []
+
+    def run_tests(self, job_models: list[str]) -> list[str]:
+        """The tests this step runs."""
+        if self.tests is not None:
+            return list(self.tests)
+        if dbt_command(self.command) == "test":
+            return [f"not_null_{model.split('.')[0]}_id" for model in job_models]
+        return []
+
+    def leaves_artifacts(self) -> bool:
+        """Whether the step leaves a ``run_results.json``."""
+        if self.artifacts is not None:
+            return self.artifacts
+        return dbt_command(self.command) not in (None, "deps")
+
+
+@dataclass
+class JobSpec:
+    """A job the emulator knows, with how its runs behave.
+
+    ``steps`` describes each command step (see :class:`StepSpec`); when given, ``execute_steps`` is their commands.
+    Without it, each of ``execute_steps`` builds the job's ``models`` if its command builds anything.
+    """
+
+    id: int
+    name: str = "dbt build"
+    project_id: int = 1
+    environment_id: int = 1
+    description: str = ""
+    execute_steps: list[str] = field(default_factory=lambda: ["dbt build"])
+    schedule_enabled: bool = False
+    cron: str = "0 6 * * *"
+    queue_seconds: float = 0.2
+    start_seconds: float = 0.2
+    run_seconds: float = 1.0
+    outcome: Outcome = "success"
+    # Outcomes of successive runs (cycled); overrides ``outcome`` when set.
+    outcomes: list[Outcome] | None = None
+    retry_outcome: Outcome = "success"
+    models: list[str] = field(default_factory=lambda: ["stg_orders", "orders"])
+    failing_model: str | None = None
+    # Durations (seconds, start to finish) of past successful runs created at start-up.
+    history_seconds: list[float] = field(default_factory=list)
+    steps: list[StepSpec] | None = None
+    # A server fault: a successful run is served with ``finished_at`` null (no watermark).
+    finished_at_missing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps is not None:
+            self.steps = [StepSpec.coerce(step) for step in self.steps]
+            self.execute_steps = [step.command for step in self.steps]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """Build from a jobs-file entry; unknown keys are an error, not silently ignored."""
+        reject_unknown(cls, data, "job")
+        return cls(**data)
+
+    def error_model(self) -> str:
+        """The model a failing run fails on: ``failing_model``, else the job's last model."""
+        return self.failing_model or self.models[-1]
+
+    def error_message(self) -> str:
+        """The status message of a failed run (the run object's and the webhook's)."""
+        return f"Database Error in model {self.error_model()}"
+
+
+@dataclass
+class Fault:
+    """A fault to inject into matching requests.
+
+    ``kind``: ``429`` (with ``retry_after`` as the header value, or none), ``5xx`` (``status`` with an HTML body),
+    ``status`` (any ``status`` code in the dbt Cloud error envelope, e.g. a 403 after a token was revoked),
+    ``drop`` (close the connection, request not processed), ``slow`` (answer after ``delay`` seconds),
+    ``not_found_fresh`` (404 for a run younger than ``fresh_seconds``), ``lost_response`` (process the request,
+    then drop the connection: a trigger whose run is created but whose answer is lost).
+    ``skip`` lets the first matching requests through untouched (fault the second search, not the first).
+    """
+
+    kind: FaultKind
+    method: str | None = None
+    path: str | None = None
+    job_id: int | None = None
+    times: int | None = None
+    probability: float = 1.0
+    retry_after: str | None = None
+    status: int = 503
+    delay: float = 0.0
+    fresh_seconds: float = 1.0
+    skip: int = 0
+    hits: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fault:
+        """Build from JSON (the admin endpoint and the CLI)."""
+        reject_unknown(cls, data, "fault", show_known=False)
+        return cls(**data)
+
+
+@dataclass
+class RecordedRequest:
+    """A request the emulator received (the token is never kept, only the auth scheme)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    auth_scheme: str | None
+    at: float
+    status: int | None = None
+    fault: str | None = None
+    spec_problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunRecord:
+    """One run as the emulator keeps it: its trigger, and when it leaves the queue, starts and ends.
+
+    ``dequeued``/``started``/``finished`` are planned by :meth:`.state.AccountState.replan` (a job runs one run at a
+    time); the status at any moment follows from them and ``cancelled_at``.
+    """
+
+    id: int
+    job_id: int
+    trigger_id: int
+    cause: str
+    overrides: dict[str, Any]
+    created: float
+    outcome: Outcome
+    steps: list[str]
+    queue_s: float
+    start_s: float
+    run_s: float
+    dequeued: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+    cancelled_at: float | None = None
+    retry_of: int | None = None
+
+    def status_at(self, now: float) -> RunStatus:
+        """The run's status at ``now``."""
+        if self.cancelled_at is not None and now >= self.cancelled_at:
+            return RunStatus.CANCELLED
+        if now >= self.finished:
+            return _OUTCOME_STATUS[self.outcome]
+        if now >= self.started:
+            return RunStatus.RUNNING
+        if now >= self.dequeued:
+            return RunStatus.STARTING
+        return RunStatus.QUEUED
+
+    def end(self) -> float:
+        """When the run ends: its cancellation, else its planned finish."""
+        return self.cancelled_at if self.cancelled_at is not None else self.finished
