@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
@@ -49,6 +49,13 @@ with credentials.get_client() as client:
 
     # A validation error must not echo the token it refused (pydantic shows the input by default).
     model_config = ConfigDict(hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_prefect_dbt(cls, data: Any) -> Any:
+        """Take prefect-dbt's ``DbtCloudCredentials`` (``account_id``, ``api_key``, ``domain``) as it is: an instance,
+        or its saved fields; no dependency on prefect-dbt."""
+        return from_prefect_dbt(data) if not isinstance(data, cls) else data
 
     account_id: PositiveInt = Field(..., title="Account ID", description="The numeric ID of the dbt Cloud account.")
     api_token: SecretStr = Field(
@@ -126,6 +133,23 @@ class DbtCloudSettings(BaseSettings):
         return None if value is None else check_id("DBT_CLOUD_ACCOUNT_ID", value)
 
 
+PREFECT_DBT_SLUG = "dbt-cloud-credentials"
+
+
+def from_prefect_dbt(data: Any) -> Any:
+    """prefect-dbt's credentials (an instance, or a dict of its fields) as this block's fields; anything else as
+    it is."""
+    fields = data if isinstance(data, dict) else None
+    if fields is None and hasattr(data, "api_key") and hasattr(data, "account_id"):
+        fields = {"account_id": data.account_id, "api_key": data.api_key, "domain": getattr(data, "domain", None)}
+    if fields is None or "api_key" not in fields or "api_token" in fields:
+        return data
+    converted = {"account_id": fields.get("account_id"), "api_token": fields["api_key"]}
+    if fields.get("domain"):
+        converted["access_url"] = fields["domain"]
+    return converted
+
+
 def resolve_credentials(credentials: DbtCloudCredentials | str | None = None) -> DbtCloudCredentials:
     """The credentials a flow uses: the block given, else the saved block named, else the environment.
 
@@ -177,15 +201,43 @@ def _variable(location: tuple[int | str, ...]) -> str:
 
 
 def _load_block(name: str, where: str) -> DbtCloudCredentials:
+    if name.startswith(f"{PREFECT_DBT_SLUG}/"):
+        return _load_prefect_dbt_block(name.split("/", 1)[1], where)
     block_name = name.split("/", 1)[1] if name.startswith(f"{DbtCloudCredentials._block_type_slug}/") else name
     try:
         # Sync whoever calls: inside an async flow, load() would hand back a coroutine.
         loaded = DbtCloudCredentials.load(block_name, _sync=True)  # type: ignore[call-arg]
     except ValueError as exc:
+        # Coming from prefect-dbt: its saved DbtCloudCredentials block of that name serves as well.
+        found = _read_prefect_dbt_block(block_name)
+        if found is not None:
+            return found
         raise DbtCloudConfigError(
-            f"No saved dbt Cloud credentials block named {block_name!r} ({where}): create it with "
+            f"No saved dbt Cloud credentials block named {block_name!r} ({where}), neither a dbt Cloud Gate "
+            f"Credentials block nor prefect-dbt's dbt Cloud Credentials: create it with "
             f"DbtCloudCredentials(...).save({block_name!r}) or in the Prefect UI. ({exc})"
         ) from None
     if not isinstance(loaded, DbtCloudCredentials):  # pragma: no cover - load() returns the class it is called on
         raise DbtCloudConfigError(f"Block {block_name!r} is not a dbt Cloud Gate Credentials block.")
     return loaded
+
+
+def _read_prefect_dbt_block(name: str) -> DbtCloudCredentials | None:
+    """prefect-dbt's saved ``DbtCloudCredentials`` of that name, read as a block document (prefect-dbt need not be
+    installed), or None when there is none."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name(name, block_type_slug=PREFECT_DBT_SLUG, include_secrets=True)
+    except (ObjectNotFound, ValueError):
+        return None
+    return DbtCloudCredentials.model_validate(from_prefect_dbt(dict(document.data)))
+
+
+def _load_prefect_dbt_block(name: str, where: str) -> DbtCloudCredentials:
+    found = _read_prefect_dbt_block(name)
+    if found is None:
+        raise DbtCloudConfigError(f"No saved prefect-dbt dbt Cloud Credentials block named {name!r} ({where}).")
+    return found

@@ -368,10 +368,22 @@ def test_credentials_from_environment_and_saved_block(
 
 
 def test_bad_parameters_are_refused(emulator: EmulatorServer) -> None:
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"poll_interval_seconds\n  Input should be greater than 0"):
         run_dbt_cloud_job(11, creds(emulator), poll_interval_seconds=0)
     with pytest.raises(Exception, match="if_running"):
         run_dbt_cloud_job(11, creds(emulator), if_running="maybe")  # type: ignore[arg-type]
+    # The grouped form, as a deployment's parameters pass it: refused by Prefect's parameter validation, naming
+    # the field, before anything is triggered.
+    for bad, field in (
+        ({"wait": {"max_wait_seconds": float("nan")}}, "max_wait_seconds"),
+        ({"wait": {"poll_interval_seconds": -5}}, "poll_interval_seconds"),
+        ({"start": {"run_id": 5, "retry_failed_run_id": 6}}, "exclude each other"),
+        ({"trigger": {"steps_override": []}}, "steps_override"),
+        ({"trigger": {"threads_override": 0}}, "threads_override"),
+        ({"job_id": True}, "job_id"),
+    ):
+        with pytest.raises(Exception, match=field):
+            run_dbt_cloud_job(**{"job_id": 11, "credentials": creds(emulator), **bad})
     assert emulator.emulator.trigger_count == {}
 
 
