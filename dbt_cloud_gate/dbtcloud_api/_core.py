@@ -1,17 +1,16 @@
 """The I/O-free half of both clients: configuration, request building, answer checking, retries and paging.
 
-:class:`Core` builds each API call (:class:`~._retry.Call`: what to send, how to read the answer, how safe it is
-to resend) and runs it as :meth:`Core.exchange`, a generator that yields what to do next (:class:`Send` a
-request, :class:`Sleep`) and is sent back each answer (or thrown each transport failure). :class:`Pager` decides
-paging. :mod:`.client`'s sync and async twins drive them: they only send and sleep.
+:class:`Core` builds each API call (:class:`~._retry.Call`: what to send, how to read the answer, how safe it
+is to resend) and runs it as :meth:`Core.exchange`, a generator of steps (``Send`` a request, ``Sleep``) that is
+sent each answer or thrown each transport failure (see :mod:`._exchange`); :class:`Pager` decides paging.
+:mod:`.client`'s sync and async twins drive them: they only send and sleep.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -25,6 +24,7 @@ from dbt_cloud_gate.dbtcloud_api._config import (
     config_seconds,
     validate_api_token,
 )
+from dbt_cloud_gate.dbtcloud_api._exchange import Exchange, Send, Sleep
 from dbt_cloud_gate.dbtcloud_api._payloads import (
     bracketed,
     envelope_data,
@@ -45,7 +45,7 @@ from dbt_cloud_gate.dbtcloud_api.webhooks import (
     subscription_body,
 )
 
-__all__ = ["SEND_FAILURES", "Core", "Exchange", "Pager", "Send", "Sleep", "Step"]
+__all__ = ["SEND_FAILURES", "Core", "Pager", "Send", "Sleep", "Step"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,55 +55,7 @@ R = TypeVar("R")
 SEND_FAILURES = (httpx.TransportError, TimeoutError)
 
 
-@dataclass(frozen=True)
-class Send:
-    """Send this request (``httpx`` keyword arguments); the attempt must end by ``deadline`` (monotonic)."""
-
-    request: dict[str, Any]
-    deadline: float
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Sleep this many seconds (a rate limiter's hold, or a backoff) before going on."""
-
-    seconds: float
-
-
 Step = Send | Sleep
-
-
-class Exchange(Generic[T]):
-    """One call in progress, for a driver: iterate for the steps to take, report each with :meth:`reply`.
-
-    Iteration ends when the call has its answer (:attr:`answer`); the call's final error is raised by
-    :meth:`reply`. A driver only sleeps a :class:`Sleep` and sends a :class:`Send`.
-    """
-
-    def __init__(self, steps: Generator[Step, httpx.Response | None, T]) -> None:
-        self._steps = steps
-        self._step: Step | None = next(steps)
-        self._answer: T | None = None
-
-    def __iter__(self) -> Iterator[Step]:
-        while self._step is not None:
-            yield self._step
-
-    def reply(self, outcome: httpx.Response | BaseException | None) -> None:
-        """What the last step gave: a response, the failure a send raised, or ``None`` after a sleep."""
-        try:
-            if isinstance(outcome, BaseException):
-                self._step = self._steps.throw(outcome)
-            else:
-                self._step = self._steps.send(outcome)
-        except StopIteration as done:
-            self._step, self._answer = None, done.value
-
-    @property
-    def answer(self) -> T:
-        """The call's answer, once iteration has ended (answers are never ``None``)."""
-        assert self._answer is not None, "the exchange has not ended"
-        return self._answer
 
 
 class Pager(Generic[R]):
@@ -205,7 +157,7 @@ class Core:
             return 0.0
         return max(0.0, self.retry.not_found_grace_seconds - (time.monotonic() - created))
 
-    def exchange(self, call: Call[T]) -> Exchange[T]:
+    def exchange(self, call: Call[T]) -> Exchange[Step, httpx.Response, T]:
         """``call`` in progress: the steps to take (sleep, send) until its answer, or its final error."""
         return Exchange(self._steps(call))
 
@@ -282,16 +234,35 @@ class Core:
         path = self._path(suffix)
         return Call(method, path, parse=parser(f"{method} {path}", model), **options)
 
+    def _run_call(
+        self,
+        method: str,
+        suffix: str,
+        *,
+        run_id: int | None = None,
+        of_job: int | None = None,
+        new_run: bool = False,
+        **options: Any,
+    ) -> Call[Run]:
+        """A call answered with one run, checked to be the run asked for (``run_id``, of job ``of_job``); a
+        ``new_run`` is remembered for the 404 grace of the reads that follow."""
+        label = f"{method} {self._path(suffix)}"
+
+        def read(data: Any) -> Run:
+            run = self._check_run(label, Run.model_validate(data), run_id=run_id, job_id=of_job, new_run=new_run)
+            return self._remember_run(run) if new_run else run
+
+        return self._build(method, suffix, read, **options)
+
     def trigger_call(self, job_id: int, cause: str, overrides: dict[str, Any]) -> Call[Run]:
+        """Start a run of ``job_id``: certain to be sent once only when it cannot have reached dbt Cloud."""
         check_id("job_id", job_id)
         body = trigger_body(cause, overrides)
-        label = f"POST {self._path(f'jobs/{job_id}/run/')}"
-        return self._build(
+        return self._run_call(
             "POST",
             f"jobs/{job_id}/run/",
-            lambda data: self._remember_run(
-                self._check_run(label, Run.model_validate(data), job_id=job_id, new_run=True)
-            ),
+            of_job=job_id,
+            new_run=True,
             json_body=body,
             kind="start_run",
             job_id=job_id,
@@ -305,17 +276,18 @@ class Core:
         not_found_grace_seconds: float | None,
         job_id: int | None = None,
     ) -> Call[Run]:
+        """The call behind :meth:`DbtCloudClient.get_run` (checked here, before any request)."""
         check_id("run_id", run_id)
         if job_id is not None:
             check_id("job_id", job_id)
         if not_found_grace_seconds is not None:
             config_seconds("get_run.not_found_grace_seconds", not_found_grace_seconds, allow_zero=True)
         params = [("include_related", ",".join(include_related))] if include_related else []
-        label = f"GET {self._path(f'runs/{run_id}/')}"
-        return self._build(
+        return self._run_call(
             "GET",
             f"runs/{run_id}/",
-            lambda data: self._check_run(label, Run.model_validate(data), run_id=run_id, job_id=job_id),
+            run_id=run_id,
+            of_job=job_id,
             params=params,
             not_found_grace=self._grace_for(run_id, not_found_grace_seconds),
         )
@@ -329,6 +301,7 @@ class Core:
         offset: int,
         include_related: Sequence[str],
     ) -> Call[RunPage]:
+        """The call behind :meth:`DbtCloudClient.list_runs` (checked here, before any request)."""
         check_page(limit, offset)
         params: list[tuple[str, str]] = []
         if job_definition_id is not None:
@@ -364,27 +337,18 @@ class Core:
         return Call("GET", path, parse=parse, params=params)
 
     def cancel_call(self, run_id: int) -> Call[Run]:
+        """The call behind :meth:`DbtCloudClient.cancel_run` (checked here, before any request)."""
         check_id("run_id", run_id)
-        label = f"POST {self._path(f'runs/{run_id}/cancel/')}"
-        return self._build(
-            "POST",
-            f"runs/{run_id}/cancel/",
-            lambda data: self._check_run(label, Run.model_validate(data), run_id=run_id),
-            kind="write",
-        )
+        return self._run_call("POST", f"runs/{run_id}/cancel/", run_id=run_id, kind="write")
 
     def retry_call(self, run_id: int) -> Call[Run]:
+        """The call behind :meth:`DbtCloudClient.retry_run` (checked here, before any request)."""
         check_id("run_id", run_id)
-        label = f"POST {self._path(f'runs/{run_id}/retry/')}"
-        return self._build(
-            "POST",
-            f"runs/{run_id}/retry/",
-            lambda data: self._remember_run(self._check_run(label, Run.model_validate(data), new_run=True)),
-            kind="start_run",
-        )
+        return self._run_call("POST", f"runs/{run_id}/retry/", new_run=True, kind="start_run")
 
     def list_artifacts_call(self, run_id: int) -> Call[list[str]]:
         # The spec gives this endpoint no ``step`` parameter (only the download has one).
+        """The call behind :meth:`DbtCloudClient.list_run_artifacts` (checked here, before any request)."""
         check_id("run_id", run_id)
 
         def to_list(data: Any) -> list[str]:
@@ -395,6 +359,7 @@ class Core:
         return self._build("GET", f"runs/{run_id}/artifacts/", to_list)
 
     def get_artifact_call(self, run_id: int, path: str, step: int | None) -> Call[bytes]:
+        """The call behind :meth:`DbtCloudClient.get_run_artifact` (checked here, before any request)."""
         check_id("run_id", run_id)
         clean = path.strip().lstrip("/")
         if not clean or any(part in ("", ".", "..") for part in clean.split("/")):
@@ -408,10 +373,12 @@ class Core:
         )
 
     def get_job_call(self, job_id: int) -> Call[Job]:
+        """The call behind :meth:`DbtCloudClient.get_job` (checked here, before any request)."""
         check_id("job_id", job_id)
         return self._build("GET", f"jobs/{job_id}/", Job.model_validate)
 
     def update_job_call(self, job: Job | dict[str, Any]) -> Call[Job]:
+        """The call behind :meth:`DbtCloudClient.update_job` (checked here, before any request)."""
         body = job_update_body(job)
         job_id = check_id("job id", body.get("id"))
         return self._build("POST", f"jobs/{job_id}/", Job.model_validate, json_body=body, kind="write")
@@ -433,6 +400,7 @@ class Core:
         return Call(method, path, parse=parser(f"{method} {path}", model), **options)
 
     def list_webhook_subscriptions_call(self, limit: int, offset: int) -> Call[list[WebhookSubscription]]:
+        """The call behind :meth:`DbtCloudClient.list_webhook_subscriptions` (checked here, before any request)."""
         check_page(limit, offset)
 
         def to_list(data: Any) -> list[WebhookSubscription]:
@@ -447,16 +415,19 @@ class Core:
         self, name: str, client_url: str, settings: SubscriptionSettings
     ) -> Call[WebhookSubscription]:
         # A create retried after a lost answer can make a second subscription; ensure-style callers list first.
+        """The call behind :meth:`DbtCloudClient.create_webhook_subscription` (checked here, before any request)."""
         body = subscription_body(name=name, client_url=client_url, **settings)
         return self._build_v3("POST", "subscriptions", WebhookSubscription.model_validate, json_body=body, kind="write")
 
     def get_webhook_subscription_call(self, subscription_id: str) -> Call[WebhookSubscription]:
+        """The call behind :meth:`DbtCloudClient.get_webhook_subscription` (checked here, before any request)."""
         ident = check_subscription_id(subscription_id)
         return self._build_v3("GET", f"subscription/{ident}", WebhookSubscription.model_validate)
 
     def update_webhook_subscription_call(
         self, subscription_id: str, name: str, client_url: str, settings: SubscriptionSettings
     ) -> Call[WebhookSubscription]:
+        """The call behind :meth:`DbtCloudClient.update_webhook_subscription` (checked here, before any request)."""
         ident = check_subscription_id(subscription_id)
         body = subscription_body(name=name, client_url=client_url, **settings)
         return self._build_v3(
@@ -464,12 +435,14 @@ class Core:
         )
 
     def delete_webhook_subscription_call(self, subscription_id: str) -> Call[str]:
+        """The call behind :meth:`DbtCloudClient.delete_webhook_subscription` (checked here, before any request)."""
         ident = check_subscription_id(subscription_id)
         return self._build_v3(
             "DELETE", f"subscription/{ident}", lambda data: str((data or {}).get("id") or ident), kind="write"
         )
 
     def test_webhook_subscription_call(self, subscription_id: str) -> Call[dict[str, Any]]:
+        """The call behind :meth:`DbtCloudClient.test_webhook_subscription` (checked here, before any request)."""
         ident = check_subscription_id(subscription_id)
 
         def to_dict(data: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 
 def envelope_data(call_label: str, response: httpx.Response) -> tuple[Any, dict[str, Any]]:
+    """The envelope's ``data`` and ``extra`` (``{}`` when absent); a ``DbtCloudResponseError`` if not an envelope."""
     try:
         body = response.json()
     except (ValueError, UnicodeDecodeError):

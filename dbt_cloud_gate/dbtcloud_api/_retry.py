@@ -108,6 +108,7 @@ class RetryState:
         self.attempt_deadline: float | None = None
 
     def elapsed(self) -> float:
+        """Seconds since the call began."""
         return time.monotonic() - self.started
 
     def begin_attempt(self) -> float:

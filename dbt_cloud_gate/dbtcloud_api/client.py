@@ -4,7 +4,7 @@ Both clients are drivers of one I/O-free core (``_core.Core``): it builds each r
 as a generator of steps (send this, sleep that) and reads the answers; the twins only send and sleep. The
 client knows HTTP and dbt Cloud, nothing of Prefect. Its parts: ``_config`` (timeouts, retry policy, token),
 ``_deadline`` (request deadlines), ``_retry`` (retry decisions), ``_payloads`` (bodies, the envelope),
-``_core``; the public names of each are importable from here.
+``_exchange`` (steps and their drivers' handle), ``_core``; the public names of each are importable from here.
 
 Retry rules:
 - reads, cancels and job updates are retried on transport errors, 429 (honouring ``Retry-After``) and
@@ -101,14 +101,17 @@ class DbtCloudClient(Core):
         """Take the call's steps (:meth:`Core.exchange`): sleep a ``Sleep``, send a ``Send``."""
         exchange = self.exchange(call)
         for step in exchange:
-            exchange.reply(self._send(step) if isinstance(step, Send) else self._sleep(step.seconds))
+            if isinstance(step, Send):
+                exchange.reply(self._send(step))
+            else:
+                self._sleep(step.seconds)
         return exchange.answer
 
     def _send(self, step: Send) -> httpx.Response | Exception:
         """One attempt; each socket read and write ends by its deadline (see ``deadline_transport``)."""
         token = ATTEMPT_DEADLINE.set(step.deadline)
         try:
-            return self._http.request(**step.request)
+            return self._http.request(**step.arguments)
         except SEND_FAILURES as exc:
             return exc
         finally:
@@ -216,9 +219,11 @@ class DbtCloudClient(Core):
 
     def list_webhook_subscriptions(self, *, page_size: int = MAX_PAGE_SIZE) -> list[WebhookSubscription]:
         """Every webhook subscription of the account, page by page."""
-        pager, found = Pager[WebhookSubscription](page_size), []
+        pager = Pager[WebhookSubscription](page_size)
+        found: list[WebhookSubscription] = []
         while not pager.done:
-            found += pager.take(self._execute(self.list_webhook_subscriptions_call(page_size, pager.offset)))
+            page = self._execute(self.list_webhook_subscriptions_call(page_size, pager.offset))
+            found += pager.take(page)
         return found
 
     def create_webhook_subscription(
@@ -284,7 +289,10 @@ class AsyncDbtCloudClient(Core):
         """The asyncio twin of :meth:`DbtCloudClient._execute`."""
         exchange = self.exchange(call)
         for step in exchange:
-            exchange.reply(await self._send(step) if isinstance(step, Send) else await asyncio.sleep(step.seconds))
+            if isinstance(step, Send):
+                exchange.reply(await self._send(step))
+            else:
+                await asyncio.sleep(step.seconds)
         return exchange.answer
 
     async def _send(self, step: Send) -> httpx.Response | Exception:
@@ -292,7 +300,7 @@ class AsyncDbtCloudClient(Core):
         try:
             # The whole attempt, waiting for a slot and reading the body included, ends by its deadline.
             async with asyncio.timeout(max(0.0, step.deadline - time.monotonic())), self._slots:
-                return await self._http.request(**step.request)
+                return await self._http.request(**step.arguments)
         except SEND_FAILURES as exc:
             return exc
 
@@ -392,9 +400,11 @@ class AsyncDbtCloudClient(Core):
 
     async def list_webhook_subscriptions(self, *, page_size: int = MAX_PAGE_SIZE) -> list[WebhookSubscription]:
         """Every webhook subscription of the account; see :meth:`DbtCloudClient.list_webhook_subscriptions`."""
-        pager, found = Pager[WebhookSubscription](page_size), []
+        pager = Pager[WebhookSubscription](page_size)
+        found: list[WebhookSubscription] = []
         while not pager.done:
-            found += pager.take(await self._execute(self.list_webhook_subscriptions_call(page_size, pager.offset)))
+            page = await self._execute(self.list_webhook_subscriptions_call(page_size, pager.offset))
+            found += pager.take(page)
         return found
 
     async def create_webhook_subscription(
