@@ -28,14 +28,21 @@ def check_id(name: str, value: object) -> int:
     return value
 
 
-def check_seconds(name: str, value: object) -> float:
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     """``value`` as seconds if it is a finite, positive number (not a bool); a ``ValueError`` naming ``name``.
 
-    NaN slips through ``value <= 0`` (every comparison with NaN is false) and would poll with no delay;
-    infinity would never poll again.
+    ``allow_zero`` also takes 0 (a grace or a delay that may be none). NaN slips through ``value <= 0`` (every
+    comparison with NaN is false) and would poll with no delay; infinity would never poll again.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite, positive number of seconds, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        sign = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a finite, {sign} number of seconds, got {value!r}")
     return float(value)
 
 
