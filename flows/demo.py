@@ -7,7 +7,7 @@ server its profile names, or on a temporary local one when none is configured.
 
 ``--webhooks`` shows a wait ended by dbt Cloud's webhook instead: it starts a temporary ``prefect server`` (the
 receiver must post events to a server of its own), the emulator, the webhook receiver and a subscription, runs
-``run_dbt_cloud_job(..., webhooks=True)`` and prints how long after the run's end the flow returned and how many
+``run_dbt_cloud_job(..., wait=WaitSettings(webhooks=True))`` and prints how long after the run's end the flow returned and how many
 times it read the run.
 """
 
@@ -21,6 +21,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from dbt_cloud_gate.settings import WaitSettings
 
 # A first start of Prefect's temporary server migrates a new database: give it time (the default is 20 s).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -112,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dbt Cloud emulator on {emulator.url}, fakesnow on port {snow['port']}; job {args.job_id}", flush=True)
         return _report(
             lambda: dbt_cloud_etl(
-                args.job_id, DEMO_TARGETS, connector, credentials, pipeline="demo", poll_interval_seconds=1
+                args.job_id,
+                DEMO_TARGETS,
+                connector,
+                credentials,
+                pipeline="demo",
+                wait=WaitSettings(poll_interval_seconds=1),
             )
         )
 
@@ -145,9 +152,11 @@ def webhooks_demo(job_id: int, fallback_poll_seconds: float = 60) -> int:
                 run_dbt_cloud_job(
                     job_id,
                     credentials,
-                    webhooks=True,
-                    fallback_poll_seconds=fallback_poll_seconds,
-                    max_wait_seconds=max(120.0, 3 * fallback_poll_seconds),
+                    wait=WaitSettings(
+                        webhooks=True,
+                        fallback_poll_seconds=fallback_poll_seconds,
+                        max_wait_seconds=max(120.0, 3 * fallback_poll_seconds),
+                    ),
                 )
             except DbtCloudRunError as exc:
                 outcome, code = exc.status, 1

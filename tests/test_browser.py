@@ -168,7 +168,7 @@ def test_completed_etl_run_renders_link_summary_and_model_table(browser: Any, st
 
     with stack.client() as client:
         etl = client.create_flow_run_from_deployment(
-            stack.info["deployments"]["dbt-cloud-etl/nightly-etl"], parameters={"poll_interval_seconds": 0.2}
+            stack.info["deployments"]["dbt-cloud-etl/nightly-etl"], parameters={"wait": {"poll_interval_seconds": 0.2}}
         )
         done = wait_state(client, etl.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
         assert done.state.type.value == "COMPLETED", Path(stack.info["worker_log"]).read_text()[-6000:]

@@ -180,6 +180,6 @@ def test_payload_builder_matches_dbt_formats() -> None:
 
 
 def test_module_imports_without_prefect() -> None:
-    code = "import sys; sys.modules['prefect'] = None; import dbtcloud_api.webhooks as w; print(w.sign(b'x', 'k'))"
+    code = "import sys; sys.modules['prefect'] = None; import dbt_cloud_gate.dbtcloud_api.webhooks as w; print(w.sign(b'x', 'k'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
