@@ -54,9 +54,7 @@ async def run_dbt_cloud_job(
 ) -> DbtCloudRunResult:
     """Trigger dbt Cloud job ``job_id``, wait for the run, and return its result, or alert and fail.
 
-    The run is tied to this place in the Prefect run tree (see ``dbt_cloud_gate.keys``): a retry of this flow run,
-    or of any flow above it, waits on the run already started instead of starting another. The wait task's
-    Prefect timeout is a backstop ``wait.max_wait_seconds`` + 120 s; the start task retries transient failures.
+    A retry of this flow run, or of any flow above it, waits on the run already started (``dbt_cloud_gate.keys``).
     In an async caller, ``await`` it; elsewhere call it plainly.
 
     Args:
@@ -94,28 +92,11 @@ async def run_dbt_cloud_job(
         log.info("dbt Cloud run %s was started elsewhere: at the deadline it is left running, not cancelled.", run_id)
         wait = wait.leaving_at_deadline()
     wait = _within_flow_timeout(wait, log)
-    run: Run | None
-    deadline: str | None = None
-    models: list[ModelResult] = []
     try:
-        finished = wait_for_dbt_cloud_run_and_results.with_options(
-            timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds)
-        )(creds, run_id, wait, job_id=job_id, history_seconds=started.history_seconds, just_triggered=started.triggered)
-        run, models = finished.run, finished.models
-    except WaitTimedOut as exc:
-        run, deadline = exc.run, deadline_description(exc)
-    except TimeoutError:  # the task's own backstop: the wait hung past its deadline
-        backstop = wait_timeout_seconds(wait.max_wait_seconds)
-        run, deadline = None, f"the wait did not end within its {backstop:g} s backstop"
-        if wait.on_timeout == "cancel":
-            try:
-                run = cancel_dbt_cloud_run(creds, run_id)
-            except DbtCloudError as cancel_error:
-                log.error("Cancelling dbt Cloud run %s after the backstop failed: %s", run_id, cancel_error)
+        run, models, deadline = _wait(creds, job_id, started, wait, log)
     except DbtCloudResponseError as exc:  # a Success without finished_at, another run's data: never a success
         invalid = Verdict("failed", DbtCloudRunInvalid, str(exc))
         return await _fail(creds, job_id, run_id, None, invalid, alert_blocks, token)
-
     verdict = judge(run, deadline=deadline, left_running=wait.on_timeout == "leave")
     if verdict.error is not None:
         return await _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models)
@@ -178,6 +159,30 @@ async def _fail(
     log.error(message)
     error = verdict.error or DbtCloudRunFailed
     raise error(message, run_id=result.run_id, status=result.status, url=result.url, job_id=job_id)
+
+
+def _wait(
+    creds: DbtCloudCredentials, job_id: int, started: StartedRun, wait: WaitSettings, log: Any
+) -> tuple[Run | None, list[ModelResult], str | None]:
+    """The wait task's run and models, or, past the deadline, where the run stood (``deadline``); a wait that
+    hung past the task's backstop cancels the run here (unless ``on_timeout="leave"``)."""
+    run_id = started.run_id
+    try:
+        finished = wait_for_dbt_cloud_run_and_results.with_options(
+            timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds)
+        )(creds, run_id, wait, job_id=job_id, history_seconds=started.history_seconds, just_triggered=started.triggered)
+        return finished.run, finished.models, None
+    except WaitTimedOut as exc:
+        return exc.run, [], deadline_description(exc)
+    except TimeoutError:  # the task's own backstop: the wait hung past its deadline
+        backstop = wait_timeout_seconds(wait.max_wait_seconds)
+        run: Run | None = None
+        if wait.on_timeout == "cancel":
+            try:
+                run = cancel_dbt_cloud_run(creds, run_id)
+            except DbtCloudError as cancel_error:
+                log.error("Cancelling dbt Cloud run %s after the backstop failed: %s", run_id, cancel_error)
+        return run, [], f"the wait did not end within its {backstop:g} s backstop"
 
 
 def _within_flow_timeout(wait: WaitSettings, log: Any) -> WaitSettings:

@@ -15,7 +15,6 @@ from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.dbtcloud_api import ModelResult
 from dbt_cloud_gate.loads import DbtRunRef, ensure_model_built, plan_load, run_load
-from dbt_cloud_gate.loads import quote_table as quote_table  # dbt_cloud_gate/stack/embedded.py imports it from here
 from dbt_cloud_gate.models import LoadReport, LoadTarget
 from dbt_cloud_gate.settings import LOAD, LoadSettings
 

@@ -165,7 +165,9 @@ def test_deploy_all_and_a_worker_runs_the_etl(stack: Stack) -> None:
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
         saved = client.read_deployment_by_name("dbt-cloud-etl/nightly-etl").pull_steps
     assert saved == pull_steps() and DEPLOY_TIME_HOME not in str(saved)  # the worker's DBT_CLOUD_GATE_HOME decides
-    ok = wait_final(env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"wait": {"poll_interval_seconds": 0.2}}).id)
+    ok = wait_final(
+        env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"wait": {"poll_interval_seconds": 0.2}}).id
+    )
     assert ok.state.type.value == "COMPLETED", stack.worker_log()
     run = emulator.runs_of(21)[0]
     assert query(connector, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == [(5,)]
@@ -183,7 +185,8 @@ def test_deploy_all_and_a_worker_runs_the_etl(stack: Stack) -> None:
 
     services.seed_demo_tables(connector, new_rows=3)
     failed = wait_final(
-        env, start_deployment(env, "dbt-cloud-etl/nightly-etl", {"job_id": 22, "wait": {"poll_interval_seconds": 0.2}}).id
+        env,
+        start_deployment(env, "dbt-cloud-etl/nightly-etl", {"job_id": 22, "wait": {"poll_interval_seconds": 0.2}}).id,
     )
     assert failed.state.type.value == "FAILED"
     assert len(emulator.runs_of(22)) == 1
@@ -252,7 +255,9 @@ def test_a_deployed_webhook_wait_ends_on_the_receivers_event(stack: Stack) -> No
     known = len(stack.emulator.runs_of(21))
     # A 60 s safety net: only the webhook, through the receiver and the server's events, can end this wait early.
     flow_run = start_deployment(
-        stack.env, "run-dbt-cloud-job/dbt-cloud-job", {"job_id": 21, "wait": {"webhooks": True, "fallback_poll_seconds": 60}}
+        stack.env,
+        "run-dbt-cloud-job/dbt-cloud-job",
+        {"job_id": 21, "wait": {"webhooks": True, "fallback_poll_seconds": 60}},
     )
     final = wait_final(stack.env, flow_run.id, timeout=120)
     assert final.state.type.value == "COMPLETED", stack.worker_log()

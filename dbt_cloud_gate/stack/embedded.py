@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
-from dbt_cloud_gate.tasks.snowflake import quote_table
+from dbt_cloud_gate.loads import quote_table
 
 DEMO_DATABASE = "ANALYTICS"
 
