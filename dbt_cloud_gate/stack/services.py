@@ -57,7 +57,8 @@ __all__ = [
     "stop_process_tree",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+# The checkout whose prefect.yaml the stack deploys (this package inside it), else the working directory.
+ROOT = next((p for p in Path(__file__).resolve().parents if (p / "prefect.yaml").is_file()), Path.cwd())
 # The work pool every deployment of prefect.yaml names.
 WORK_POOL = "dbt-cloud-gate"
 HEALTH_TIMEOUT_SECONDS = 180.0  # a first start migrates a new database (20-30 s on 2 cores)
