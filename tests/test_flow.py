@@ -422,7 +422,9 @@ def test_block_registers_with_the_prefect_cli() -> None:
     assert block_type.code_example and "DbtCloudCredentials(" in block_type.code_example
     from importlib.metadata import entry_points
 
-    assert [e.value for e in entry_points(group="prefect.collections") if e.name == "dbt_cloud_gate"] == ["blocks"]
+    assert [e.value for e in entry_points(group="prefect.collections") if e.name == "dbt_cloud_gate"] == [
+        "dbt_cloud_gate.blocks"
+    ]
 
 
 def test_long_cause_keeps_the_key_within_255(emulator: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
