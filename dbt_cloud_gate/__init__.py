@@ -54,7 +54,6 @@ _EXPORTS: dict[str, str] = {
     "DbtCloudJobAlreadyRunning": "dbt_cloud_gate.errors",
     "DbtCloudNativeScheduleOn": "dbt_cloud_gate.errors",
     "EtlFailed": "dbt_cloud_gate.errors",
-    "LocalExtraMissing": "dbt_cloud_gate.errors",
     # The dbt Cloud client (Prefect-free).
     "DbtCloudClient": "dbt_cloud_gate.dbtcloud_api",
     "AsyncDbtCloudClient": "dbt_cloud_gate.dbtcloud_api",
@@ -78,7 +77,6 @@ if TYPE_CHECKING:
         DbtCloudRunsFailed,
         DbtCloudRunTimedOut,
         EtlFailed,
-        LocalExtraMissing,
     )
     from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
     from dbt_cloud_gate.flows.etl import dbt_cloud_etl, dbt_cloud_etl_many

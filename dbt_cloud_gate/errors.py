@@ -14,8 +14,7 @@
     ├── EtlFailed                   one or more loads or pipelines failed; the message names each
     ├── StaleDataError              a load refused: its data would be stale or unverified
     │   └── InvalidRowsError        rows no load can take, under on_invalid_rows="fail"
-    ├── LoadLockTimeout             a load could not take its target's write lock in time
-    └── LocalExtraMissing           a local stand-in was asked for without the [local] extra (also ImportError)
+    └── LoadLockTimeout             a load could not take its target's write lock in time
 
 Every exception pickles with its attributes (Prefect stores a failed flow's exception as its result).
 """
@@ -38,7 +37,6 @@ __all__ = [
     "EtlFailed",
     "InvalidRowsError",
     "LoadLockTimeout",
-    "LocalExtraMissing",
     "StaleDataError",
 ]
 
@@ -124,19 +122,3 @@ class InvalidRowsError(StaleDataError):
 
 class LoadLockTimeout(DbtCloudGateError):
     """A load could not take its target's write lock in time; nothing was loaded."""
-
-
-class LocalExtraMissing(DbtCloudGateError, ImportError):
-    """A local stand-in (the dbt Cloud emulator, fakesnow, the local stack) was asked for, but the ``[local]``
-    extra is not installed: ``pip install 'dbt-cloud-gate[local]'``."""
-
-    def __init__(self, what: str, missing: str) -> None:
-        super().__init__(
-            f"{what} needs the optional dependency {missing!r}, which is not installed: "
-            "pip install 'dbt-cloud-gate[local]' (the local stand-ins; a production install leaves them out)."
-        )
-        self.what = what
-        self.missing = missing
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.what, self.missing))

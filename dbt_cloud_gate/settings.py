@@ -191,12 +191,13 @@ if set(TriggerOverrides.model_fields) != set(TRIGGER_OVERRIDES):  # pragma: no c
 
 # The flat parameter names of earlier releases, by the group that now holds them. A flow called with one of them
 # (from Python) still works for this release, with a DeprecationWarning: see ``regroup``.
-LEGACY_PARAMETERS: dict[str, tuple[str, type[_Settings]]] = {
-    **{name: ("wait", WaitSettings) for name in WaitSettings.model_fields},
-    **{name: ("start", StartSettings) for name in StartSettings.model_fields},
-    **{name: ("trigger", TriggerOverrides) for name in TriggerOverrides.model_fields},
-    **{name: ("load", LoadSettings) for name in LoadSettings.model_fields},
+GROUPS: dict[str, type[_Settings]] = {
+    "wait": WaitSettings,
+    "start": StartSettings,
+    "trigger": TriggerOverrides,
+    "load": LoadSettings,
 }
+LEGACY_PARAMETERS: dict[str, str] = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 
 
 def regroup(flow_name: str, accepted: set[str], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -207,11 +208,11 @@ def regroup(flow_name: str, accepted: set[str], kwargs: dict[str, Any]) -> dict[
     """
     moved: dict[str, dict[str, Any]] = {}
     for name in [n for n in kwargs if n not in accepted and n in LEGACY_PARAMETERS]:
-        group, _ = LEGACY_PARAMETERS[name]
+        group = LEGACY_PARAMETERS[name]
         if group in accepted:
             moved.setdefault(group, {})[name] = kwargs.pop(name)
     for group, values in moved.items():
-        model = next(m for g, m in LEGACY_PARAMETERS.values() if g == group)
+        model = GROUPS[group]
         base = kwargs.get(group)
         current = base.model_dump() if isinstance(base, BaseModel) else dict(base or {})
         kwargs[group] = model.model_validate({**current, **values})

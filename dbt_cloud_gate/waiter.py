@@ -38,7 +38,6 @@ from prefect.settings import PREFECT_API_URL
 from dbt_cloud_gate.events import run_id_of, webhook_event_filter
 
 __all__ = [
-    "DEFAULT_FALLBACK_POLL_SECONDS",
     "RunEventWaiter",
     "stop_webhook_waiters",
     "webhook_waiter",
@@ -47,10 +46,6 @@ __all__ = [
 
 logger = logging.getLogger("dbt_cloud_gate.waiter")
 
-# With webhook waits, a run is also polled this often: the safety net for what sends no webhook (a cancelled
-# run) or loses it (a dropped delivery, a receiver that is down). A cancel is seen at most this late: 2 minutes
-# keeps that close to fixed 30 s polling's alerts while costing a quarter of its calls on a long run.
-DEFAULT_FALLBACK_POLL_SECONDS = 120.0
 
 # How long an event for a run nobody waits on is kept (a wait registers within seconds of its trigger).
 PENDING_TTL_SECONDS = 900.0

@@ -140,6 +140,14 @@ def wait_in_task(
         raise
 
 
+def subscribe_before_trigger(wait: WaitSettings, log: logging.Logger | logging.LoggerAdapter[Any]) -> WaitSettings:
+    """Open the process-wide webhook subscription before anything is triggered, so that no run's event passes
+    unseen (the wait tasks reuse it); ``wait`` with webhooks off when no Prefect server makes it work."""
+    if wait.webhooks and webhook_waiter(log) is None:
+        return wait.model_copy(update={"webhooks": False})
+    return wait
+
+
 def webhook_waker(wait: WaitSettings, log: logging.Logger | logging.LoggerAdapter[Any]) -> RunEventWaiter | None:
     """The process-wide webhook waiter when ``wait.webhooks`` is on and a Prefect server makes it work, else
     ``None`` (the reason logged: the wait then polls as without webhooks)."""

@@ -33,8 +33,7 @@ from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, retry_dbt_cloud_run, start_dbt_cloud_run
 from dbt_cloud_gate.tasks.wait import cancel_dbt_cloud_run, wait_for_dbt_cloud_run_and_results
-from dbt_cloud_gate.waiter import webhook_waiter
-from dbt_cloud_gate.waiting import deadline_description, wait_timeout_seconds
+from dbt_cloud_gate.waiting import deadline_description, subscribe_before_trigger, wait_timeout_seconds
 
 __all__ = ["run_dbt_cloud_job"]
 
@@ -79,9 +78,7 @@ async def run_dbt_cloud_job(
 
     scope = key_scope()
     remember_for_cancellation(creds, scope)
-    # Subscribed before the trigger, so that the run's event cannot pass unseen; the wait task reuses it.
-    if wait.webhooks and webhook_waiter(log) is None:
-        wait = wait.model_copy(update={"webhooks": False})
+    wait = subscribe_before_trigger(wait, log)
     if start.run_id is not None:  # started elsewhere: the wait reads it at once (and checks it is a run of job_id)
         log.info("Waiting on dbt Cloud run %s of job %s, started elsewhere; nothing triggered.", start.run_id, job_id)
         started = StartedRun(start.run_id, False, None, owned=False)

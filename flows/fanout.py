@@ -29,8 +29,7 @@ from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
 from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_runs
-from dbt_cloud_gate.waiter import webhook_waiter
-from dbt_cloud_gate.waiting import RunWaitOutcome, wait_timeout_seconds
+from dbt_cloud_gate.waiting import RunWaitOutcome, subscribe_before_trigger, wait_timeout_seconds
 
 __all__ = ["run_dbt_cloud_jobs"]
 
@@ -77,9 +76,7 @@ def run_dbt_cloud_jobs(
     scope = key_scope()
     remember_for_cancellation(creds, scope)
     check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
-    # One subscription for every run, opened before any trigger so that no run's event passes unseen.
-    if wait.webhooks and webhook_waiter(log) is None:
-        wait = wait.model_copy(update={"webhooks": False})
+    wait = subscribe_before_trigger(wait, log)
     started, failures = _trigger_all(creds, requests, scope)
     log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
     outcomes = wait_for_dbt_cloud_runs.with_options(timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds))(
