@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "LoadSettings": "dbt_cloud_gate.settings",
     # Models.
     "DbtCloudRunResult": "dbt_cloud_gate.models",
+    "DbtCloudRunSummary": "dbt_cloud_gate.models",
     "DbtCloudJobRequest": "dbt_cloud_gate.models",
     "LoadTarget": "dbt_cloud_gate.models",
     "LoadReport": "dbt_cloud_gate.models",
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     from dbt_cloud_gate.models import (
         DbtCloudJobRequest,
         DbtCloudRunResult,
+        DbtCloudRunSummary,
         EtlPipeline,
         EtlSummary,
         LoadReport,

@@ -29,7 +29,7 @@ def key_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient |
 
     The ROOT flow run's ID (kept by a retry of the root), plus, for a subflow, a digest of the path from the
     root down to it. Each hop is the name of the task run that tracks the subflow in its parent
-    (``run-dbt-cloud-job-0``, ``run-dbt-cloud-job-1`` for the second call): Prefect numbers them in call order,
+    (``dbt-cloud-job-0``, ``dbt-cloud-job-1`` for the second call): Prefect numbers them in call order,
     and a retry of the parent numbers them again the same way. A subflow called inside a task gets a random
     tracking key from Prefect; its hop is then the flow's name and its parameters (a pipeline's job and targets).
     So a retry of the flow, of its parent, or of any ancestor finds the runs started before, and two calls of one

@@ -13,11 +13,19 @@ from pydantic import BaseModel, Field, field_validator
 from dbt_cloud_gate import loads_sql as q
 from dbt_cloud_gate.dbtcloud_api import ModelResult
 
-__all__ = ["DbtCloudJobRequest", "DbtCloudRunResult", "EtlPipeline", "EtlSummary", "LoadReport", "LoadTarget"]
+__all__ = [
+    "DbtCloudJobRequest",
+    "DbtCloudRunResult",
+    "DbtCloudRunSummary",
+    "EtlPipeline",
+    "EtlSummary",
+    "LoadReport",
+    "LoadTarget",
+]
 
 
-class DbtCloudRunResult(BaseModel):
-    """What a successful run hands to downstream steps; ``finished_at`` is their watermark (UTC, exact)."""
+class DbtCloudRunSummary(BaseModel):
+    """Where a run stood when its wait ended, whatever the outcome: what artifacts, events and alerts report."""
 
     run_id: int
     job_id: int
@@ -31,6 +39,16 @@ class DbtCloudRunResult(BaseModel):
     url: str
     cause: str | None
     models: list[ModelResult] = Field(default_factory=list)
+
+
+class DbtCloudRunResult(DbtCloudRunSummary):
+    """What a successful run hands to downstream steps; ``finished_at`` is their watermark (UTC, exact).
+
+    Only a Success with ``finished_at`` can be one: the type requires both, so downstream code never checks.
+    """
+
+    status_code: Literal[10] = Field(description="Always 10 (Success): failures raise instead of returning.")
+    finished_at: datetime
 
 
 class DbtCloudJobRequest(BaseModel):

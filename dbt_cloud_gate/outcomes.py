@@ -1,8 +1,9 @@
 """How a run's end maps to an outcome, and the result handed downstream: one mapping for every flow.
 
-``judge`` turns how a wait ended into a :class:`Verdict` (outcome, error to raise, why); ``build_result`` makes the
-:class:`DbtCloudRunResult` (a Success without ``finished_at`` is refused here, the one guard); ``alert_body`` is
-the text of a failure alert (no token: the result and run hold none).
+``judge`` turns how a wait ended into a :class:`Verdict` (outcome, error to raise, why); ``summarize`` makes the
+:class:`DbtCloudRunSummary` every report takes; ``build_result`` makes the :class:`DbtCloudRunResult` of a success
+(a Success without ``finished_at`` is refused here, the one guard); ``alert_body`` is the text of a failure alert
+(no token: the summary and run hold none).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dbt_cloud_gate.errors import (
     DbtCloudRunInvalid,
     DbtCloudRunTimedOut,
 )
-from dbt_cloud_gate.models import DbtCloudRunResult
+from dbt_cloud_gate.models import DbtCloudRunResult, DbtCloudRunSummary
 
 Outcome = Literal["succeeded", "failed", "cancelled", "timed-out"]
 
@@ -60,32 +61,16 @@ def judge(run: Run | None, *, deadline: str | None = None, left_running: bool = 
     return Verdict(outcome, error, run.status_message or "")
 
 
-def build_result(
-    run: Run,
-    job_id: int,
-    credentials: DbtCloudCredentials,
-    models: list[ModelResult],
-    *,
-    require_watermark: bool = True,
-) -> DbtCloudRunResult:
-    """The result handed downstream. A Success without ``finished_at`` is refused (``DbtCloudRunInvalid``) unless
-    ``require_watermark=False``, which only the failure report (alert, artifacts, event) asks for."""
+def summarize(run: Run, job_id: int, credentials: DbtCloudCredentials, models: list[ModelResult]) -> DbtCloudRunSummary:
+    """Where the run stands, for artifacts, events and alerts, whatever its outcome."""
     url = (
         run.href
         if run.href and run.href.startswith("http")
         else run_url(credentials.access_url, credentials.account_id, run.id, run.project_id)
     )
-    if require_watermark and run.known_status is RunStatus.SUCCESS and run.finished_at is None:
-        raise DbtCloudRunInvalid(
-            f"dbt Cloud run {run.id} of job {job_id}: {NO_WATERMARK}.",
-            run_id=run.id,
-            status=run.status_label,
-            url=url,
-            job_id=job_id,
-        )
     duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else None
     queued = (run.started_at - run.created_at).total_seconds() if run.started_at and run.created_at else None
-    return DbtCloudRunResult(
+    return DbtCloudRunSummary(
         run_id=run.id,
         job_id=job_id,
         account_id=run.account_id,
@@ -101,7 +86,26 @@ def build_result(
     )
 
 
-def alert_body(result: DbtCloudRunResult, outcome: Outcome, run: Run | None, detail: str) -> str:
+def build_result(
+    run: Run, job_id: int, credentials: DbtCloudCredentials, models: list[ModelResult]
+) -> DbtCloudRunResult:
+    """The result handed downstream: only a Success with ``finished_at`` becomes one (``DbtCloudRunInvalid`` for
+    a Success without it; a run of any other status is a programming error, since ``judge`` failed it)."""
+    summary = summarize(run, job_id, credentials, models)
+    if run.known_status is not RunStatus.SUCCESS:
+        raise ValueError(f"dbt Cloud run {run.id} has status {run.status_label}: only a Success has a result")
+    if run.finished_at is None:
+        raise DbtCloudRunInvalid(
+            f"dbt Cloud run {run.id} of job {job_id}: {NO_WATERMARK}.",
+            run_id=run.id,
+            status=run.status_label,
+            url=summary.url,
+            job_id=job_id,
+        )
+    return DbtCloudRunResult.model_validate(summary.model_dump())
+
+
+def alert_body(result: DbtCloudRunSummary, outcome: Outcome, run: Run | None, detail: str) -> str:
     lines = [
         f"dbt Cloud job {result.job_id}: run {result.run_id} {outcome} (status {result.status}).",
         f"Run: {result.url}",

@@ -15,11 +15,11 @@ from prefect.artifacts import (
 from prefect.events import emit_event
 
 from dbt_cloud_gate.dbtcloud_api import Run
-from dbt_cloud_gate.models import DbtCloudRunResult, EtlSummary
+from dbt_cloud_gate.models import DbtCloudRunSummary, EtlSummary
 from dbt_cloud_gate.outcomes import Outcome
 
 
-async def publish_run(result: DbtCloudRunResult, outcome: Outcome, run: Run | None) -> None:
+async def publish_run(result: DbtCloudRunSummary, outcome: Outcome, run: Run | None) -> None:
     """Artifacts (link, summary, models), created at once rather than one after the other, and the event that
     Automations route on (sent in the background)."""
     emit_run_event(result, outcome)
@@ -68,7 +68,7 @@ async def publish_run(result: DbtCloudRunResult, outcome: Outcome, run: Run | No
     await asyncio.gather(link, summary, models)
 
 
-def emit_run_event(result: DbtCloudRunResult, outcome: Outcome) -> None:
+def emit_run_event(result: DbtCloudRunSummary, outcome: Outcome) -> None:
     """The event Automations route on: ``dbt-cloud.run.<outcome>`` on resource ``dbt-cloud.run.<run_id>``."""
     emit_event(
         event=f"dbt-cloud.run.{outcome}",

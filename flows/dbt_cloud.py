@@ -24,8 +24,8 @@ from dbt_cloud_gate.errors import (
     DbtCloudRunInvalid,
 )
 from dbt_cloud_gate.keys import cause_with_key, idempotency_key, key_scope
-from dbt_cloud_gate.models import DbtCloudRunResult
-from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge
+from dbt_cloud_gate.models import DbtCloudRunResult, DbtCloudRunSummary
+from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import publish_run
 from dbt_cloud_gate.settings import NO_OVERRIDES, START, WAIT, DbtCloudId, StartSettings, TriggerOverrides, WaitSettings
 from dbt_cloud_gate.starting import StartedRun
@@ -40,7 +40,7 @@ __all__ = ["run_dbt_cloud_job"]
 
 # Async, so that it returns as soon as it is done (a sync flow waits up to 1 s for Prefect's heartbeat thread);
 # callable from sync code all the same (see dbt_cloud_gate.sync_flow).
-@sync_callable_flow(name="run-dbt-cloud-job", on_cancellation=[cancel_own_runs])
+@sync_callable_flow(name="dbt-cloud-job", on_cancellation=[cancel_own_runs])
 async def run_dbt_cloud_job(
     job_id: DbtCloudId,
     credentials: DbtCloudCredentials | str | None = None,
@@ -105,7 +105,7 @@ async def run_dbt_cloud_job(
         "dbt Cloud run %s of job %s succeeded; finished_at=%s.",
         result.run_id,
         job_id,
-        result.finished_at.isoformat() if result.finished_at else None,
+        result.finished_at.isoformat(),
     )
     return result
 
@@ -123,7 +123,7 @@ async def _fail(
     """Publish the failure (artifacts, event), send the alerts, and raise ``verdict.error``."""
     log = get_run_logger()
     if run is None:  # never read, or refused: report what is known
-        result = DbtCloudRunResult(
+        summary = DbtCloudRunSummary(
             run_id=run_id,
             job_id=job_id,
             account_id=creds.account_id,
@@ -136,26 +136,26 @@ async def _fail(
             cause=None,
         )
     else:
-        result = build_result(run, job_id, creds, models or [], require_watermark=False)
-    await publish_run(result, verdict.outcome, run)
+        summary = summarize(run, job_id, creds, models or [])
+    await publish_run(summary, verdict.outcome, run)
     outcome = verdict.outcome.replace("-", " ")
     if verdict.outcome == "timed-out":
         message = f"dbt Cloud run {run_id} of job {job_id} {verdict.detail[0].lower()}{verdict.detail[1:]} "
-        message += f"Status now {result.status}: {result.url}"
+        message += f"Status now {summary.status}: {summary.url}"
     elif verdict.error is DbtCloudRunInvalid:
-        message = f"dbt Cloud run {run_id} of job {job_id} cannot be used: {verdict.detail} ({result.url})"
+        message = f"dbt Cloud run {run_id} of job {job_id} cannot be used: {verdict.detail} ({summary.url})"
     else:
-        message = f"dbt Cloud run {run_id} of job {job_id} {outcome} (status {result.status}): {result.url}"
+        message = f"dbt Cloud run {run_id} of job {job_id} {outcome} (status {summary.status}): {summary.url}"
     if alert_blocks:
         send_dbt_cloud_alert(
             alert_blocks,
             f"dbt Cloud job {job_id} {verdict.outcome}",
-            alert_body(result, verdict.outcome, run, verdict.detail),
+            alert_body(summary, verdict.outcome, run, verdict.detail),
             secret=token,
         )
     log.error(message)
     error = verdict.error or DbtCloudRunFailed
-    raise error(message, run_id=result.run_id, status=result.status, url=result.url, job_id=job_id)
+    raise error(message, run_id=summary.run_id, status=summary.status, url=summary.url, job_id=job_id)
 
 
 def _wait(

@@ -22,7 +22,7 @@ from dbt_cloud_gate.dbtcloud_api import run_url
 from dbt_cloud_gate.errors import DbtCloudRunInvalid, DbtCloudRunsFailed, DbtCloudRunTimedOut
 from dbt_cloud_gate.keys import cause_with_key, idempotency_key, key_scope
 from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
-from dbt_cloud_gate.outcomes import alert_body, build_result, judge
+from dbt_cloud_gate.outcomes import alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import emit_run_event
 from dbt_cloud_gate.settings import START, WAIT, StartSettings, WaitSettings
 from dbt_cloud_gate.sync_flow import gate_flow
@@ -40,7 +40,7 @@ def _cancel_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> 
     cancel_runs_of_flow_run(flow, flow_run, [j for j in job_ids if j > 0])
 
 
-@gate_flow(name="run-dbt-cloud-jobs", on_cancellation=[_cancel_hook])
+@gate_flow(name="dbt-cloud-jobs", on_cancellation=[_cancel_hook])
 def run_dbt_cloud_jobs(
     jobs: list[int | DbtCloudJobRequest],
     credentials: DbtCloudCredentials | str | None = None,
@@ -177,20 +177,21 @@ def _judge_all(
             left_running=wait.on_timeout == "leave",
         )
         kind = verdict.outcome
-        result = build_result(run, job_id, creds, outcome.models, require_watermark=verdict.error is None)
-        emit_run_event(result, kind)
         if verdict.error is None:
-            results.append(result)
+            results.append(build_result(run, job_id, creds, outcome.models))
+            emit_run_event(results[-1], kind)
             continue
+        summary = summarize(run, job_id, creds, outcome.models)
+        emit_run_event(summary, kind)
         error = verdict.detail if verdict.error in (DbtCloudRunTimedOut, DbtCloudRunInvalid) else kind
         failures.append(
-            {"job_id": job_id, "run_id": run.id, "status": result.status, "url": result.url, "error": error}
+            {"job_id": job_id, "run_id": run.id, "status": summary.status, "url": summary.url, "error": error}
         )
         if alert_blocks:
             send_dbt_cloud_alert(
                 alert_blocks,
                 f"dbt Cloud job {job_id} {kind}",
-                alert_body(result, kind, run, verdict.detail),
+                alert_body(summary, kind, run, verdict.detail),
                 secret=token,
             )
     return results

@@ -148,7 +148,7 @@ def click_tab(driver: Any, label: str) -> None:
     tab[0].click()
 
 
-@pytest.mark.parametrize("deployment", ["dbt-cloud-etl/nightly-etl", "run-dbt-cloud-job/dbt-cloud-job"])
+@pytest.mark.parametrize("deployment", ["dbt-cloud-etl/nightly-etl", "dbt-cloud-job/dbt-cloud-job"])
 def test_run_form_shows_every_parameter_description(browser: Any, stack: RunningStack, deployment: str) -> None:
     with stack.client() as client:
         schema = client.read_deployment_by_name(deployment).parameter_openapi_schema

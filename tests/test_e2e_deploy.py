@@ -199,7 +199,7 @@ def start_slow_job_and_wait_running(stack: Stack) -> tuple[Any, Any]:
     known = len(stack.emulator.runs_of(23))
     flow_run = start_deployment(
         stack.env,
-        "run-dbt-cloud-job/dbt-cloud-job",
+        "dbt-cloud-job/dbt-cloud-job",
         {"job_id": 23, "wait": {"poll_interval_seconds": 0.2}, "start": {"if_running": "trigger"}},
     )
     return flow_run, wait_running(stack.emulator, 23, known)
@@ -256,7 +256,7 @@ def test_a_deployed_webhook_wait_ends_on_the_receivers_event(stack: Stack) -> No
     # A 60 s safety net: only the webhook, through the receiver and the server's events, can end this wait early.
     flow_run = start_deployment(
         stack.env,
-        "run-dbt-cloud-job/dbt-cloud-job",
+        "dbt-cloud-job/dbt-cloud-job",
         {"job_id": 21, "wait": {"webhooks": True, "fallback_poll_seconds": 60}},
     )
     final = wait_final(stack.env, flow_run.id, timeout=120)

@@ -241,6 +241,33 @@ def test_without_the_local_extra_the_client_imports_and_the_emulator_says_what_t
         assert "pip install 'dbt-cloud-gate[local]'" in message
 
 
+_WITHOUT_FAKESNOW = """
+import json, sys
+sys.modules[sys.argv[1]] = None  # as if the [local] extra were not installed
+from dbt_cloud_gate.stack.embedded import fakesnow_server
+try:
+    with fakesnow_server():
+        pass
+except ImportError as exc:
+    print(json.dumps([str(exc), exc.name]))
+"""
+
+
+def test_without_the_local_extra_the_snowflake_stand_in_says_what_to_install() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FAKESNOW, "fakesnow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    message, name = json.loads(done.stdout)
+    assert name == "fakesnow"
+    assert "'fakesnow'" in message and "fakesnow[server]" in message
+    assert "pip install 'dbt-cloud-gate[local]'" in message
+
+
 def test_the_emulator_modules_import_no_loop() -> None:
     """state and webhooks once imported each other; no emulator module may import one that imports it back."""
     package = Path(__file__).resolve().parents[1] / "dbt_cloud_gate" / "dbtcloud_api" / "emulator"

@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.logging.handlers import APILogHandler
+from pydantic import ValidationError
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbt_cloud_gate.cancellation import _CANCEL_CONTEXT, credentials_of_flow_run
@@ -465,6 +466,15 @@ def test_build_result_refuses_a_success_without_finished_at(emulator: EmulatorSe
         build_result(run, 11, creds(emulator), [])
     verdict = judge(run)
     assert verdict.outcome == "failed" and verdict.error is DbtCloudRunInvalid
+    # A failed run has no result at all, and the type itself refuses a success without a watermark.
+    with pytest.raises(ValueError, match="only a Success has a result"):
+        build_result(Run(id=6, account_id=ACCOUNT, status=RunStatus.ERROR), 11, creds(emulator), [])
+    fields = {"run_id": 5, "job_id": 11, "account_id": ACCOUNT, "status": "Success", "started_at": None}
+    fields |= {"duration_seconds": None, "url": "https://x", "cause": None}
+    with pytest.raises(ValidationError, match="finished_at"):
+        DbtCloudRunResult(status_code=10, finished_at=None, **fields)
+    with pytest.raises(ValidationError, match="status_code"):
+        DbtCloudRunResult(status_code=20, finished_at=datetime.now(UTC), **fields)
 
 
 def test_success_without_finished_at_alerts_and_fails(emulator: EmulatorServer, webhook: AlertSink) -> None:

@@ -45,3 +45,34 @@ def test_their_saved_block_by_name_and_as_an_instance_runs_our_flow(emulator: Em
 def test_a_name_that_is_neither_block_says_both() -> None:
     with pytest.raises(DbtCloudConfigError, match="neither a dbt Cloud Gate Credentials block nor prefect-dbt"):
         resolve_credentials("no-such-block-anywhere")
+
+
+# The flow names prefect-dbt's flows register under (prefect_dbt/cloud/jobs.py: `run_dbt_cloud_job` takes its
+# function's name, the others name themselves). Read from prefect-dbt itself when it is installed.
+PREFECT_DBT_FLOW_NAMES = {
+    "run-dbt-cloud-job",
+    "Trigger dbt Cloud job run and wait for completion",
+    "Retry subset of dbt Cloud job run and wait for completion",
+}
+
+
+def _their_flow_names() -> set[str]:
+    try:
+        from prefect_dbt.cloud import jobs  # type: ignore[import-not-found]
+    except ImportError:
+        return PREFECT_DBT_FLOW_NAMES
+    from prefect import Flow
+
+    return {obj.name for obj in vars(jobs).values() if isinstance(obj, Flow)} | PREFECT_DBT_FLOW_NAMES
+
+
+def test_our_flow_names_do_not_collide_with_prefect_dbts() -> None:
+    from prefect import Flow
+
+    import dbt_cloud_gate
+
+    ours = {name: obj.name for name in dbt_cloud_gate.__all__ if isinstance(obj := getattr(dbt_cloud_gate, name), Flow)}
+    assert {"run_dbt_cloud_job", "run_dbt_cloud_jobs", "dbt_cloud_etl"} <= set(ours), ours
+    assert ours["run_dbt_cloud_job"] == "dbt-cloud-job"
+    assert not set(ours.values()) & _their_flow_names(), ours
+    assert len(set(ours.values())) == len(ours), "two of our flows share a name"

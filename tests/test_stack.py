@@ -145,14 +145,14 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
             assert done.state.type.value == "COMPLETED", (state / "worker.log").read_text()[-6000:]
             # The receiver's events end a webhook wait (a 120 s safety net: polling alone would not be done yet).
             hooked = client.create_flow_run_from_deployment(
-                deployed["run-dbt-cloud-job/dbt-cloud-job"], parameters={"wait": {"webhooks": True}}
+                deployed["dbt-cloud-job/dbt-cloud-job"], parameters={"wait": {"webhooks": True}}
             )
             done = wait_state(client, hooked.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=100)
             assert done.state.type.value == "COMPLETED", (state / "worker.log").read_text()[-6000:]
             assert "the poll after a wake-up saw it end" in (state / "worker.log").read_text()
             # A run still in flight when the stack stops: its process goes too.
             job = client.create_flow_run_from_deployment(
-                deployed["run-dbt-cloud-job/dbt-cloud-job"], parameters={"wait": {"poll_interval_seconds": 0.2}}
+                deployed["dbt-cloud-job/dbt-cloud-job"], parameters={"wait": {"poll_interval_seconds": 0.2}}
             )
             wait_state(client, job.id, {"RUNNING"})
         loaded = rows(first.info, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS")

@@ -7,13 +7,22 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
 
 import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+from dbt_cloud_gate import DbtCloudCredentials, DbtCloudRunResult, WaitSettings, run_dbt_cloud_job
+from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
+from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
 from dbt_cloud_gate.sync_flow import SyncCallableFlow, sync_callable_flow
+from tests.conftest import ACCOUNT, TOKEN
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -103,6 +112,21 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
 
 
+async def gather_ticking(awaitables: Iterable[Awaitable[T]], ticks: list[float]) -> list[T]:
+    """Gather ``awaitables`` while a ticker on this loop appends the time to ``ticks`` every 0.1 s."""
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.1)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        return list(await asyncio.gather(*awaitables))
+    finally:
+        ticking.cancel()
+
+
 def test_an_async_parent_awaits_and_gathers_without_blocking_its_loop() -> None:
     """Four naps of 5 s gathered in one async parent overlap (at least three at once at some instant, so the wall
     is about one nap plus Prefect's start-up of each subflow, not four naps; on a loaded machine each subflow's
@@ -113,15 +137,7 @@ def test_an_async_parent_awaits_and_gathers_without_blocking_its_loop() -> None:
 
     @flow
     async def parent() -> list[float]:
-        async def ticker() -> None:
-            while True:
-                ticks.append(time.monotonic())
-                await asyncio.sleep(0.1)
-
-        ticking = asyncio.create_task(ticker())
-        naps = await asyncio.gather(*(nap(5.0) for _ in range(4)))
-        ticking.cancel()
-        return naps
+        return await gather_ticking((nap(5.0) for _ in range(4)), ticks)
 
     started = time.monotonic()
     assert asyncio.run(parent()) == [5.0] * 4
@@ -151,9 +167,41 @@ def test_flat_parameters_of_the_previous_release_are_regrouped_with_a_warning() 
 
     kwargs = {"poll_interval_seconds": 5, "wait": WaitSettings(max_wait_seconds=60), "job_id": 1}
     with pytest.warns(DeprecationWarning, match=r"wait=WaitSettings\(poll_interval_seconds=...\)"):
-        regrouped = regroup("run-dbt-cloud-job", {"job_id", "wait"}, kwargs)
+        regrouped = regroup("dbt-cloud-job", {"job_id", "wait"}, kwargs)
     assert regrouped == {"job_id": 1, "wait": WaitSettings(poll_interval_seconds=5, max_wait_seconds=60)}
     with pytest.raises(ValueError, match="poll_interval_seconds"):
-        regroup("run-dbt-cloud-job", {"wait"}, {"poll_interval_seconds": float("nan")})
+        regroup("dbt-cloud-job", {"wait"}, {"poll_interval_seconds": float("nan")})
     # A name the flow still takes itself is left alone.
     assert regroup("x", {"run_id", "wait"}, {"run_id": 7}) == {"run_id": 7}
+
+
+def test_ten_dbt_cloud_waits_gathered_in_an_async_parent_overlap(spec_validator: SpecValidator) -> None:
+    """Ten ``run_dbt_cloud_job`` subflows on the emulator, gathered in one async parent: the dbt runs overlap (the
+    wall is about one run plus start-up, not ten runs) and a ticker on the parent's loop keeps ticking."""
+    run_seconds = 3.0
+    jobs = [
+        JobSpec(id=100 + n, name=f"j{n}", queue_seconds=0.05, start_seconds=0.05, run_seconds=run_seconds)
+        for n in range(10)
+    ]
+    server = EmulatorServer(Emulator(jobs, account_id=ACCOUNT, token=TOKEN, validator=spec_validator))
+    ticks: list[float] = []
+    with server:
+        credentials = DbtCloudCredentials(account_id=ACCOUNT, api_token=TOKEN, access_url=server.url)
+
+        @flow
+        async def parent() -> list[DbtCloudRunResult]:
+            wait = WaitSettings(poll_interval_seconds=0.2)
+            return await gather_ticking((run_dbt_cloud_job(job.id, credentials, wait=wait) for job in jobs), ticks)
+
+        started = time.monotonic()
+        # Ten flow runs created at once can find the test server's SQLite locked (503, which the client retries).
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 12}):
+            results = asyncio.run(parent())
+        wall = time.monotonic() - started
+        runs = [server.emulator.runs[result.run_id] for result in results]
+    assert [r.status for r in results] == ["Success"] * 10 and sorted(r.job_id for r in results) == [j.id for j in jobs]
+    spans = [(run.started, run.finished) for run in runs]
+    assert most_at_once(spans) >= 5, f"the dbt runs ran one after another: {spans}"
+    assert wall < 10 * run_seconds / 2, f"ten {run_seconds} s runs took {wall:.1f} s"
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= 20 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"

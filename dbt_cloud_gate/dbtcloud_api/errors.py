@@ -204,3 +204,17 @@ def scrub(text: str, secret: str | None) -> str:
         if form in text:
             text = text.replace(form, "***")
     return text
+
+
+LOCAL_EXTRA_HINT = "pip install 'dbt-cloud-gate[local]'"
+
+
+def local_extra_missing(exc: ImportError, needed_for: str, distributions: dict[str, str]) -> ImportError:
+    """The ImportError to raise when a local stand-in's dependency is absent: a production install leaves the
+    ``[local]`` extra out, so say what is missing and how to get it, not just the module's name."""
+    missing = (exc.name or next(iter(distributions))).split(".")[0]
+    return ImportError(
+        f"{needed_for} need the module {missing!r} ({distributions.get(missing, missing)}), which is not "
+        f"installed: {LOCAL_EXTRA_HINT}",
+        name=missing,
+    )

@@ -19,7 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-LOCAL_EXTRA_HINT = "pip install 'dbt-cloud-gate[local]'"
+from dbt_cloud_gate.dbtcloud_api.errors import local_extra_missing
+
 _DISTRIBUTIONS = {"yaml": "PyYAML", "jsonschema": "jsonschema", "referencing": "referencing"}
 
 try:
@@ -28,13 +29,7 @@ try:
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 except ImportError as exc:
-    # A production install leaves the [local] extra out; say what is missing and how to get it, not just the name.
-    _missing = (exc.name or "yaml").split(".")[0]
-    raise ImportError(
-        f"the dbt Cloud spec validator and emulator need the module {_missing!r} "
-        f"({_DISTRIBUTIONS.get(_missing, _missing)}), which is not installed: {LOCAL_EXTRA_HINT}",
-        name=_missing,
-    ) from exc
+    raise local_extra_missing(exc, "the dbt Cloud spec validator and emulator", _DISTRIBUTIONS) from exc
 
 SPEC_ENV = "DBT_CLOUD_OPENAPI_SPEC"
 _SPEC_URI = "urn:dbt-cloud-openapi-v2"

@@ -53,7 +53,7 @@ CREDENTIALS_BLOCK = "local-dbt-cloud"
 SNOWFLAKE_BLOCK = "local-snowflake"
 DEMO_JOB_ID = 101  # the emulator's demo job that succeeds
 # Every deployment of prefect.yaml, as "flow name/deployment name".
-DEPLOYMENTS = ("dbt-cloud-etl/nightly-etl", "run-dbt-cloud-job/dbt-cloud-job", "dbt-cloud-reconcile/weekly-reconcile")
+DEPLOYMENTS = ("dbt-cloud-etl/nightly-etl", "dbt-cloud-job/dbt-cloud-job", "dbt-cloud-reconcile/weekly-reconcile")
 
 
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
@@ -89,7 +89,7 @@ Try it:
   3. On the flow run's page: its logs, then the Artifacts tab (dbt run link, run summary, model table).
   From a shell: PREFECT_API_URL={server.api_url} prefect deployment run dbt-cloud-etl/nightly-etl
   A wait ended by the webhook (the run's logs say "the poll after a wake-up saw it end"):
-    PREFECT_API_URL={server.api_url} prefect deployment run run-dbt-cloud-job/dbt-cloud-job --param 'wait={{"webhooks": true}}'
+    PREFECT_API_URL={server.api_url} prefect deployment run dbt-cloud-job/dbt-cloud-job --param 'wait={{"webhooks": true}}'
 """
 
 

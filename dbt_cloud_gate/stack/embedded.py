@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
+from dbt_cloud_gate.dbtcloud_api.errors import local_extra_missing
 from dbt_cloud_gate.loads import quote_table
 
 DEMO_DATABASE = "ANALYTICS"
@@ -30,9 +31,14 @@ DEMO_DATABASE = "ANALYTICS"
 def fakesnow_server(db_path: str | None = None, port: int = 0) -> Iterator[dict[str, Any]]:
     """Serve fakesnow on 127.0.0.1 in a thread; yields the connection settings (host, port, protocol...)."""
     import uvicorn
-    from fakesnow.instance import FakeSnow
 
-    server_module = importlib.import_module("fakesnow.server")
+    try:
+        from fakesnow.instance import FakeSnow
+
+        server_module = importlib.import_module("fakesnow.server")
+    except ImportError as exc:
+        needs = {"fakesnow": "fakesnow[server]", "pyarrow": "fakesnow[server]", "duckdb": "fakesnow[server]"}
+        raise local_extra_missing(exc, "the local Snowflake stand-in (fakesnow's server)", needs) from exc
     if db_path:
         Path(db_path).mkdir(parents=True, exist_ok=True)
         # Every session of this server shares one instance whose databases live as files in db_path.
