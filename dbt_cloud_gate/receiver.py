@@ -8,15 +8,17 @@ repeatable) or the environment (``DBT_CLOUD_WEBHOOK_SECRETS``, a JSON object of 
 
 Per delivery: a token bucket per client address (429), a capped body read (413), the HMAC over the raw bytes,
 each known secret tried in constant time (401), the body parsed (400), a seen ``eventId`` acknowledged without a
-second event, then one ``POST {PREFECT_API_URL}/events`` with a short timeout (503 if Prefect cannot take it,
-so that dbt Cloud retries). Logs carry IDs only: never a secret, a signature or the body.
+second event, then the event written to the receiver's durable outbox (:mod:`dbt_cloud_gate.outbox`; 503 if it
+cannot be written, so that dbt Cloud retries). A forwarder in the app's lifespan posts the outbox's events to
+``{PREFECT_API_URL}/events`` and lets each leave only once Prefect has stored it (:mod:`dbt_cloud_gate.forwarder`).
+``GET /metrics`` shows the counts and the outbox in Prometheus' text format. Logs carry IDs only: never a secret,
+a signature or the body.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -25,13 +27,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, cast
 
-import httpx
 from prefect.events import Event
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dbt_cloud_gate.dbtcloud_api.webhooks import (
@@ -42,6 +44,8 @@ from dbt_cloud_gate.dbtcloud_api.webhooks import (
     parse_delivery,
 )
 from dbt_cloud_gate.events import webhook_event
+from dbt_cloud_gate.forwarder import DurableEmitter, Forwarder, Metric, PrefectEventsApi, prometheus_text
+from dbt_cloud_gate.outbox import OUTBOX_ENV, Outbox, OutboxError, default_outbox_path
 
 logger = logging.getLogger("dbt_cloud_gate.receiver")
 
@@ -52,41 +56,22 @@ SecretsLoader = Callable[[], Awaitable[dict[str, str]]]
 
 
 class Emitter(Protocol):
-    """Where verified events go. Raises on failure (the delivery is then answered 503 and retried by dbt)."""
+    """Where verified events go. Raises on failure (the delivery is then answered 503 and retried by dbt);
+    returns ``False`` when it already had the event (a redelivery), ``True`` or ``None`` otherwise."""
 
-    async def __call__(self, event: Event) -> None: ...
+    async def __call__(self, event: Event) -> bool | None: ...
 
 
-class PrefectEventsEmitter:
-    """Posts each event to ``{api_url}/events`` (a JSON list), with a short timeout.
+class PrefectEventsEmitter(PrefectEventsApi):
+    """Posts each event straight to ``{api_url}/events`` (a JSON list), with a short timeout.
 
-    ``api_key`` (Prefect Cloud) goes as a bearer token; ``auth_string`` (a server's basic auth) as basic auth.
+    Not durable: Prefect answers once the event is queued in its memory. The served receiver uses
+    :class:`~dbt_cloud_gate.forwarder.DurableEmitter`. ``api_key`` (Prefect Cloud) goes as a bearer token;
+    ``auth_string`` (a server's basic auth) as basic auth.
     """
 
-    def __init__(
-        self,
-        api_url: str,
-        *,
-        api_key: str | None = None,
-        auth_string: str | None = None,
-        timeout_seconds: float = 3.0,
-    ) -> None:
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        elif auth_string:
-            headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
-        self.url = api_url.rstrip("/") + "/events"
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_seconds), follow_redirects=False)
-
     async def __call__(self, event: Event) -> None:
-        response = await self._http.post(self.url, content=json.dumps([event.model_dump(mode="json")]))
-        if not response.is_success:
-            raise RuntimeError(f"POST {self.url} answered {response.status_code}")
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        await self.post([event.model_dump(mode="json")])
 
 
 class TokenBuckets:
@@ -242,20 +227,40 @@ class _Receiver:
             logger.info("duplicate %s: acknowledged, no second event", ids)
             return self._answer(200, "duplicate", "Already received.")
         try:
-            await self.emit(webhook_event(delivery))
+            taken = await self.emit(webhook_event(delivery))
         except Exception as exc:
             self.seen.discard(delivery.event_id)
-            logger.warning("could not hand %s to Prefect (%s); answered 503", ids, type(exc).__name__)
-            return self._answer(503, "unavailable", "Prefect did not take the event; retry later.")
+            logger.warning("could not take %s (%s); answered 503", ids, type(exc).__name__)
+            return self._answer(503, "unavailable", "The event could not be stored; retry later.")
+        if taken is False:  # the outbox had it (a redelivery after a restart): acknowledged, no second event
+            logger.info("duplicate %s: already taken, no second event", ids)
+            return self._answer(200, "duplicate", "Already received.")
         logger.info("accepted %s, account %s", ids, delivery.account_id)
         return self._answer(200, "accepted", "Event emitted.")
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "secrets": len(self.config.secrets), "counts": dict(self.counts)})
+        report: dict[str, Any] = {"status": "ok", "secrets": len(self.config.secrets), "counts": dict(self.counts)}
+        if isinstance(self.emit, DurableEmitter):
+            try:
+                report["outbox"] = await self.emit.health()
+            except Exception as exc:  # a broken outbox: deliveries get 503 too
+                report.update(status="outbox_unavailable", detail=type(exc).__name__)
+                return JSONResponse(report, status_code=503)
+        return JSONResponse(report)
+
+    async def metrics(self, request: Request) -> Response:
+        outcomes = [({"outcome": outcome}, float(count)) for outcome, count in sorted(self.counts.items())]
+        metrics: list[Metric] = [
+            ("dbt_cloud_gate_receiver_deliveries_total", "Deliveries by outcome.", "counter", outcomes)
+        ]
+        if isinstance(self.emit, DurableEmitter):
+            metrics += await self.emit.metrics()
+        return PlainTextResponse(prometheus_text(metrics), media_type="text/plain; version=0.0.4")
 
 
 def create_app(config: ReceiverConfig, emit: Emitter) -> Starlette:
-    """The receiver as an ASGI app: ``POST config.path`` takes deliveries, ``GET /healthz`` answers health."""
+    """The receiver as an ASGI app: ``POST config.path`` takes deliveries, ``GET /healthz`` answers health,
+    ``GET /metrics`` the same in Prometheus' format. A :class:`DurableEmitter` forwards in the app's lifespan."""
     if not config.secrets and config.reload_secrets is None:
         raise ValueError("The webhook receiver has no secret: every delivery would be refused.")
     receiver = _Receiver(config, emit)
@@ -263,7 +268,9 @@ def create_app(config: ReceiverConfig, emit: Emitter) -> Starlette:
         routes=[
             Route(config.path, receiver.deliver, methods=["POST"]),
             Route("/healthz", receiver.health, methods=["GET"]),
-        ]
+            Route("/metrics", receiver.metrics, methods=["GET"]),
+        ],
+        lifespan=emit.lifespan if isinstance(emit, DurableEmitter) else None,
     )
     app.state.receiver = receiver
     return app
@@ -325,6 +332,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     serve.add_argument("--rate", type=float, default=50.0, help="requests a second per client address (average)")
     serve.add_argument("--burst", type=float, default=200.0, help="requests a client address may send at once")
+    serve.add_argument(
+        "--outbox",
+        type=Path,
+        default=None,
+        help=f"the durable outbox (a SQLite file; default ${OUTBOX_ENV}, else "
+        "$XDG_STATE_HOME/dbt-cloud-gate/receiver-outbox.sqlite3, ~/.local/state when unset)",
+    )
     serve.add_argument("--log-level", default="info")
     return parser
 
@@ -359,9 +373,15 @@ def main(argv: list[str] | None = None) -> int:
         fresh.update(await secrets_from_blocks(args.secret_block))
         return fresh
 
+    try:
+        outbox = Outbox(args.outbox or default_outbox_path()).open()
+    except OutboxError as exc:
+        print(f"cannot open the outbox: {exc}", file=sys.stderr)
+        return 2
     key = settings.api.key.get_secret_value() if settings.api.key else None
     auth = settings.api.auth_string.get_secret_value() if settings.api.auth_string else None
-    emitter = PrefectEventsEmitter(str(settings.api.url), api_key=key, auth_string=auth)
+    api = PrefectEventsApi(str(settings.api.url), api_key=key, auth_string=auth)
+    emitter = DurableEmitter(outbox, Forwarder(outbox, api))
     config = ReceiverConfig(
         secrets=secrets,
         path=args.path,
@@ -372,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvicorn
 
-    print(f"dbt Cloud webhook receiver on http://{args.host}:{args.port}{args.path} ({len(secrets)} secret(s))")
+    print(
+        f"dbt Cloud webhook receiver on http://{args.host}:{args.port}{args.path} ({len(secrets)} secret(s)), "
+        f"outbox {outbox.path}"
+    )
     uvicorn.run(
         create_app(config, emitter),
         host=args.host,

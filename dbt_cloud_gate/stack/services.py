@@ -313,12 +313,16 @@ class WebhookReceiver:
     of the ``Secret`` block ``secret_block`` and posts them as events to the server of ``env``'s PREFECT_API_URL.
 
     ``url`` is what a webhook subscription points at. Start it after the block holds a secret (the receiver
-    refuses to start without one); it reloads the block when a signature matches none of the secrets it has."""
+    refuses to start without one); it reloads the block when a signature matches none of the secrets it has.
+    Its durable outbox is ``outbox``, by default beside the log (the stack's state folder)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, secret_block: str, port: int = 0) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, secret_block: str, port: int = 0, outbox: Path | None = None
+    ) -> None:
         self.env = dict(env)
         self.log_path = log_path
         self.secret_block = secret_block
+        self.outbox = outbox or log_path.parent / "receiver-outbox.sqlite3"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}{DEFAULT_PATH}"
         self.health_url = f"http://127.0.0.1:{self.port}/healthz"
@@ -329,6 +333,7 @@ class WebhookReceiver:
         if not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use: choose another for the webhook receiver")
         args = ["--host", "127.0.0.1", "--port", str(self.port), "--secret-block", self.secret_block]
+        args += ["--outbox", str(self.outbox)]
         self.process = _start(
             [sys.executable, "-m", "dbt_cloud_gate.receiver", "serve", *args], self.env, self.log_path
         )
