@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "StartSettings": "dbt_cloud_gate.settings",
     "TriggerOverrides": "dbt_cloud_gate.settings",
     "LoadSettings": "dbt_cloud_gate.settings",
+    "ReconcileSettings": "dbt_cloud_gate.settings",
     # Models.
     "DbtCloudRunResult": "dbt_cloud_gate.models",
     "DbtCloudRunSummary": "dbt_cloud_gate.models",
@@ -55,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "DbtCloudJobAlreadyRunning": "dbt_cloud_gate.errors",
     "DbtCloudNativeScheduleOn": "dbt_cloud_gate.errors",
     "EtlFailed": "dbt_cloud_gate.errors",
+    "DeletesRefused": "dbt_cloud_gate.errors",
     # The dbt Cloud client (Prefect-free).
     "DbtCloudClient": "dbt_cloud_gate.dbtcloud_api",
     "AsyncDbtCloudClient": "dbt_cloud_gate.dbtcloud_api",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
         DbtCloudRunInvalid,
         DbtCloudRunsFailed,
         DbtCloudRunTimedOut,
+        DeletesRefused,
         EtlFailed,
     )
     from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
@@ -93,7 +96,13 @@ if TYPE_CHECKING:
         LoadReport,
         LoadTarget,
     )
-    from dbt_cloud_gate.settings import LoadSettings, StartSettings, TriggerOverrides, WaitSettings
+    from dbt_cloud_gate.settings import (
+        LoadSettings,
+        ReconcileSettings,
+        StartSettings,
+        TriggerOverrides,
+        WaitSettings,
+    )
 
 
 def __getattr__(name: str) -> Any:

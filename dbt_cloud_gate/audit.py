@@ -10,17 +10,19 @@ that row as the first statement of its transaction and holds it until COMMIT, so
 serialize, and the guard read that follows sees every load committed before it. A table of its own per target,
 because Snowflake locks a whole table for an UPDATE: a shared lock table would make every target wait behind
 one long or abandoned transaction. A blocked statement waits up to the session's LOCK_TIMEOUT. fakesnow
-(DuckDB's MVCC) does not wait: a second writer of the row fails at once, so the caller retries its transaction
-until its lock budget runs out.
+(DuckDB's MVCC) does not wait: a second writer of the row fails at once, so :func:`take_lock` retries its
+transaction until its lock budget runs out.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-from dbt_cloud_gate.loads_sql import sql_name, table_sql
+from dbt_cloud_gate.errors import LoadLockTimeout
+from dbt_cloud_gate.loads_sql import sql_name, table_display, table_sql
 
 KIND_INCREMENTAL = "incremental"
 KIND_RECONCILE = "reconcile"
@@ -52,6 +54,8 @@ AUDIT_SCHEMA: tuple[tuple[str, str], ...] = (
 AUDIT_COLUMNS = tuple(name for name, _ in AUDIT_SCHEMA)
 LOCK_SUFFIX = "__DBT_CLOUD_GATE_LOCK"
 AUDIT_TABLE = "DBT_CLOUD_GATE_AUDIT"
+# Each try to take the lock is bounded so that fakesnow's fail-at-once conflicts are retried.
+_LOCK_TRY_SECONDS = 10.0
 # pyformat needs a parameter for formatting to happen (and so for %% in names to become %).
 _ALWAYS = {"_dcg": None}
 
@@ -82,12 +86,18 @@ def sibling(table_parts: list[str], name: str) -> list[str]:
     return [*table_parts[:-1], name]
 
 
-def lock_table(target_parts: list[str]) -> list[str]:
-    """The lock table of a target: beside it, named after it (a digest when the name would pass 255 chars)."""
-    name = target_parts[-1] + LOCK_SUFFIX
+def of_target(target_parts: list[str], suffix: str) -> list[str]:
+    """A table that belongs to a target: beside it, named after it plus ``suffix`` (a digest of the target's name
+    when the name would pass 255 characters)."""
+    name = target_parts[-1] + suffix
     if len(name) > 255:
-        name = "T" + hashlib.sha256(target_parts[-1].encode()).hexdigest()[:20] + LOCK_SUFFIX
+        name = "T" + hashlib.sha256(target_parts[-1].encode()).hexdigest()[:20] + suffix
     return sibling(target_parts, name)
+
+
+def lock_table(target_parts: list[str]) -> list[str]:
+    """The lock table of a target: ``<TARGET>__DBT_CLOUD_GATE_LOCK`` beside it."""
+    return of_target(target_parts, LOCK_SUFFIX)
 
 
 def ensure_audit_table(cursor: Any, audit_parts: list[str], timeout: float | None = None) -> None:
@@ -125,6 +135,50 @@ def lock_statement(lock_parts: list[str]) -> str:
     return f"UPDATE {table_sql(lock_parts)} SET LOCKED_AT = %(at)s, LOCKED_BY = %(by)s WHERE LOCK_KEY = %(key)s"
 
 
+def take_lock(cursor: Any, lock_parts: list[str], *, key: str, holder: str, budget: float, timeout: float) -> None:
+    """BEGIN, then take the target's lock (``lock_statement``); retried until ``budget`` seconds have passed,
+    then ``LoadLockTimeout``."""
+    deadline = time.monotonic() + budget
+    statement = lock_statement(lock_parts)
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        run(cursor, "BEGIN", timeout=timeout)
+        try:
+            run(
+                cursor,
+                statement,
+                {"at": naive_utc(datetime.now(UTC)), "by": holder, "key": key},
+                timeout=max(1.0, min(_LOCK_TRY_SECONDS, left)),
+            )
+            return
+        except Exception as exc:
+            last = exc
+            rollback(cursor, timeout)
+        if time.monotonic() + 0.25 >= deadline:
+            break
+        time.sleep(0.25)
+    raise LoadLockTimeout(
+        f"Waited {budget:.0f} s for the write lock of {key} ({table_display(lock_parts)}): "
+        "another load of this target holds it, or a transaction of a killed worker is still open (Snowflake "
+        "rolls it back when that session expires; SHOW LOCKS names it and SELECT SYSTEM$ABORT_TRANSACTION(<id>) "
+        "frees it now). Nothing was loaded; raise "
+        f"lock_timeout_seconds to wait longer. Last error: {type(last).__name__}: {last}"
+    ) from None
+
+
+def rollback(cursor: Any, timeout: float, log: Any = None) -> None:
+    """Roll back; a failure to (a lost connection) must not hide the error that caused it, and is logged to
+    ``log`` (a logger) if given. Snowflake rolls back a transaction whose session ends."""
+    try:
+        run(cursor, "ROLLBACK", timeout=timeout)
+    except Exception as exc:
+        if log is not None:
+            log.warning(
+                "ROLLBACK failed (%s: %s); the session's end rolls the transaction back.", type(exc).__name__, exc
+            )
+
+
 def last_load(
     cursor: Any, audit_parts: list[str], *, source: str, target: str, timeout: float | None = None
 ) -> tuple[datetime | None, datetime | None]:
@@ -160,20 +214,6 @@ def loaded_runs(
     return int(row[0]) if row else 0
 
 
-def other_sources(
-    cursor: Any, audit_parts: list[str], *, source: str, target: str, timeout: float | None = None
-) -> list[str]:
-    """The other source tables audited as loading into ``target``."""
-    run(
-        cursor,
-        f"SELECT DISTINCT SOURCE_TABLE FROM {table_sql(audit_parts)} WHERE TARGET = %(target)s "
-        "AND SOURCE_TABLE IS NOT NULL AND SOURCE_TABLE <> %(source)s",
-        {"target": target, "source": source},
-        timeout=timeout,
-    )
-    return sorted(str(row[0]) for row in cursor.fetchall())
-
-
 def write_audit_row(cursor: Any, audit_parts: list[str], values: dict[str, Any], timeout: float | None = None) -> None:
     """Insert one audit row; ``values`` maps column names (``AUDIT_COLUMNS``) to values, missing ones NULL."""
     unknown = set(values) - set(AUDIT_COLUMNS)
@@ -204,9 +244,11 @@ __all__ = [
     "lock_statement",
     "lock_table",
     "naive_utc",
-    "other_sources",
+    "of_target",
+    "rollback",
     "run",
     "sibling",
     "sql_name",
+    "take_lock",
     "write_audit_row",
 ]

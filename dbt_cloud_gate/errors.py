@@ -13,7 +13,8 @@
     │   └── DbtCloudNativeScheduleOn    native_schedule="fail" and the job's own schedule is on
     ├── EtlFailed                   one or more loads or pipelines failed; the message names each
     ├── StaleDataError              a load refused: its data would be stale or unverified
-    │   └── InvalidRowsError        rows no load can take, under on_invalid_rows="fail"
+    │   ├── InvalidRowsError        rows no load can take, under on_invalid_rows="fail"
+    │   └── DeletesRefused          a reconcile's deletes refused (another source, an empty source, the ceiling)
     └── LoadLockTimeout             a load could not take its target's write lock in time
 
 Every exception pickles with its attributes (Prefect stores a failed flow's exception as its result).
@@ -34,6 +35,7 @@ __all__ = [
     "DbtCloudRunTimedOut",
     "DbtCloudRunsFailed",
     "DbtCloudStartRefused",
+    "DeletesRefused",
     "EtlFailed",
     "InvalidRowsError",
     "LoadLockTimeout",
@@ -118,6 +120,23 @@ class StaleDataError(DbtCloudGateError):
 
 class InvalidRowsError(StaleDataError):
     """Rows no load can take (NULL key, NULL or future watermark) under ``on_invalid_rows="fail"``."""
+
+
+class DeletesRefused(StaleDataError):
+    """A reconcile's ``propagate_deletes`` refused; nothing changed in the target. ``rows_to_delete`` is what it
+    would have deleted: rows another source loaded, all of them (the source is empty), or more than the ceiling
+    (``max_delete_fraction``, ``max_deletes``)."""
+
+    def __init__(self, message: str, *, rows_to_delete: int) -> None:
+        super().__init__(message)
+        self.rows_to_delete = rows_to_delete
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_deletes_refused, (self.args[0], self.rows_to_delete))
+
+
+def _rebuild_deletes_refused(message: str, rows_to_delete: int) -> DeletesRefused:
+    return DeletesRefused(message, rows_to_delete=rows_to_delete)
 
 
 class LoadLockTimeout(DbtCloudGateError):

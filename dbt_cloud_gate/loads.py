@@ -5,13 +5,15 @@ the run's finished_at]`` and writes those whose key is new or whose content diff
 watermark wins, ties broken by content). Rows with a NULL key, a NULL watermark or a watermark after the run's
 end are counted, reported and (policy ``on_invalid_rows``) skipped with a warning or refused. A reconcile
 compares the whole source with the target up to the last audited watermark and loads what is missing or
-different, optionally deleting target keys gone from the source.
+different, optionally deleting target keys gone from the source (behind the guards of
+``dbt_cloud_gate.reconcile_guard``), or only counts all that in a dry run, which rolls its transaction back.
 
 A load reads in three steps: :func:`plan_load` decides, without I/O, what to load where (tables, lock, audit
 table, lookback); :func:`run_load` executes the plan on a connection of its own, with lock-wait and statement
 timeouts; the audit row is the last write of its transaction. In that one transaction it first takes its
-target's write lock (``dbt_cloud_gate.audit``), then reads the guard and the watermark, counts, writes and
-appends its audit row: a failure leaves none of it, and loads of one target serialize.
+target's write lock (``dbt_cloud_gate.audit``), registers its source (``dbt_cloud_gate.sources``), then reads
+the guard and the watermark, counts, writes and appends its audit row: a failure leaves none of it, and loads of
+one target serialize.
 
 Upsert as DELETE + INSERT rather than MERGE: the same result on the key columns, and it also runs on fakesnow,
 where a MERGE inside an explicit transaction fails (DuckDB writes one database per transaction).
@@ -24,26 +26,23 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from dbt_cloud_gate import audit
+from dbt_cloud_gate import audit, sources
 from dbt_cloud_gate import loads_sql as q
 from dbt_cloud_gate.dbtcloud_api import ModelResult
 from dbt_cloud_gate.errors import InvalidRowsError, LoadLockTimeout, StaleDataError
 from dbt_cloud_gate.models import LoadReport, LoadTarget
-from dbt_cloud_gate.settings import LOAD, LoadSettings
+from dbt_cloud_gate.reconcile_guard import DeleteCheck, check_deletes
+from dbt_cloud_gate.settings import LOAD, RECONCILE, LoadSettings, ReconcileSettings
 
 if TYPE_CHECKING:
     from prefect_snowflake import SnowflakeConnector
 
 __all__ = [
-    "DEFAULT_LOCK_TIMEOUT_SECONDS",
-    "DEFAULT_LOOKBACK_SECONDS",
-    "DEFAULT_STATEMENT_TIMEOUT_SECONDS",
     "DbtRunRef",
     "LoadKind",
     "LoadPlan",
@@ -62,15 +61,7 @@ __all__ = [
 LoadKind = Literal["incremental", "reconcile"]
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
-# LoadSettings' defaults, for flows that keep flat parameters for their UI form (the values are written once,
-# in dbt_cloud_gate.settings).
-DEFAULT_LOOKBACK_SECONDS = LOAD.lookback_seconds
-DEFAULT_LOCK_TIMEOUT_SECONDS = LOAD.lock_timeout_seconds
-DEFAULT_STATEMENT_TIMEOUT_SECONDS = LOAD.statement_timeout_seconds
-
 SUCCESS_MODEL_STATUSES = frozenset({"success"})
-# Each try to take the lock is bounded so that fakesnow's fail-at-once conflicts are retried.
-_LOCK_TRY_SECONDS = 10.0
 _LOG = logging.getLogger(__name__)
 
 
@@ -167,7 +158,8 @@ class DbtRunRef:
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """One load, decided before any I/O: its tables (exact parts), its lock and audit tables, its settings."""
+    """One load, decided before any I/O: its tables (exact parts), its lock, registry and audit tables, its
+    settings (``reconcile``: what a reconcile may change; an incremental load ignores it)."""
 
     target: LoadTarget
     kind: LoadKind
@@ -175,12 +167,23 @@ class LoadPlan:
     settings: LoadSettings
     run: DbtRunRef
     lookback_seconds: float
-    propagate_deletes: bool
+    reconcile: ReconcileSettings
     flow_run_id: str  # the lock holder and the audit row's PREFECT_FLOW_RUN_ID
     source_parts: list[str]
     target_parts: list[str]
     audit_parts: list[str]
     lock_parts: list[str]
+    registry_parts: list[str]
+
+    @property
+    def propagate_deletes(self) -> bool:
+        """A reconcile that deletes target keys gone from the source."""
+        return self.kind == "reconcile" and self.reconcile.propagate_deletes
+
+    @property
+    def dry_run(self) -> bool:
+        """A reconcile that counts and rolls back, writing nothing."""
+        return self.kind == "reconcile" and self.reconcile.dry_run
 
     @property
     def source_name(self) -> str:
@@ -205,7 +208,7 @@ def plan_load(
     pipeline: str,
     settings: LoadSettings = LOAD,
     run: DbtRunRef | None = None,
-    propagate_deletes: bool = False,
+    reconcile: ReconcileSettings = RECONCILE,
     flow_run_id: str = "",
 ) -> LoadPlan:
     """Decide one load or reconcile of ``target``; refuse an incremental load without a watermark."""
@@ -227,7 +230,7 @@ def plan_load(
         settings=settings,
         run=run,
         lookback_seconds=lookback,
-        propagate_deletes=propagate_deletes,
+        reconcile=reconcile,
         flow_run_id=flow_run_id,
         source_parts=q.split_table(target.source_table, "source table"),
         target_parts=target_parts,
@@ -235,6 +238,8 @@ def plan_load(
         # Beside the target and its own, so that every load of one target shares it whatever audit table each
         # names, and a transaction left open on another target never blocks this one.
         lock_parts=audit.lock_table(target_parts),
+        # Beside the lock table, and written under it: every source of the target, whatever its audit table.
+        registry_parts=sources.registry_table(target_parts),
     )
 
 
@@ -309,12 +314,20 @@ def run_load(connector: SnowflakeConnector, plan: LoadPlan, log: Logger = _LOG) 
         cursor = connection.cursor()
         audit.ensure_audit_table(cursor, plan.audit_parts, plan.timeout)
         audit.ensure_lock_row(cursor, plan.lock_parts, plan.target_name, plan.timeout)
+        sources.ensure_registry(cursor, plan.registry_parts, plan.timeout)
         shape = _resolve_shape(cursor, plan)
-        _take_lock(cursor, plan)
+        audit.take_lock(
+            cursor,
+            plan.lock_parts,
+            key=plan.target_name,
+            holder=plan.flow_run_id,
+            budget=plan.settings.lock_timeout_seconds,
+            timeout=plan.timeout,
+        )
         try:
             report = _load_locked(cursor, plan, shape, log)
         except BaseException:
-            _rollback(cursor, plan.timeout, log)
+            audit.rollback(cursor, plan.timeout, log)
             raise
     finally:
         connection.close()
@@ -324,21 +337,36 @@ def run_load(connector: SnowflakeConnector, plan: LoadPlan, log: Logger = _LOG) 
 
 
 def _load_locked(cursor: Any, plan: LoadPlan, shape: q.LoadShape, log: Logger) -> LoadReport:
-    """Under the lock: the guards, the window, the counts, the writes, the audit row and COMMIT (or, for a run
-    already loaded, ROLLBACK and nothing to do)."""
+    """Under the lock: the guards, the registry, the window, the counts, the writes, the audit row and COMMIT
+    (or, for a run already loaded or a dry run, ROLLBACK)."""
     source, target, timeout = plan.source_name, plan.target_name, plan.timeout
     last_watermark, last_finished = audit.last_load(
         cursor, plan.audit_parts, source=source, target=target, timeout=timeout
     )
     if _already_loaded(cursor, plan):
         # A retry of the flow after a partial failure: this target already has this run's data.
-        _rollback(cursor, timeout, log)
+        audit.rollback(cursor, timeout, log)
         log.info("%s already holds dbt run %s's data from %s: nothing to do.", target, plan.run.run_id, source)
         return _report(plan, Counts(), None, plan.run.finished_at, already_loaded=True)
-    if plan.propagate_deletes:
-        _refuse_deleting_other_sources(cursor, plan)
+    sources.register(
+        cursor,
+        plan.registry_parts,
+        target=target,
+        source=source,
+        audit_parts=plan.audit_parts,
+        pipeline=plan.pipeline,
+        at=datetime.now(UTC),
+        timeout=timeout,
+    )
     window = _window(plan, shape, last_watermark, last_finished)
-    counts = _write(cursor, plan, shape, window, _count_invalid(cursor, plan, shape, window))
+    deletes = check_deletes(cursor, plan, shape) if plan.propagate_deletes else None
+    if deletes is not None:
+        deletes.enforce(plan.dry_run)
+    counts = _write(cursor, plan, shape, window, _count_invalid(cursor, plan, shape, window), deletes)
+    if plan.dry_run:
+        audit.rollback(cursor, timeout, log)
+        refused = deletes.refusal if deletes else None
+        return _report(plan, counts, window.lower, window.upper, deletes_refused=refused)
     audit.write_audit_row(cursor, plan.audit_parts, _audit_values(plan, window, counts), timeout)
     audit.run(cursor, "COMMIT", timeout=timeout)
     return _report(plan, counts, window.lower, window.upper)
@@ -353,19 +381,6 @@ def _already_loaded(cursor: Any, plan: LoadPlan) -> bool:
         cursor, plan.audit_parts, source=plan.source_name, target=plan.target_name, run_id=run_id, timeout=plan.timeout
     )
     return audited > 0
-
-
-def _refuse_deleting_other_sources(cursor: Any, plan: LoadPlan) -> None:
-    """propagate_deletes would delete what another source loaded into the same target: refuse."""
-    others = audit.other_sources(
-        cursor, plan.audit_parts, source=plan.source_name, target=plan.target_name, timeout=plan.timeout
-    )
-    if others:
-        raise StaleDataError(
-            f"propagate_deletes would delete from {plan.target.target_table} the rows that "
-            f"{', '.join(others)} loaded into it too; nothing changed. Reconcile without "
-            "propagate_deletes, or give each source a target of its own."
-        )
 
 
 def _count_invalid(cursor: Any, plan: LoadPlan, shape: q.LoadShape, window: Window) -> Counts:
@@ -388,9 +403,12 @@ def _rowcount(cursor: Any) -> int:
     return max(int(cursor.rowcount or 0), 0)
 
 
-def _write(cursor: Any, plan: LoadPlan, shape: q.LoadShape, window: Window, counts: Counts) -> Counts:
+def _write(
+    cursor: Any, plan: LoadPlan, shape: q.LoadShape, window: Window, counts: Counts, deletes: DeleteCheck | None
+) -> Counts:
     """Remove duplicate keys (reconcile), delete changed target rows, insert new and changed ones, delete keys
-    gone from the source (``propagate_deletes``); ``counts`` with what was written."""
+    gone from the source (``deletes``, when checked and not refused: a refused dry run reports their count);
+    ``counts`` with what was written."""
     condition, params, timeout = window.condition, window.params, plan.timeout
     duplicates = replaced = deleted = 0
     if plan.kind == "reconcile":
@@ -399,53 +417,12 @@ def _write(cursor: Any, plan: LoadPlan, shape: q.LoadShape, window: Window, coun
     if delete:
         replaced = _rowcount(audit.run(cursor, delete, params, timeout=timeout))
     written = _rowcount(audit.run(cursor, q.insert_missing(shape, condition), params, timeout=timeout))
-    if plan.propagate_deletes:
+    if deletes is not None and deletes.refusal:
+        deleted = deletes.to_delete
+    elif deletes is not None:
         deleted = _rowcount(audit.run(cursor, q.delete_gone(shape), params, timeout=timeout))
+        deletes.confirm(deleted, plan.target_name)
     return replace(counts, duplicates=duplicates, written=written, replaced=min(replaced, written), deleted=deleted)
-
-
-def _take_lock(cursor: Any, plan: LoadPlan) -> None:
-    """BEGIN, then take the target's lock; retried until the lock budget has passed."""
-    budget, timeout = plan.settings.lock_timeout_seconds, plan.timeout
-    deadline = time.monotonic() + budget
-    statement = audit.lock_statement(plan.lock_parts)
-    last: Exception | None = None
-    while True:
-        left = deadline - time.monotonic()
-        audit.run(cursor, "BEGIN", timeout=timeout)
-        try:
-            audit.run(
-                cursor,
-                statement,
-                {"at": audit.naive_utc(datetime.now(UTC)), "by": plan.flow_run_id, "key": plan.target_name},
-                timeout=max(1.0, min(_LOCK_TRY_SECONDS, left)),
-            )
-            return
-        except Exception as exc:
-            last = exc
-            _rollback(cursor, timeout, None)
-        if time.monotonic() + 0.25 >= deadline:
-            break
-        time.sleep(0.25)
-    raise LoadLockTimeout(
-        f"Waited {budget:.0f} s for the write lock of {plan.target_name} ({q.table_display(plan.lock_parts)}): "
-        "another load of this target holds it, or a transaction of a killed worker is still open (Snowflake "
-        "rolls it back when that session expires; SHOW LOCKS names it and SELECT SYSTEM$ABORT_TRANSACTION(<id>) "
-        "frees it now). Nothing was loaded; raise "
-        f"lock_timeout_seconds to wait longer. Last error: {type(last).__name__}: {last}"
-    ) from None
-
-
-def _rollback(cursor: Any, timeout: float, log: Logger | None) -> None:
-    """Roll back; a failure to (a lost connection) must not hide the error that caused it. Snowflake rolls
-    back a transaction whose session ends."""
-    try:
-        audit.run(cursor, "ROLLBACK", timeout=timeout)
-    except Exception as exc:
-        if log is not None:
-            log.warning(
-                "ROLLBACK failed (%s: %s); the session's end rolls the transaction back.", type(exc).__name__, exc
-            )
 
 
 def _resolve_shape(cursor: Any, plan: LoadPlan) -> q.LoadShape:
@@ -546,6 +523,7 @@ def _report(
     upper: datetime | None,
     *,
     already_loaded: bool = False,
+    deletes_refused: str | None = None,
 ) -> LoadReport:
     """What the load did, for the flow."""
     target = plan.target
@@ -562,6 +540,8 @@ def _report(
         rows_future_watermark=counts.future_watermark,
         rows_duplicates_removed=counts.duplicates,
         already_loaded=already_loaded,
+        dry_run=plan.dry_run,
+        deletes_refused=deletes_refused,
         lookback_seconds=plan.lookback_seconds,
         watermark_from=lower,
         watermark_to=upper,
@@ -580,9 +560,11 @@ def _log_report(report: LoadReport, log: Logger) -> None:
             report.target,
             skipped,
         )
+    if report.deletes_refused:
+        log.warning("Dry run of %s: its deletes would be refused: %s", report.target, report.deletes_refused)
     log.info(
         "%s %s: %s row(s) written (%s changed, %s new), %s deleted, into %s (watermark %s → %s).",
-        "Reconciled" if report.kind == "reconcile" else "Loaded",
+        "Dry run (nothing written) of" if report.dry_run else "Reconciled" if report.kind == "reconcile" else "Loaded",
         report.target,
         report.rows_loaded,
         report.rows_updated,

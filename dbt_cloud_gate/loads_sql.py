@@ -207,11 +207,22 @@ def insert_missing(shape: LoadShape, condition: str) -> str:
     )
 
 
+def _gone(shape: LoadShape) -> str:
+    """Target row ``t``'s key no longer exists in the source (a NULL key never does)."""
+    return f"NOT EXISTS (SELECT 1 FROM {shape.source} s WHERE {_keys_match(shape, 's', 't')})"
+
+
 def delete_gone(shape: LoadShape) -> str:
     """Delete target rows whose key no longer exists in the source (a reconcile's ``propagate_deletes``)."""
+    return f"DELETE FROM {shape.target} t WHERE {_gone(shape)}"
+
+
+def delete_guard_counts(shape: LoadShape) -> str:
+    """The target's rows, those ``delete_gone`` would delete, and whether the source holds a row with a key
+    (0 or 1), in one row: what the reconcile's delete guards decide on."""
     return (
-        f"DELETE FROM {shape.target} t WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {shape.source} s WHERE {_keys_match(shape, 's', 't')})"
+        f"SELECT (SELECT COUNT(*) FROM {shape.target}), (SELECT COUNT(*) FROM {shape.target} t WHERE {_gone(shape)}), "
+        f"(SELECT COUNT(*) FROM (SELECT 1 FROM {shape.source} WHERE {_keys_not_null(shape)} LIMIT 1) k)"
     )
 
 

@@ -144,6 +144,12 @@ class LoadReport(BaseModel):
     rows_future_watermark: int = 0
     rows_duplicates_removed: int = Field(default=0, description="Target rows of keys held more than once (reconcile).")
     already_loaded: bool = Field(default=False, description="This dbt run was loaded before: nothing to do.")
+    dry_run: bool = Field(
+        default=False, description="A reconcile's dry run: the counts are what it would write; nothing was."
+    )
+    deletes_refused: str | None = Field(
+        default=None, description="Why the dry run's deletes would be refused (a real run fails with it)."
+    )
     lookback_seconds: float = 0
     watermark_from: datetime | None
     watermark_to: datetime | None

@@ -15,7 +15,7 @@ from prefect.artifacts import (
 from prefect.events import emit_event
 
 from dbt_cloud_gate.dbtcloud_api import Run
-from dbt_cloud_gate.models import DbtCloudRunSummary, EtlSummary
+from dbt_cloud_gate.models import DbtCloudRunSummary, EtlSummary, LoadReport
 from dbt_cloud_gate.outcomes import Outcome
 
 
@@ -127,4 +127,30 @@ def publish_etl_report(summary: EtlSummary, failures: list[str]) -> None:
             + ("\n\n### Failed or refused loads\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
         ),
         description=f"ETL cycle of {summary.pipeline}",
+    )
+
+
+def publish_reconcile_report(pipeline: str, reports: list[LoadReport], failures: list[str], *, dry_run: bool) -> None:
+    """The reconcile's markdown artifact ``dbt-cloud-reconcile-<pipeline>`` (a dry run's:
+    ``dbt-cloud-reconcile-dry-run-<pipeline>``, so that it never stands in for the last real reconcile): one row
+    per target, the deletes a dry run found refused, and the targets that failed."""
+    rows = "\n".join(
+        f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.rows_updated} | "
+        f"{r.rows_deleted}{' (refused)' if r.deletes_refused else ''} | {r.rows_duplicates_removed} | "
+        f"{r.rows_null_key} | {r.watermark_to.isoformat() if r.watermark_to else ''} |"
+        for r in reports
+    )
+    refused = [f"- {r.target}: {r.deletes_refused}" for r in reports if r.deletes_refused]
+    would = "would be " if dry_run else ""
+    create_markdown_artifact(
+        key=f"dbt-cloud-reconcile-{'dry-run-' if dry_run else ''}{artifact_slug(pipeline)}",
+        markdown=(
+            f"## Reconcile {pipeline}{' (dry run: nothing was written)' if dry_run else ''}\n\n"
+            f"| target | table | rows {would}written | of which changed | {would}deleted | duplicates removed | "
+            "skipped: NULL key | up to |\n|---|---|---|---|---|---|---|---|\n"
+            + rows
+            + ("\n\n### Deletes that would be refused\n\n" + "\n".join(refused) if refused else "")
+            + ("\n\n### Failed\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
+        ),
+        description=f"Reconcile of {pipeline}{' (dry run)' if dry_run else ''}",
     )

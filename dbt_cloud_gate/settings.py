@@ -5,8 +5,9 @@
   elsewhere).
 - :class:`TriggerOverrides`: every override of dbt Cloud's trigger endpoint, the one list of them.
 - :class:`LoadSettings`: how the Snowflake loads run (lookback, timeouts, audit table, guards).
+- :class:`ReconcileSettings`: what a reconcile may change (deletes, their ceiling, a dry run).
 
-Each is frozen; ``WAIT``, ``START``, ``NO_OVERRIDES`` and ``LOAD`` are the defaults the flows' signatures use, so
+Each is frozen; ``WAIT``, ``START``, ``NO_OVERRIDES``, ``LOAD`` and ``RECONCILE`` are the defaults the flows' signatures use, so
 that every default is written once, here. In a deployment's parameters or the UI form each is one group::
 
     wait: {poll_interval_seconds: 30, max_wait_seconds: 7200, on_timeout: cancel}
@@ -17,6 +18,7 @@ message naming the field. Prefect-free: pydantic only.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Annotated, Any, Literal
 
@@ -29,10 +31,12 @@ from dbt_cloud_gate.dbtcloud_api.types import DbtCloudId, Seconds
 __all__ = [
     "LOAD",
     "NO_OVERRIDES",
+    "RECONCILE",
     "START",
     "WAIT",
     "DbtCloudId",
     "LoadSettings",
+    "ReconcileSettings",
     "Seconds",
     "StartSettings",
     "TriggerOverrides",
@@ -180,10 +184,51 @@ class LoadSettings(_Settings):
         return self
 
 
+class ReconcileSettings(_Settings):
+    """What a reconcile may change in its targets: whether it deletes, how much at most, and a dry run."""
+
+    propagate_deletes: bool = Field(
+        default=False,
+        description="Delete target rows whose key no longer exists in the source. Refused when another source is "
+        "registered for the target (it would delete that source's rows).",
+    )
+    max_delete_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="The most a reconcile may delete, as a fraction of the target's rows: above it nothing changes "
+        "and the reconcile fails naming the count (1: no ceiling).",
+    )
+    max_deletes: int | None = Field(
+        default=None, ge=0, description="The most rows a reconcile may delete, whatever the fraction (None: no cap)."
+    )
+    allow_empty_source: bool = Field(
+        default=False,
+        description="Let propagate_deletes delete from a target whose source holds no row with a key (a dbt "
+        "build that left the model empty would otherwise empty the target).",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Count what would be written and deleted per target, and report it, without committing "
+        "anything (a refusal of the deletes is reported, not raised).",
+    )
+
+    def deletes_within_fraction(self, target_rows: int) -> int:
+        """The most rows ``max_delete_fraction`` lets go from a target holding ``target_rows``."""
+        return math.floor(self.max_delete_fraction * target_rows + 1e-9)  # 0.3 * 10 is 2.9999999999999996
+
+    def allowed_deletes(self, target_rows: int) -> int:
+        """The most rows a reconcile may delete from a target holding ``target_rows`` (both ceilings)."""
+        allowed = self.deletes_within_fraction(target_rows)
+        return allowed if self.max_deletes is None else min(allowed, self.max_deletes)
+
+
 WAIT = WaitSettings()
 START = StartSettings()
 NO_OVERRIDES = TriggerOverrides()
 LOAD = LoadSettings()
+RECONCILE = ReconcileSettings()
 
 if set(TriggerOverrides.model_fields) != set(TRIGGER_OVERRIDES):  # pragma: no cover - caught by the tests
     raise RuntimeError("TriggerOverrides and the client's TRIGGER_OVERRIDES disagree")
@@ -196,6 +241,7 @@ GROUPS: dict[str, type[_Settings]] = {
     "start": StartSettings,
     "trigger": TriggerOverrides,
     "load": LoadSettings,
+    "reconcile": ReconcileSettings,
 }
 LEGACY_PARAMETERS: dict[str, str] = {name: group for group, model in GROUPS.items() for name in model.model_fields}
 

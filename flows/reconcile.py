@@ -2,37 +2,37 @@
 
 Incremental loads see only rows inside their watermark window (plus the lookback). ``dbt_cloud_reconcile``
 compares every source row up to the last audited watermark, and every row without a watermark, with the target
-by key and content, writes what is missing or different and, with ``propagate_deletes``, deletes target keys
-gone from the source. Each target is attempted; the flow fails after all if any failed, naming each.
+by key and content, writes what is missing or different and, with ``reconcile.propagate_deletes``, deletes target
+keys gone from the source, behind three guards (another registered source, an empty source, a ceiling). A dry run
+reports what each target would get and commits nothing. Each target is attempted; the flow fails after all if any
+failed, naming each.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import get_run_logger
 from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.errors import EtlFailed
-from dbt_cloud_gate.loads import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_STATEMENT_TIMEOUT_SECONDS, attempt_each
+from dbt_cloud_gate.loads import attempt_each
 from dbt_cloud_gate.models import LoadReport, LoadTarget
-from dbt_cloud_gate.publish import artifact_slug
-from dbt_cloud_gate.settings import LoadSettings
+from dbt_cloud_gate.publish import publish_reconcile_report
+from dbt_cloud_gate.settings import LOAD, RECONCILE, LoadSettings, ReconcileSettings
+from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.reconcile import reconcile_snowflake_target
 
 __all__ = ["dbt_cloud_reconcile"]
 
 
-@flow(name="dbt-cloud-reconcile")
+@gate_flow(name="dbt-cloud-reconcile")
 def dbt_cloud_reconcile(
     targets: list[LoadTarget],
     snowflake: SnowflakeConnector | str,
     *,
     pipeline: str = "reconcile",
-    propagate_deletes: bool = False,
-    audit_table: str | None = None,
-    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
-    statement_timeout_seconds: float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    reconcile: ReconcileSettings = RECONCILE,
+    load: LoadSettings = LOAD,
 ) -> list[LoadReport]:
     """Reconcile every target with its source; fail after all if any failed, naming each.
 
@@ -40,44 +40,23 @@ def dbt_cloud_reconcile(
         targets: The loads to reconcile, as given to the ETL flow.
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
         pipeline: A label for the audit history and the artifact.
-        propagate_deletes: Delete target rows whose key no longer exists in the source.
-        audit_table: The audit table; default: DBT_CLOUD_GATE_AUDIT beside each target.
-        lock_timeout_seconds: How long each target waits for its write lock before failing.
-        statement_timeout_seconds: The longest any one statement may run.
+        reconcile: What the reconcile may change: propagate_deletes (refused when another source feeds the target
+            or the source is empty), its ceiling (max_delete_fraction, max_deletes), and dry_run.
+        load: Of the load settings, the lock and statement timeouts and the audit table apply.
     """
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to reconcile.")
-    # The flat parameters are the deployment's form: checked here, as one type, before any target is touched.
-    settings = LoadSettings(
-        lock_timeout_seconds=lock_timeout_seconds,
-        statement_timeout_seconds=statement_timeout_seconds,
-        audit_table=audit_table,
-    )
     connector = resolve_connector(snowflake)
     reports, failures = attempt_each(
         targets,
         lambda target: reconcile_snowflake_target(
-            connector, target, pipeline=pipeline, settings=settings, propagate_deletes=propagate_deletes
+            connector, target, pipeline=pipeline, settings=load, reconcile=reconcile
         ),
         log,
         "Reconcile",
     )
-    table = "\n".join(
-        f"| {r.target} | {r.target_table} | {r.rows_loaded} | {r.rows_updated} | {r.rows_deleted} | "
-        f"{r.rows_duplicates_removed} | {r.rows_null_key} | {r.watermark_to.isoformat() if r.watermark_to else ''} |"
-        for r in reports
-    )
-    create_markdown_artifact(
-        key=f"dbt-cloud-reconcile-{artifact_slug(pipeline)}",
-        markdown=(
-            f"## Reconcile {pipeline}\n\n| target | table | rows written | of which changed | deleted | "
-            "duplicates removed | skipped: NULL key | up to |\n|---|---|---|---|---|---|---|---|\n"
-            + table
-            + ("\n\n### Failed\n\n" + "\n".join(f"- {f}" for f in failures) if failures else "")
-        ),
-        description=f"Reconcile of {pipeline}",
-    )
+    publish_reconcile_report(pipeline, reports, failures, dry_run=reconcile.dry_run)
     if failures:
         raise EtlFailed(f"{len(failures)} of {len(targets)} reconcile(s) failed: " + "; ".join(failures))
     return reports

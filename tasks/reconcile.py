@@ -2,8 +2,9 @@
 
 Incremental loads only see rows inside their watermark window. A reconcile compares every source row up to the
 last audited watermark (and every row without a watermark) with the target, writes what is missing or
-different, and, with ``propagate_deletes``, deletes target keys that no longer exist in the source. It takes the
-same lock and writes an audit row of kind ``reconcile``; it does not move the incremental watermark. The work
+different, and, with ``propagate_deletes``, deletes target keys that no longer exist in the source (behind the
+guards of ``dbt_cloud_gate.reconcile_guard``). It takes the same lock, registers its source and writes an audit
+row of kind ``reconcile`` (a dry run commits none of it); it does not move the incremental watermark. The work
 itself is in ``dbt_cloud_gate.loads``; this module holds the Prefect task only.
 """
 
@@ -16,7 +17,7 @@ from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.loads import plan_load, run_load
 from dbt_cloud_gate.models import LoadReport, LoadTarget
-from dbt_cloud_gate.settings import LOAD, LoadSettings
+from dbt_cloud_gate.settings import LOAD, RECONCILE, LoadSettings, ReconcileSettings
 
 __all__ = ["reconcile_snowflake_target"]
 
@@ -28,18 +29,19 @@ def reconcile_snowflake_target(
     *,
     pipeline: str,
     settings: LoadSettings = LOAD,
-    propagate_deletes: bool = False,
+    reconcile: ReconcileSettings = RECONCILE,
 ) -> LoadReport:
     """Bring ``target`` in line with its source up to the last audited watermark, and audit it.
 
-    Of ``settings``, the timeouts and the audit table apply (a reconcile has no lookback and no dbt run).
+    Of ``settings``, the timeouts and the audit table apply (a reconcile has no lookback and no dbt run);
+    ``reconcile`` says whether it deletes, how much at most, and whether it only counts (a dry run).
     """
     plan = plan_load(
         target,
         kind="reconcile",
         pipeline=pipeline,
         settings=settings,
-        propagate_deletes=propagate_deletes,
+        reconcile=reconcile,
         flow_run_id=str(runtime_flow_run.get_id() or ""),
     )
     return run_load(connector, plan, get_run_logger())

@@ -17,6 +17,7 @@ from prefect.flows import load_flow_from_entrypoint
 from rich.console import Console
 
 from dbt_cloud_gate.models import LoadTarget
+from dbt_cloud_gate.settings import LEGACY_PARAMETERS, RECONCILE, ReconcileSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -115,6 +116,22 @@ def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) 
     for target in validated.get("targets", []):
         assert LoadTarget.model_validate(target).lookback_seconds is not None
     assert "api_token" not in yaml.safe_dump(raw())
+
+
+def test_the_weekly_reconcile_takes_the_grouped_settings_and_shows_their_guards() -> None:
+    (deployment,) = [d for d in deployments() if d["name"] == "weekly-reconcile"]
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    validated = flow.validate_parameters(resolve(deployment["parameters"]))
+    # The groups, not the flat names of the previous release (a deployment gets no DeprecationWarning shim).
+    assert not set(deployment["parameters"]) & set(LEGACY_PARAMETERS)
+    reconcile = ReconcileSettings.model_validate(validated["reconcile"])
+    # The file spells out the delete guards at the flow's defaults: deletes off, the ceiling on, no dry run.
+    assert reconcile == RECONCILE and set(deployment["parameters"]["reconcile"]) >= {
+        "propagate_deletes",
+        "max_delete_fraction",
+        "allow_empty_source",
+        "dry_run",
+    }
 
 
 @pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["name"])

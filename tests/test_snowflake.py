@@ -17,94 +17,27 @@ from dbt_cloud_gate.dbtcloud_api import ModelResult
 from dbt_cloud_gate.errors import InvalidRowsError, LoadLockTimeout, StaleDataError
 from dbt_cloud_gate.loads import ensure_model_built, quote_identifier, quote_table
 from dbt_cloud_gate.models import LoadTarget
-from dbt_cloud_gate.settings import LoadSettings
-from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server
-from dbt_cloud_gate.tasks.reconcile import reconcile_snowflake_target
-from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
+from dbt_cloud_gate.settings import LoadSettings, ReconcileSettings
+from tests.snowflake_orders import (
+    AUDIT,
+    T0,
+    TARGET,
+    add_source,
+    load,
+    naive,
+    orders_database,
+    reconcile,
+    sql,
+    target_rows,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-TARGET = LoadTarget(
-    name="orders",
-    source_model="orders",
-    source_table="SRC.DBT.ORDERS",
-    target_table="SRC.MARTS.ORDERS",
-    key_columns=["ORDER_ID"],
-    watermark_column="UPDATED_AT",
-)
-OK_MODELS = [ModelResult(unique_id="model.p.orders", name="orders", resource_type="model", status="success")]
-AUDIT = "SRC.MARTS.DBT_CLOUD_GATE_AUDIT"
 
 
 @pytest.fixture
 def connector(tmp_path: Path) -> Iterator[SnowflakeConnector]:
-    with fakesnow_server(db_path=str(tmp_path)) as settings:
-        block = fakesnow_connector(settings, database="SRC")
-        sql(block, "CREATE DATABASE IF NOT EXISTS SRC")
-        for schema in ("DBT", "MARTS"):
-            sql(block, f"CREATE SCHEMA IF NOT EXISTS SRC.{schema}")
-            sql(
-                block,
-                f"CREATE TABLE SRC.{schema}.ORDERS (ORDER_ID NUMBER, AMOUNT NUMBER(10,2), UPDATED_AT TIMESTAMP_NTZ)",
-            )
+    with orders_database(tmp_path) as block:
         yield block
-
-
-def sql(block: SnowflakeConnector, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    connection = block.credentials.get_client(database=block.database, schema=block.schema_)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(statement, params)
-        try:
-            return list(cursor.fetchall())
-        except Exception:
-            return []
-    finally:
-        connection.close()
-
-
-def naive(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(tzinfo=None)
-
-
-def add_source(block: SnowflakeConnector, order_id: int | None, amount: float, at: datetime | None) -> None:
-    sql(
-        block,
-        "INSERT INTO SRC.DBT.ORDERS VALUES (%(id)s, %(amount)s, %(at)s)",
-        {"id": order_id, "amount": amount, "at": naive(at) if at else None},
-    )
-
-
-def load(
-    block: SnowflakeConnector,
-    finished_at: datetime,
-    run_id: int,
-    *,
-    target: LoadTarget = TARGET,
-    models: list[ModelResult] = OK_MODELS,
-    **settings: Any,
-) -> Any:
-    # Exact windows unless a test asks for a lookback (the task's own default is LOAD.lookback_seconds).
-    return load_snowflake_incremental(
-        block,
-        target,
-        dbt_run_id=run_id,
-        dbt_job_id=7,
-        dbt_account_id=1,
-        dbt_finished_at=finished_at,
-        models=models,
-        pipeline="test",
-        settings=LoadSettings(**{"lookback_seconds": 0, **settings}),
-    )
-
-
-def reconcile(block: SnowflakeConnector, propagate_deletes: bool = False) -> Any:
-    return reconcile_snowflake_target(block, TARGET, pipeline="test", propagate_deletes=propagate_deletes)
-
-
-def target_rows(block: SnowflakeConnector, table: str = "SRC.MARTS.ORDERS") -> list[tuple[Any, ...]]:
-    return sql(block, f"SELECT ORDER_ID, AMOUNT FROM {table} ORDER BY ORDER_ID, AMOUNT")
 
 
 def audit_rows(block: SnowflakeConnector, kind: str = "incremental") -> list[tuple[Any, ...]]:
@@ -402,7 +335,8 @@ def test_reconcile_loads_what_is_missing_or_different(connector: SnowflakeConnec
     report = reconcile(connector)
     assert (report.kind, report.rows_loaded, report.rows_updated, report.rows_deleted) == ("reconcile", 3, 1, 0)
     assert target_rows(connector) == [(1, 10), (2, 20), (3, 30), (4, 40)]
-    report = reconcile(connector, propagate_deletes=True)
+    # 1 of 4 rows: above the default ceiling (a tenth), within a quarter.
+    report = reconcile(connector, ReconcileSettings(propagate_deletes=True, max_delete_fraction=0.25))
     assert (report.rows_loaded, report.rows_deleted) == (0, 1)
     assert target_rows(connector) == [(1, 10), (2, 20), (4, 40)]
     kinds = sql(connector, f"SELECT LOAD_KIND, ROWS_LOADED, ROWS_DELETED FROM {AUDIT} ORDER BY LOADED_AT")
@@ -490,7 +424,7 @@ def test_reconcile_removes_duplicates_and_keeps_deletes_to_a_single_source(conne
     sql(connector, "INSERT INTO SRC.DBT.ORDERS_EU VALUES (2, 20, %(at)s)", {"at": naive(T0 - timedelta(minutes=3))})
     load(connector, T0, run_id=7, target=TARGET.model_copy(update={"source_table": "SRC.DBT.ORDERS_EU"}))
     with pytest.raises(StaleDataError, match="propagate_deletes would delete"):
-        reconcile(connector, propagate_deletes=True)
+        reconcile(connector, ReconcileSettings(propagate_deletes=True))
     assert target_rows(connector) == [(1, 10), (2, 20)]
 
 
