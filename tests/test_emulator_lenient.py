@@ -99,11 +99,11 @@ def test_unknown_query_parameters_are_ignored_and_recorded(server: EmulatorServe
         {"include_related": "trigger, run_steps"},
         {"include_related": "trigger,run_steps"},
         {"include_related": "[trigger,run_steps]"},
-        [("include_related", "trigger"), ("include_related", "run_steps")],
+        httpx.QueryParams([("include_related", "trigger"), ("include_related", "run_steps")]),
     ],
 )
 def test_include_related_is_read_in_every_form(
-    server: EmulatorServer, http: httpx.Client, params: dict[str, str] | list[tuple[str, str]]
+    server: EmulatorServer, http: httpx.Client, params: httpx.QueryParams | dict[str, str]
 ) -> None:
     run = http.post("jobs/11/run/", json={"cause": "forms"}).json()["data"]
     time.sleep(0.5)

@@ -246,7 +246,7 @@ def run_steps(run: RunRecord, spec: JobSpec, now: float, account_id: int) -> lis
     if now < run.started and status != RunStatus.CANCELLED:
         return []
     names = list(SETUP_STEPS) + [f"Invoke dbt with `{step}`" for step in run.steps]
-    each = max(run.finished - run.started, 1e-6) / len(names)
+    each = max(run.finished - run.started, 0.0) / len(names)  # a run of no duration shows every step
     end_of_run = run.end()
     steps: list[dict[str, Any]] = []
     for index, name in enumerate(names, start=1):
