@@ -1,7 +1,8 @@
 """The emulator's request handling: :class:`Emulator` answers one HTTP request at a time, with no sockets.
 
 Each request is recorded, then meets the injected faults and the rate limit, then authentication and the OpenAPI
-spec, then its route: the v2 jobs and runs endpoints here, the v3 webhook subscriptions in :mod:`.webhook_api`,
+spec (read as dbt Cloud reads it, :mod:`.lenient`), then its route: the v2 jobs and runs endpoints
+(:mod:`.jobs_api`, :mod:`.runs_api`, :mod:`.artifacts`), the v3 webhook subscriptions in :mod:`.webhook_api`,
 and the ``/_emulator/`` admin endpoints that tests and other processes use. The account's jobs and runs live in
 :class:`~dbt_cloud_gate.dbtcloud_api.emulator.state.AccountState`, which :class:`Emulator` extends.
 """
