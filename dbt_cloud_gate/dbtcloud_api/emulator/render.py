@@ -246,7 +246,7 @@ def run_steps(run: RunRecord, spec: JobSpec, now: float, account_id: int) -> lis
     if now < run.started and status != RunStatus.CANCELLED:
         return []
     names = list(SETUP_STEPS) + [f"Invoke dbt with `{step}`" for step in run.steps]
-    each = max(run.finished - run.started, 1e-6) / len(names)
+    each = max(run.finished - run.started, 0.0) / len(names)  # a run of no duration shows every step
     end_of_run = run.end()
     steps: list[dict[str, Any]] = []
     for index, name in enumerate(names, start=1):
@@ -313,10 +313,14 @@ def step_nodes(run: RunRecord, spec: JobSpec, step: StepSpec, last: bool) -> lis
         nodes.append((f"model.analytics.{model}", state, message))
     for test in step.run_tests(spec.models):
         failed = bad is not None and bad in test
-        digest = hashlib.sha256(test.encode()).hexdigest()[:10]
         outcome = ("fail", "Got 3 results") if failed else ("pass", None)
-        nodes.append((f"test.analytics.{test}.{digest}", *outcome))
+        nodes.append((test_unique_id(test), *outcome))
     return nodes
+
+
+def test_unique_id(test: str) -> str:
+    """A test's unique ID, as in run_results.json and manifest.json (``test.analytics.<name>.<digest>``)."""
+    return f"test.analytics.{test}.{hashlib.sha256(test.encode()).hexdigest()[:10]}"
 
 
 def step_logs(run: RunRecord, spec: JobSpec, index: int, name: str, status: RunStatus) -> str:
@@ -389,8 +393,3 @@ def run_results(run: RunRecord, spec: JobSpec, step: int | None = None) -> dict[
         "elapsed_time": run.run_s,
         "args": {"which": dbt_command(command.command) or "build"},
     }
-
-
-def manifest(spec: JobSpec) -> dict[str, Any]:
-    """A minimal ``manifest.json``: the job's models as nodes."""
-    return {"nodes": {f"model.analytics.{m}": {"name": m, "resource_type": "model"} for m in spec.models}}

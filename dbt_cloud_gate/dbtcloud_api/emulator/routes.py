@@ -1,7 +1,8 @@
 """The emulator's request handling: :class:`Emulator` answers one HTTP request at a time, with no sockets.
 
 Each request is recorded, then meets the injected faults and the rate limit, then authentication and the OpenAPI
-spec, then its route: the v2 jobs and runs endpoints here, the v3 webhook subscriptions in :mod:`.webhook_api`,
+spec (read as dbt Cloud reads it, :mod:`.lenient`), then its route: the v2 jobs and runs endpoints
+(:mod:`.jobs_api`, :mod:`.runs_api`, :mod:`.artifacts`), the v3 webhook subscriptions in :mod:`.webhook_api`,
 and the ``/_emulator/`` admin endpoints that tests and other processes use. The account's jobs and runs live in
 :class:`~dbt_cloud_gate.dbtcloud_api.emulator.state.AccountState`, which :class:`Emulator` extends.
 """
@@ -21,12 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from dbt_cloud_gate.dbtcloud_api.emulator import render, webhook_api
+from dbt_cloud_gate.dbtcloud_api.emulator import artifacts, jobs_api, lenient, render, runs_api, webhook_api
 from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
 from dbt_cloud_gate.dbtcloud_api.emulator.render import JSON_HEADERS, Reply, envelope, error, ok
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import (
     MAX_CAUSE,
-    SETUP_STEPS,
     Fault,
     JobSpec,
     RecordedRequest,
@@ -34,7 +34,6 @@ from dbt_cloud_gate.dbtcloud_api.emulator.specs import (
 )
 from dbt_cloud_gate.dbtcloud_api.emulator.state import AccountState
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookHub
-from dbt_cloud_gate.dbtcloud_api.models import RunStatus
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
 
 _V3_MESSAGES = {
@@ -53,15 +52,23 @@ _HTML_502 = (
 # The v2 routes under /api/v2/accounts/{id}/, tried in order; a pattern's groups are the IDs in the path.
 _ROUTES: list[tuple[str, str]] = [
     ("POST", r"jobs/(\d+)/run/"),
+    ("POST", r"jobs/(\d+)/rerun/"),
+    ("GET", r"jobs/"),
+    ("POST", r"jobs/"),
     ("GET", r"jobs/(\d+)/"),
     ("POST", r"jobs/(\d+)/"),
+    ("DELETE", r"jobs/(\d+)/"),
     ("GET", r"runs/"),
     ("GET", r"runs/(\d+)/"),
     ("POST", r"runs/(\d+)/cancel/"),
+    ("GET", r"runs/(\d+)/retry/"),
     ("POST", r"runs/(\d+)/retry/"),
     ("GET", r"runs/(\d+)/artifacts/"),
     ("GET", r"runs/(\d+)/artifacts/(.+)"),
 ]
+_V2_PREFIX = re.compile(r"^/api/v2/accounts/\d+/")
+# A Host header as clients send it: a name or address and a port (it becomes the runs' ``href``).
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?")
 
 
 class Emulator(AccountState):
@@ -84,6 +91,9 @@ class Emulator(AccountState):
         self.validator = validator
         self.rate_limit_per_minute = rate_limit_per_minute
         self.base_url = "http://127.0.0.1"
+        # How clients reach this emulator (``https`` behind TLS): with a request's Host, the runs' ``href``.
+        self.scheme = "http"
+        self._request_base: str | None = None
         self._rng = random.Random(seed)
         self.requests: list[RecordedRequest] = []
         self.faults: list[Fault] = []
@@ -118,7 +128,7 @@ class Emulator(AccountState):
             now,
             includes,
             account_id=self.account_id,
-            base_url=self.base_url,
+            base_url=self._request_base or self.base_url,
             job=self.job_objects[run.job_id],
         )
 
@@ -131,8 +141,21 @@ class Emulator(AccountState):
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
         """Answer one HTTP request (thread-safe)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
-            return self._handle(method.upper(), target, {k.lower(): v for k, v in headers.items()}, body)
+            self._request_base = self._public_url(lowered)
+            try:
+                return self._handle(method.upper(), target, lowered, body)
+            finally:
+                self._request_base = None
+
+    def _public_url(self, headers: dict[str, str]) -> str | None:
+        """The address the client reached the emulator at (a relay's ``X-Forwarded-*`` first), if it says."""
+        host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip()
+        scheme = (headers.get("x-forwarded-proto") or self.scheme).split(",")[0].strip().lower()
+        if not _HOST.fullmatch(host) or scheme not in ("http", "https"):
+            return None
+        return f"{scheme}://{host}"
 
     def _handle(self, method: str, target: str, headers: dict[str, str], raw_body: bytes) -> Reply:
         now = self.clock()
@@ -167,6 +190,10 @@ class Emulator(AccountState):
         if limited is not None:
             record.status = limited.status
             return limited
+        redirect = self._slash_redirect(record, path, split.query)
+        if redirect is not None:
+            record.status = redirect.status
+            return redirect
         if path.startswith("/_emulator/"):
             result = self._admin(method, path, body)
         elif scheme.lower() not in ("token", "bearer") or presented.strip() != self.token:
@@ -192,6 +219,23 @@ class Emulator(AccountState):
             return Reply(429, envelope(None, 429, "Too many requests."), {**JSON_HEADERS, "Retry-After": str(wait)})
         self._window.append(now)
         return None
+
+    def _slash_redirect(self, record: RecordedRequest, path: str, query_string: str) -> Reply | None:
+        """dbt Cloud's 308 for a v2 path without its trailing slash; recorded as a departure from the spec."""
+        if not path.startswith("/api/v2/") or path.endswith("/"):
+            return None
+        known, slashed = self._known_path(path), self._known_path(path + "/")
+        reply = lenient.slash_redirect(path, query_string, known=known, slashed_known=slashed)
+        if reply is not None:
+            record.spec_problems = [f"{path} lacks its trailing slash (answered 308 to {path}/)"]
+        return reply
+
+    def _known_path(self, path: str) -> bool:
+        """Whether a v2 path names an operation of the spec or a route of the emulator (any method)."""
+        if self.validator is not None and self.validator.match("GET", path)[2]:
+            return True
+        rest = _V2_PREFIX.sub("", path)
+        return rest != path and any(re.fullmatch(pattern, rest) for _method, pattern in _ROUTES)
 
     def _apply_faults(self, record: RecordedRequest, method: str, path: str, now: float) -> Reply | None:
         job_id = self._job_of_path(path)
@@ -237,11 +281,18 @@ class Emulator(AccountState):
     ) -> Reply:
         """An authenticated request: checked against the spec, then routed within this account."""
         v3 = path.startswith("/api/v3/")
-        validator = self.webhooks.validator if v3 else self.validator
-        if validator is not None:
-            record.spec_problems = validator.validate(method, path, query, body, has_body=bool(raw_body))
+        operation: str | None = None
+        if v3 and self.webhooks.validator is not None:
+            record.spec_problems = self.webhooks.validator.validate(method, path, query, body, has_body=bool(raw_body))
             if record.spec_problems:
                 return _spec_error(method, record.spec_problems)
+        elif not v3 and self.validator is not None:
+            # Answered as dbt Cloud reads requests; every departure from the spec is still recorded.
+            checked = lenient.check(self.validator, method, path, query, body, has_body=bool(raw_body))
+            record.spec_problems = checked.recorded
+            if checked.refused:
+                return _spec_error(method, checked.refused)
+            query, body, operation = checked.query, checked.body, checked.operation
         version = "v3" if v3 else "v2"
         prefix = f"/api/{version}/accounts/{self.account_id}/"
         if not path.startswith(prefix):
@@ -253,13 +304,17 @@ class Emulator(AccountState):
             code, data, extra = webhook_api.handle(self.webhooks, method, rest, query, body, now)
             message = _V3_MESSAGES.get(code, "Success!" if code < 300 else "The request failed.")
             return Reply(code, envelope(data, code, message, extra), dict(JSON_HEADERS))
-        includes = set(
-            ",".join(query.get("include_related", [])).replace("[", "").replace("]", "").replace('"', "").split(",")
-        )
+        includes = lenient.include_related(query.get("include_related", []))
         for route_method, pattern in _ROUTES:
             found = re.fullmatch(pattern, rest)
             if found and route_method == method:
-                return self._dispatch(pattern, method, found.groups(), query, body, includes, now)
+                return self._dispatch(
+                    pattern, method, found.groups(), query, lenient.without_nulls(body), includes, now
+                )
+        if operation is not None:
+            return error(
+                501, f"{operation} ({method} {path}) is an operation of the spec the emulator does not implement."
+            )
         return error(404, _NOT_FOUND)
 
     def _dispatch(
@@ -274,16 +329,24 @@ class Emulator(AccountState):
     ) -> Reply:
         ident = int(groups[0]) if groups else 0
         if pattern == r"runs/":
-            return self._list_runs(query, includes, now)
+            return runs_api.list_runs(self, query, includes, now, self.run_json)
+        if pattern == r"jobs/":
+            if method == "GET":
+                return jobs_api.list_jobs(self, query, includes, now, self.run_json)
+            return jobs_api.create_job(self, body, now)
         if pattern.startswith("jobs/"):
-            spec = self.jobs.get(ident)
+            spec = jobs_api.live_job(self, ident)
             if spec is None:
-                return error(404, _NOT_FOUND)
+                return jobs_api.not_found()
             if pattern == r"jobs/(\d+)/run/":
                 return self._trigger(spec, body, now)
+            if pattern == r"jobs/(\d+)/rerun/":
+                return runs_api.rerun_job(self, ident, now, self.run_json)
             if method == "GET":
-                return ok(self.job_objects[ident])
-            return self._update_job(ident, body, now)
+                return ok(jobs_api.job_view(self, ident, includes, now, self.run_json))
+            if method == "DELETE":
+                return jobs_api.delete_job(self, ident, now)
+            return jobs_api.update_job(self, ident, body, now)
         run = self.runs.get(ident)
         if run is None:
             return error(404, _NOT_FOUND)
@@ -293,34 +356,10 @@ class Emulator(AccountState):
             self.cancel_run(run, now)
             return ok(self.run_json(run, now, includes))
         if pattern == r"runs/(\d+)/retry/":
-            if run.status_at(now) != RunStatus.ERROR:
-                return error(400, f"Run {run.id} did not fail, so it cannot be retried from its point of failure.")
-            return ok(self.run_json(self.retry(run, now), now, includes))
-        return self._artifacts(run, groups[1] if len(groups) > 1 else None, query, now)
-
-    def _artifacts(self, run: RunRecord, name: str | None, query: dict[str, list[str]], now: float) -> Reply:
-        """``runs/{id}/artifacts/`` (``name`` None: the list) and ``runs/{id}/artifacts/{name}``."""
-        if run.status_at(now) not in (RunStatus.SUCCESS, RunStatus.ERROR):
-            return error(404, f"No artifacts for run {run.id}: it has not completed, or was cancelled.")
-        steps_asked = query.get("step") or []
-        try:
-            step = int(steps_asked[0]) if steps_asked else None
-        except ValueError:
-            return error(400, "The request was invalid.", {"step": ["A valid integer is required."]})
-        total_steps = len(SETUP_STEPS) + len(run.steps)
-        if step is not None and not 1 <= step <= total_steps:
-            return error(404, f"Run {run.id} has no step {step}.")
-        if name is None:
-            return ok(["manifest.json", "run_results.json"])
-        if name == "run_results.json":
-            document = self.run_results(run, step)
-            if document is None:
-                return error(404, f"Artifact {name} not found for run {run.id} step {step or total_steps}.")
-        elif name == "manifest.json":
-            document = render.manifest(self.jobs[run.job_id])
-        else:
-            return error(404, f"Artifact {name} not found for run {run.id}.")
-        return Reply(200, json.dumps(document).encode(), dict(JSON_HEADERS))
+            if method == "GET":
+                return runs_api.failure_details(run, now)
+            return runs_api.retry_run(self, run, now, includes, self.run_json)
+        return artifacts.serve(run, self.jobs[run.job_id], groups[1] if len(groups) > 1 else None, query, now)
 
     def _trigger(self, spec: JobSpec, body: Any, now: float) -> Reply:
         if not isinstance(body, dict) or not str(body.get("cause") or "").strip():
@@ -330,58 +369,6 @@ class Emulator(AccountState):
             return error(400, _INVALID, {"cause": [f"Ensure this field has no more than {MAX_CAUSE} characters."]})
         overrides = {key: value for key, value in body.items() if key != "cause"}
         return ok(self.run_json(self.trigger(spec, cause, overrides, now), now, set()))
-
-    def _update_job(self, job_id: int, body: Any, now: float) -> Reply:
-        if not isinstance(body, dict):
-            return error(400, "The request was invalid.")
-        if body.get("id") not in (None, job_id):
-            return error(400, "The job id in the body does not match the path.")
-        job = self.job_objects[job_id]
-        read_only = {"id", "account_id", "created_at", "updated_at", "cron_humanized", "next_run", "next_run_humanized"}
-        for key, value in body.items():
-            if key not in read_only:
-                job[key] = value
-        job["updated_at"] = render.iso(now)
-        self.jobs[job_id].schedule_enabled = bool(job["triggers"].get("schedule"))
-        return ok(job)
-
-    def _list_runs(self, query: dict[str, list[str]], includes: set[str], now: float) -> Reply:
-        def one(name: str) -> str | None:
-            values = query.get(name)
-            return values[-1] if values else None
-
-        limit = int(one("limit") or 100)
-        offset = int(one("offset") or 0)
-        if limit > 100 or limit < 1:
-            return error(
-                400, "The request was invalid.", {"limit": ["Ensure this value is less than or equal to 100."]}
-            )
-        job = one("job_definition_id")
-        runs = self.runs_for(None if job is None else int(job))
-        status = one("status")
-        if status is not None:
-            runs = [run for run in runs if int(run.status_at(now)) == int(status)]
-        status_in = one("status__in")
-        if status_in is not None:
-            wanted = {int(v) for v in status_in.strip("[]").split(",") if v.strip()}
-            runs = [run for run in runs if int(run.status_at(now)) in wanted]
-        order = one("order_by") or "id"
-        key_name = order.lstrip("-")
-        keys: dict[str, Callable[[RunRecord], float]] = {
-            "id": lambda r: r.id,
-            "created_at": lambda r: r.created,
-            "finished_at": lambda r: r.end() if r.status_at(now).is_terminal else float("inf"),
-        }
-        if key_name not in keys:
-            return error(400, "The request was invalid.", {"order_by": [f"Cannot order by {key_name}."]})
-        runs.sort(key=keys[key_name], reverse=order.startswith("-"))
-        page = runs[offset : offset + limit]
-        extra = {
-            "filters": {"account_id": self.account_id, "limit": limit, "offset": offset},
-            "order_by": order,
-            "pagination": {"count": len(page), "total_count": len(runs)},
-        }
-        return ok([self.run_json(run, now, includes) for run in page], extra)
 
     # -- admin endpoints (for tests and for processes that cannot hold the emulator object) ---------
 

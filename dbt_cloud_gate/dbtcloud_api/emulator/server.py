@@ -4,12 +4,15 @@ Server stack: the standard library's ``ThreadingHTTPServer`` (HTTP/1.1, keep-ali
 It adds no dependency, starts in milliseconds inside a test, and gives byte-level control of the socket,
 which the fault injection needs: dropping a connection without an answer, or after the request was
 processed (a lost trigger response), is a plain ``close()`` here and impossible through an ASGI server.
+Given an ``ssl.SSLContext`` it serves https, for clients that speak nothing else (dbt-cloud-cli); the TLS handshake
+runs in the connection's thread, so one slow client does not hold the others.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,8 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds the body until the
         # client's delayed ACK (~40 ms), capping a keep-alive connection at ~25 requests a second.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -65,16 +70,27 @@ class _Server(ThreadingHTTPServer):
 
 
 class EmulatorServer:
-    """Runs an :class:`Emulator` on ``127.0.0.1`` in a background thread. ``port=0`` picks a free port."""
+    """Runs an :class:`Emulator` on ``127.0.0.1`` in a background thread. ``port=0`` picks a free port.
 
-    def __init__(self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``ssl_context`` (a server context holding the certificate): serve https instead of http.
+    """
+
+    def __init__(
+        self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.emulator = emulator
         handler = type("Handler", (_Handler,), {"emulator": emulator})
         self._server = _Server((host, port), handler)
+        if ssl_context is not None:
+            self._server.socket = ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.host = str(self._server.server_address[0])
         self.port = int(self._server.server_address[1])
-        self.url = f"http://{self.host}:{self.port}"
+        scheme = "http" if ssl_context is None else "https"
+        self.url = f"{scheme}://{self.host}:{self.port}"
         emulator.base_url = self.url
+        emulator.scheme = scheme
         self._thread: threading.Thread | None = None
 
     def start(self) -> EmulatorServer:
