@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -56,6 +56,15 @@ SEND_FAILURES = (httpx.TransportError, TimeoutError)
 
 
 Step = Send | Sleep
+
+
+class RunQuery(TypedDict, total=False):
+    """Which runs of the account a listing asks for (``list_runs``, ``iter_runs``); each one left out: all."""
+
+    job_definition_id: int | None
+    status_in: Sequence[int | RunStatus] | None
+    order_by: str | None  # id, created_at or finished_at, with an optional "-"
+    include_related: Sequence[str]
 
 
 class Pager(Generic[R]):
@@ -292,17 +301,11 @@ class Core:
             not_found_grace=self._grace_for(run_id, not_found_grace_seconds),
         )
 
-    def list_runs_call(
-        self,
-        job_definition_id: int | None,
-        status_in: Sequence[int] | None,
-        order_by: str | None,
-        limit: int,
-        offset: int,
-        include_related: Sequence[str],
-    ) -> Call[RunPage]:
+    def list_runs_call(self, query: RunQuery, limit: int, offset: int) -> Call[RunPage]:
         """The call behind :meth:`DbtCloudClient.list_runs` (checked here, before any request)."""
         check_page(limit, offset)
+        job_definition_id, status_in = query.get("job_definition_id"), query.get("status_in")
+        order_by, include_related = query.get("order_by"), query.get("include_related")
         params: list[tuple[str, str]] = []
         if job_definition_id is not None:
             params.append(("job_definition_id", str(check_id("job_definition_id", job_definition_id))))
@@ -385,7 +388,9 @@ class Core:
 
     def job_history_call(self, job_id: int, limit: int) -> Call[list[float]]:
         """Start-to-finish seconds of the job's last ``limit`` successful runs: one page of runs, newest first."""
-        page = self.list_runs_call(job_id, [RunStatus.SUCCESS], "-id", limit, 0, ())
+        page = self.list_runs_call(
+            {"job_definition_id": job_id, "status_in": [RunStatus.SUCCESS], "order_by": "-id"}, limit, 0
+        )
         return Call(
             page.method,
             page.path,
