@@ -10,6 +10,7 @@ import math
 import random
 from dataclasses import dataclass, fields
 from importlib import metadata
+from typing import ClassVar
 
 import httpx
 
@@ -62,7 +63,23 @@ def check_page(limit: object, offset: object) -> None:
 
 
 @dataclass(frozen=True)
-class Timeouts:
+class _Checked:
+    """A frozen settings dataclass whose every field is checked when it is made: an ``int`` field is a count of at
+    least 1, a ``float`` field a finite number of seconds, positive (or 0 too, when named in ``_may_be_zero``)."""
+
+    _may_be_zero: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            label, value = f"{type(self).__name__}.{item.name}", getattr(self, item.name)
+            if item.type != "int":  # a string: this module's annotations are postponed
+                config_seconds(label, value, allow_zero=item.name in self._may_be_zero)
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DbtCloudConfigError(f"{label} must be an integer of at least 1, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class Timeouts(_Checked):
     """Finite timeouts, in seconds, for every request.
 
     ``connect``, ``read``, ``write`` and ``pool`` bound each phase (``read`` each read from the socket);
@@ -76,10 +93,6 @@ class Timeouts:
     pool: float = 30.0
     total: float = 120.0
 
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            config_seconds(f"Timeouts.{item.name}", getattr(self, item.name))
-
     def to_httpx(self, left: float | None = None) -> httpx.Timeout:
         """The equivalent ``httpx.Timeout``, each phase capped to ``left`` seconds when given."""
         cap = math.inf if left is None else max(left, 0.001)
@@ -92,7 +105,7 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(_Checked):
     """How often and how long to retry what is safe to retry.
 
     ``max_unreadable_attempts`` bounds the attempts of a read answered 2xx with a body that is not dbt Cloud's
@@ -107,19 +120,10 @@ class RetryPolicy:
     not_found_grace_seconds: float = 15.0
     max_unreadable_attempts: int = 3
 
-    def __post_init__(self) -> None:
-        for name in ("max_attempts", "max_unreadable_attempts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DbtCloudConfigError(f"RetryPolicy.{name} must be an integer of at least 1, got {value!r}.")
-        config_seconds("RetryPolicy.max_elapsed_seconds", self.max_elapsed_seconds)
-        for name in (
-            "backoff_initial_seconds",
-            "backoff_max_seconds",
-            "max_retry_after_seconds",
-            "not_found_grace_seconds",
-        ):
-            config_seconds(f"RetryPolicy.{name}", getattr(self, name), allow_zero=True)
+    # No backoff, no Retry-After honoured, no 404 grace: each may be switched off; the total time may not.
+    _may_be_zero = frozenset(
+        {"backoff_initial_seconds", "backoff_max_seconds", "max_retry_after_seconds", "not_found_grace_seconds"}
+    )
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number ``attempt`` (1-based): exponential, capped, with equal jitter."""
