@@ -14,7 +14,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,21 @@ ACCOUNT = 777
 _STATUS = {"success": "Success", "error": "Error", "cancelled": "Cancelled"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SoakReport:
-    """What the soak saw; ``violations`` is empty when every check held."""
+    """What the soak saw, made once it is over; ``violations`` is empty when every check held."""
 
     runs: int
     jobs: int
-    seconds: float = 0.0
-    requests: int = 0
-    faulted: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    duplicate_triggers: int = 0
-    alerts: int = 0
-    audit_rows: int = 0
-    violations: list[str] = field(default_factory=list)
+    seconds: float
+    requests: int
+    faulted: int
+    succeeded: int
+    failed: int
+    duplicate_triggers: int
+    alerts: int
+    audit_rows: int
+    violations: list[str]
 
     def summary(self) -> str:
         """One line of figures."""
@@ -129,7 +129,6 @@ def _load_each(connector: Any, results: list[Any]) -> list[int]:
 
 
 def _check(
-    report: SoakReport,
     emulator: Emulator,
     requested: list[int | DbtCloudJobRequest],
     results: list[Any],
@@ -137,18 +136,17 @@ def _check(
     audited: list[int],
     texts: list[str],
     alerted: bool,
-) -> None:
-    """Hold the soak to its checks (``texts``: the alerts received; every failure must be among them when
-    ``alerted``); each one broken goes into ``report.violations``."""
-    problems = report.violations
+) -> list[str]:
+    """Every check the soak broke, in words (``texts``: the alerts received; every failure must be among them when
+    ``alerted``)."""
+    problems: list[str] = []
     # Every requested run accounted for, and no job triggered more often than asked.
-    if len(results) + len(failures) != report.runs:
-        problems.append(f"lost results: {len(results)} + {len(failures)} != {report.runs}")
+    if len(results) + len(failures) != len(requested):
+        problems.append(f"lost results: {len(results)} + {len(failures)} != {len(requested)}")
     for spec in emulator.jobs.values():
         asked = requested.count(spec.id)
         created = len(emulator.runs_of(spec.id))
         if created != asked:
-            report.duplicate_triggers += max(0, created - asked)
             problems.append(f"job {spec.id}: {created} runs created for {asked} requested")
     # Every run ended in its true final state.
     seen = {r.run_id: r.status for r in results} | {f["run_id"]: f["status"] for f in failures if f["run_id"]}
@@ -165,6 +163,7 @@ def _check(
         problems.append(f"audit rows {sorted(audited)} != successful runs {sorted(r.run_id for r in results)}")
     if any(TOKEN in text for text in texts) or any(TOKEN in json.dumps(r.body or {}) for r in emulator.requests):
         problems.append("the token appeared in an alert or a request body")
+    return problems
 
 
 def run_soak(
@@ -183,7 +182,6 @@ def run_soak(
     for fault in _faults(fault_rate):
         emulator.add_fault(fault)
     requested: list[int | DbtCloudJobRequest] = [5000 + (i % jobs) for i in range(runs)]
-    report = SoakReport(runs=runs, jobs=jobs)
     started = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     with EmulatorServer(emulator) as dbt, fakesnow_server(db_path=str(workdir)) as snow:
@@ -202,15 +200,21 @@ def run_soak(
         except DbtCloudRunsFailed as exc:
             results, failures = exc.results, exc.failures
         audited = _load_each(connector, results)
-    report.seconds = time.monotonic() - started
-    report.requests = len(emulator.requests)
-    report.faulted = sum(1 for r in emulator.requests if r.fault)
-    report.succeeded, report.failed = len(results), len(failures)
-    report.audit_rows = len(audited)
+    seconds = time.monotonic() - started
     texts = [json.dumps(alert) for alert in (alert_texts() if alert_texts else [])]
-    report.alerts = len(texts)
-    _check(report, emulator, requested, results, failures, audited, texts, bool(alert_blocks))
-    return report
+    return SoakReport(
+        runs=runs,
+        jobs=jobs,
+        seconds=seconds,
+        requests=len(emulator.requests),
+        faulted=sum(1 for r in emulator.requests if r.fault),
+        succeeded=len(results),
+        failed=len(failures),
+        duplicate_triggers=sum(max(0, len(emulator.runs_of(job)) - requested.count(job)) for job in emulator.jobs),
+        alerts=len(texts),
+        audit_rows=len(audited),
+        violations=_check(emulator, requested, results, failures, audited, texts, bool(alert_blocks)),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
