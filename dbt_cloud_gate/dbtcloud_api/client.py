@@ -285,6 +285,7 @@ class AsyncDbtCloudClient(Core):
         """Start a run of ``job_id``; see :meth:`DbtCloudClient.trigger_job_run`."""
         return await self._execute(self.trigger_call(job_id, cause, overrides))
 
+    # The twins repeat a signature on purpose (httpx's pattern): each client's surface; the call is built once, in Core.
     async def get_run(
         self,
         run_id: int,
