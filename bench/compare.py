@@ -354,8 +354,22 @@ def _spawn(tool: str, case: Case, job: int, cycles: int, urls: dict[str, str], c
     return dict(json.loads(lines[-1]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the options, run both tools on every case, print the table."""
+Plan = list[tuple[int, Case, int]]  # (case index, case, cycles)
+
+
+@dataclass
+class Measured:
+    """What one bench run left: the emulator (its request log and runs), each worker's result, the task runs."""
+
+    emulator: Any
+    results: dict[tuple[str, str], dict[str, Any]]
+    task_runs: dict[tuple[str, str], int]
+    started: float
+    wall: float
+    load: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="~5 min: no 20 min job, 1-2 cycles per case")
     parser.add_argument("--cycles", type=int, help="flow calls per tool and case (the 20 min job: 1)")
@@ -364,19 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", help="also write the raw figures to this file")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.worker:
-        tool, case_name, job, cycles, http_url, domain = args.worker
-        case = next(c for c in CASES if c.name == case_name)
-        print(json.dumps(_worker(tool, case, int(job), int(cycles), http_url, domain)), flush=True)
-        return 0
 
-    try:
-        import prefect_dbt  # noqa: F401
-    except ImportError:
-        print("prefect-dbt is not installed here: pip install -e '.[compare]' (in a separate venv).", file=sys.stderr)
-        return 2
+def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
+    """The cases asked for, each with its number of cycles (a case of 0 cycles is left out)."""
     if args.cycles is not None and args.cycles < 1:
         parser.error("--cycles must be at least 1")
     if args.parallel < 1:
@@ -388,12 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown case(s) {sorted(unknown)}; known: {[c.name for c in CASES]}")
         selected = [c for c in CASES if c.name in wanted]
-
-    from bench.tls_relay import TlsRelay
-    from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
-    from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
-
-    plan: list[tuple[int, Case, int]] = []  # (case index, case, cycles)
+    plan: Plan = []
     for index, case in enumerate(CASES):
         if case not in selected:
             continue
@@ -402,12 +403,18 @@ def main(argv: list[str] | None = None) -> int:
             cycles = args.cycles
         if cycles > 0:
             plan.append((index, case, cycles))
+    return plan
+
+
+def _job_specs(plan: Plan, seed: int) -> tuple[list[Any], dict[int, tuple[Case, list[float]]]]:
+    """One emulator job per (case, tool), alike for both tools, and the run times the driver hands out."""
+    from dbt_cloud_gate.dbtcloud_api.emulator import JobSpec
 
     jobs: list[JobSpec] = []
     driver_plans: dict[int, tuple[Case, list[float]]] = {}
     for index, case, cycles in plan:
-        history = draws(case, 20, args.seed + 1000 + index) if case.history else []
-        times = draws(case, cycles + 8, args.seed + index)
+        history = draws(case, 20, seed + 1000 + index) if case.history else []
+        times = draws(case, cycles + 8, seed + index)
         for tool in TOOLS:
             spec = JobSpec(
                 id=job_id(index, tool),
@@ -421,7 +428,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             jobs.append(spec)
             driver_plans[spec.id] = (case, times)
+    return jobs, driver_plans
 
+
+def _measure(plan: Plan, seed: int, parallel: int) -> Measured:
+    """Start the emulator, the TLS relay and a Prefect server; run every (case, tool) in its own worker."""
+    from bench.tls_relay import TlsRelay
+    from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer
+    from dbt_cloud_gate.dbtcloud_api.openapi import load_default_validator
+
+    jobs, driver_plans = _job_specs(plan, seed)
     load_before = os.getloadavg()
     started = time.time()
     emulator = Emulator(jobs, account_id=ACCOUNT, token=TOKEN, validator=load_default_validator())
@@ -452,54 +468,57 @@ def main(argv: list[str] | None = None) -> int:
 
             # The longest case first, so that the short ones share the time it takes.
             ordered = sorted(plan, key=lambda item: -item[1].mean_seconds * item[2])
-            with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            with ThreadPoolExecutor(max_workers=parallel) as pool:
                 for future in [pool.submit(run_case, item) for item in ordered]:
                     future.result()
             driver.stop()
             task_runs = {key: count_task_runs(f"cmp-{key[0]}-{key[1]}") for key in results}
     load_after = os.getloadavg()
-    wall = time.time() - started
+    return Measured(emulator, results, task_runs, started, time.time() - started, (load_before, load_after))
 
-    rows: list[dict[str, Any]] = []
-    for index, case, _cycles in plan:
-        for tool in TOOLS:
-            result = results[(tool, case.name)]
-            figs = analyse(emulator, result, job_id(index, tool))
-            n = len(figs)
-            lags = [f.lag for f in figs if f.lag is not None]
-            after = [f.after_terminal_poll for f in figs if f.after_terminal_poll is not None]
-            seen = [f.seen for f in figs if f.seen is not None]
-            others: dict[str, int] = {}
-            for f in figs:
-                for k, v in f.others.items():
-                    others[k] = others.get(k, 0) + v
-            rows.append(
-                {
-                    "case": case.name,
-                    "tool": tool,
-                    "cycles": n,
-                    "requests": sum(f.requests for f in figs) / n,
-                    "triggers": sum(f.triggers for f in figs) / n,
-                    "polls": sum(f.polls for f in figs) / n,
-                    "others": sum(others.values()) / n,
-                    "others_by_kind": {k: v / n for k, v in sorted(others.items())},
-                    "task_runs": task_runs[(tool, case.name)] / n,
-                    "lag_p50": _quantile(lags, 0.5),
-                    "lag_p95": _quantile(lags, 0.95),
-                    "lags": lags,
-                    "after_terminal_poll_p50": _quantile(after, 0.5),
-                    "seen_p50": _quantile(seen, 0.5),
-                    "seen_max": max(seen) if seen else None,
-                    "runs_started": sum(f.runs_started for f in figs) / n,
-                    "outcomes": sorted({f"{f.status}/{f.error or 'returned'}" for f in figs}),
-                    "peak_rss_mb": result["peak_rss_mb"],
-                }
-            )
 
+def _row(measured: Measured, index: int, case: Case, tool: str) -> dict[str, Any]:
+    """One (case, tool)'s figures per flow call."""
+    result = measured.results[(tool, case.name)]
+    figs = analyse(measured.emulator, result, job_id(index, tool))
+    n = len(figs)
+    lags = [f.lag for f in figs if f.lag is not None]
+    after = [f.after_terminal_poll for f in figs if f.after_terminal_poll is not None]
+    seen = [f.seen for f in figs if f.seen is not None]
+    others: dict[str, int] = {}
+    for f in figs:
+        for k, v in f.others.items():
+            others[k] = others.get(k, 0) + v
+    return {
+        "case": case.name,
+        "tool": tool,
+        "cycles": n,
+        "requests": sum(f.requests for f in figs) / n,
+        "triggers": sum(f.triggers for f in figs) / n,
+        "polls": sum(f.polls for f in figs) / n,
+        "others": sum(others.values()) / n,
+        "others_by_kind": {k: v / n for k, v in sorted(others.items())},
+        "task_runs": measured.task_runs[(tool, case.name)] / n,
+        "lag_p50": _quantile(lags, 0.5),
+        "lag_p95": _quantile(lags, 0.95),
+        "lags": lags,
+        "after_terminal_poll_p50": _quantile(after, 0.5),
+        "seen_p50": _quantile(seen, 0.5),
+        "seen_max": max(seen) if seen else None,
+        "runs_started": sum(f.runs_started for f in figs) / n,
+        "outcomes": sorted({f"{f.status}/{f.error or 'returned'}" for f in figs}),
+        "peak_rss_mb": result["peak_rss_mb"],
+    }
+
+
+def _print_table(plan: Plan, rows: list[dict[str, Any]], measured: Measured) -> None:
+    """The side-by-side table, then the other requests and the lags of every cycle."""
+    (load_before, load_after), started = measured.load, measured.started
     print()
     print(
         f"dbt-cloud-gate run_dbt_cloud_job vs prefect-dbt 0.7.25 trigger_dbt_cloud_job_run_and_wait_for_completion, "
-        f"default settings; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, wall {wall / 60:.1f} min, "
+        f"default settings; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+        f"wall {measured.wall / 60:.1f} min, "
         f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before / {load_after[0]:.2f} after"
     )
     header = (
@@ -532,9 +551,29 @@ def main(argv: list[str] | None = None) -> int:
     print("Lags (s) per cycle:")
     for r in rows:
         print(f"  {r['case']:<11} {r['tool']:<7} {', '.join(f'{v:.1f}' for v in r['lags'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, run both tools on every case, print the table."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.worker:
+        tool, case_name, job, cycles, http_url, domain = args.worker
+        case = next(c for c in CASES if c.name == case_name)
+        print(json.dumps(_worker(tool, case, int(job), int(cycles), http_url, domain)), flush=True)
+        return 0
+    try:
+        import prefect_dbt  # noqa: F401
+    except ImportError:
+        print("prefect-dbt is not installed here: pip install -e '.[compare]' (in a separate venv).", file=sys.stderr)
+        return 2
+    plan = _plan(parser, args)
+    measured = _measure(plan, args.seed, args.parallel)
+    rows = [_row(measured, index, case, tool) for index, case, _cycles in plan for tool in TOOLS]
+    _print_table(plan, rows, measured)
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"rows": rows, "wall": wall, "load": [load_before, load_after]}, indent=2)
+            json.dumps({"rows": rows, "wall": measured.wall, "load": list(measured.load)}, indent=2)
         )
     return 0
 

@@ -14,7 +14,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,21 @@ ACCOUNT = 777
 _STATUS = {"success": "Success", "error": "Error", "cancelled": "Cancelled"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SoakReport:
-    """What the soak saw; ``violations`` is empty when every check held."""
+    """What the soak saw, made once it is over; ``violations`` is empty when every check held."""
 
     runs: int
     jobs: int
-    seconds: float = 0.0
-    requests: int = 0
-    faulted: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    duplicate_triggers: int = 0
-    alerts: int = 0
-    audit_rows: int = 0
-    violations: list[str] = field(default_factory=list)
+    seconds: float
+    requests: int
+    faulted: int
+    succeeded: int
+    failed: int
+    duplicate_triggers: int
+    alerts: int
+    audit_rows: int
+    violations: list[str]
 
     def summary(self) -> str:
         """One line of figures."""
@@ -74,6 +74,98 @@ def _faults(rate: float) -> list[Fault]:
     return faults
 
 
+def _soak_jobs(jobs: int, rng: random.Random) -> list[JobSpec]:
+    """The soak's jobs: quick runs of seeded lengths, each job cycling one pattern of outcomes."""
+    patterns: list[list[Outcome]] = [
+        ["success", "success", "error", "success", "cancelled"],
+        ["success", "error", "success"],
+        ["success"],
+    ]
+    return [
+        JobSpec(
+            id=5000 + j,
+            queue_seconds=0.05,
+            start_seconds=0.05,
+            run_seconds=round(rng.uniform(0.2, 1.0), 2),
+            outcomes=patterns[j % len(patterns)],
+            models=["stg_orders", "orders"],
+        )
+        for j in range(jobs)
+    ]
+
+
+def _load_each(connector: Any, results: list[Any]) -> list[int]:
+    """One load per successful run, each job into its own target table; the run IDs of the audit rows."""
+    for result in sorted(results, key=lambda r: r.finished_at or r.run_id):
+        target = LoadTarget(
+            name=f"job{result.job_id}",
+            source_model="orders",
+            source_table="ANALYTICS.DBT_PROD.ORDERS",
+            target_table=f"ANALYTICS.MARTS.ORDERS_{result.job_id}",
+            key_columns=["ORDER_ID"],
+            watermark_column="UPDATED_AT",
+        )
+        with connector.get_connection() as connection:
+            connection.cursor().execute(
+                f"CREATE TABLE IF NOT EXISTS ANALYTICS.MARTS.ORDERS_{result.job_id} "
+                "(ORDER_ID NUMBER, CUSTOMER_ID NUMBER, AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ)"
+            )
+        if result.finished_at is None:  # the flows never return such a success; a bench must not hide one
+            raise RuntimeError(f"dbt run {result.run_id} succeeded without finished_at")
+        load_snowflake_incremental(
+            connector,
+            target,
+            dbt_run_id=result.run_id,
+            dbt_job_id=result.job_id,
+            dbt_account_id=ACCOUNT,
+            dbt_finished_at=result.finished_at,
+            models=result.models,
+            pipeline="soak",
+        )
+    with connector.get_connection() as connection:
+        cursor = connection.cursor()
+        cursor.execute("SELECT DBT_RUN_ID FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT")
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def _check(
+    emulator: Emulator,
+    requested: list[int | DbtCloudJobRequest],
+    results: list[Any],
+    failures: list[dict[str, Any]],
+    audited: list[int],
+    texts: list[str],
+    alerted: bool,
+) -> list[str]:
+    """Every check the soak broke, in words (``texts``: the alerts received; every failure must be among them when
+    ``alerted``)."""
+    problems: list[str] = []
+    # Every requested run accounted for, and no job triggered more often than asked.
+    if len(results) + len(failures) != len(requested):
+        problems.append(f"lost results: {len(results)} + {len(failures)} != {len(requested)}")
+    for spec in emulator.jobs.values():
+        asked = requested.count(spec.id)
+        created = len(emulator.runs_of(spec.id))
+        if created != asked:
+            problems.append(f"job {spec.id}: {created} runs created for {asked} requested")
+    # Every run ended in its true final state.
+    seen = {r.run_id: r.status for r in results} | {f["run_id"]: f["status"] for f in failures if f["run_id"]}
+    for run in emulator.runs.values():
+        truth = _STATUS["cancelled" if run.cancelled_at is not None else run.outcome]
+        if seen.get(run.id) != truth:
+            problems.append(f"run {run.id}: reported {seen.get(run.id)!r}, truly {truth!r}")
+    # Every failure alerted with its run ID; one audit row per success, none for a failure.
+    if alerted:
+        for failure in failures:
+            if not any(str(failure["run_id"]) in text for text in texts):
+                problems.append(f"failure of run {failure['run_id']} was not alerted")
+    if sorted(audited) != sorted(r.run_id for r in results):
+        problems.append(f"audit rows {sorted(audited)} != successful runs {sorted(r.run_id for r in results)}")
+    if any(TOKEN in text for text in texts) or any(TOKEN in json.dumps(r.body or {}) for r in emulator.requests):
+        problems.append("the token appeared in an alert or a request body")
+    return problems
+
+
 def run_soak(
     *,
     runs: int = 200,
@@ -86,28 +178,10 @@ def run_soak(
     time_limit: float = 900.0,
 ) -> SoakReport:
     """Run the soak; ``alert_texts()`` returns the alerts received (the caller's webhook receiver)."""
-    rng = random.Random(seed)
-    patterns: list[list[Outcome]] = [
-        ["success", "success", "error", "success", "cancelled"],
-        ["success", "error", "success"],
-        ["success"],
-    ]
-    specs = [
-        JobSpec(
-            id=5000 + j,
-            queue_seconds=0.05,
-            start_seconds=0.05,
-            run_seconds=round(rng.uniform(0.2, 1.0), 2),
-            outcomes=patterns[j % len(patterns)],
-            models=["stg_orders", "orders"],
-        )
-        for j in range(jobs)
-    ]
-    emulator = Emulator(specs, account_id=ACCOUNT, token=TOKEN, seed=seed)
+    emulator = Emulator(_soak_jobs(jobs, random.Random(seed)), account_id=ACCOUNT, token=TOKEN, seed=seed)
     for fault in _faults(fault_rate):
         emulator.add_fault(fault)
     requested: list[int | DbtCloudJobRequest] = [5000 + (i % jobs) for i in range(runs)]
-    report = SoakReport(runs=runs, jobs=jobs)
     started = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="soak-"))
     with EmulatorServer(emulator) as dbt, fakesnow_server(db_path=str(workdir)) as snow:
@@ -125,71 +199,22 @@ def run_soak(
             failures: list[dict[str, Any]] = []
         except DbtCloudRunsFailed as exc:
             results, failures = exc.results, exc.failures
-        # One load per successful run, each job into its own target table.
-        for result in sorted(results, key=lambda r: r.finished_at or r.run_id):
-            target = LoadTarget(
-                name=f"job{result.job_id}",
-                source_model="orders",
-                source_table="ANALYTICS.DBT_PROD.ORDERS",
-                target_table=f"ANALYTICS.MARTS.ORDERS_{result.job_id}",
-                key_columns=["ORDER_ID"],
-                watermark_column="UPDATED_AT",
-            )
-            with connector.get_connection() as connection:
-                connection.cursor().execute(
-                    f"CREATE TABLE IF NOT EXISTS ANALYTICS.MARTS.ORDERS_{result.job_id} "
-                    "(ORDER_ID NUMBER, CUSTOMER_ID NUMBER, AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ)"
-                )
-            if result.finished_at is None:  # the flows never return such a success; a bench must not hide one
-                raise RuntimeError(f"dbt run {result.run_id} succeeded without finished_at")
-            load_snowflake_incremental(
-                connector,
-                target,
-                dbt_run_id=result.run_id,
-                dbt_job_id=result.job_id,
-                dbt_account_id=ACCOUNT,
-                dbt_finished_at=result.finished_at,
-                models=result.models,
-                pipeline="soak",
-            )
-        with connector.get_connection() as connection:
-            cursor = connection.cursor()
-            cursor.execute("SELECT DBT_RUN_ID FROM ANALYTICS.MARTS.DBT_CLOUD_GATE_AUDIT")
-            audited = [int(row[0]) for row in cursor.fetchall()]
-    report.seconds = time.monotonic() - started
-    report.requests = len(emulator.requests)
-    report.faulted = sum(1 for r in emulator.requests if r.fault)
-    report.succeeded, report.failed = len(results), len(failures)
-    report.audit_rows = len(audited)
-    problems = report.violations
-
-    # Every requested run accounted for, and no job triggered more often than asked.
-    if len(results) + len(failures) != runs:
-        problems.append(f"lost results: {len(results)} + {len(failures)} != {runs}")
-    for spec in specs:
-        asked = requested.count(spec.id)
-        created = len(emulator.runs_of(spec.id))
-        if created != asked:
-            report.duplicate_triggers += max(0, created - asked)
-            problems.append(f"job {spec.id}: {created} runs created for {asked} requested")
-    # Every run ended in its true final state.
-    seen = {r.run_id: r.status for r in results} | {f["run_id"]: f["status"] for f in failures if f["run_id"]}
-    for run in emulator.runs.values():
-        truth = _STATUS["cancelled" if run.cancelled_at is not None else run.outcome]
-        if seen.get(run.id) != truth:
-            problems.append(f"run {run.id}: reported {seen.get(run.id)!r}, truly {truth!r}")
-    # Every failure alerted with its run ID; one audit row per success, none for a failure.
+        audited = _load_each(connector, results)
+    seconds = time.monotonic() - started
     texts = [json.dumps(alert) for alert in (alert_texts() if alert_texts else [])]
-    report.alerts = len(texts)
-    if alert_blocks:
-        for failure in failures:
-            if not any(str(failure["run_id"]) in text for text in texts):
-                problems.append(f"failure of run {failure['run_id']} was not alerted")
-    if sorted(audited) != sorted(r.run_id for r in results):
-        problems.append(f"audit rows {sorted(audited)} != successful runs {sorted(r.run_id for r in results)}")
-    if any(TOKEN in text for text in texts) or any(TOKEN in json.dumps(r.body or {}) for r in emulator.requests):
-        problems.append("the token appeared in an alert or a request body")
-    return report
+    return SoakReport(
+        runs=runs,
+        jobs=jobs,
+        seconds=seconds,
+        requests=len(emulator.requests),
+        faulted=sum(1 for r in emulator.requests if r.fault),
+        succeeded=len(results),
+        failed=len(failures),
+        duplicate_triggers=sum(max(0, len(emulator.runs_of(job)) - requested.count(job)) for job in emulator.jobs),
+        alerts=len(texts),
+        audit_rows=len(audited),
+        violations=_check(emulator, requested, results, failures, audited, texts, bool(alert_blocks)),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

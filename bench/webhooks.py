@@ -43,14 +43,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
 from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, RetryPolicy
 from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
 from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
 from dbt_cloud_gate.dbtcloud_api.wait import PollSchedule, Waker, await_run
-from dbt_cloud_gate.stack.services import PrefectServer, free_port, stop_process_tree
+from dbt_cloud_gate.stack.services import PrefectServer, free_port, stop_process_tree, wait_healthy
 
 TOKEN = "webhook-bench-token"
 ACCOUNT = 4242
@@ -88,16 +86,8 @@ def start_receiver(api_url: str, secret: str, port: int, log: Path) -> subproces
     command = [sys.executable, "-m", "dbt_cloud_gate.receiver", "serve", "--port", str(port), "--rate", "10000"]
     command += ["--burst", "10000", "--log-level", "warning"]
     process = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the receiver did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
+    wait_healthy(process, f"http://127.0.0.1:{port}/healthz", log, "the receiver", 60)
+    return process
 
 
 def run_calls(emulator: Emulator, run_id: int, job_id: int) -> int:
@@ -139,7 +129,7 @@ async def wait_all(
         await asyncio.gather(*(one(mode, job, run) for mode in modes for job, run in runs[mode.name]))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m bench.webhooks", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=100, help="concurrent runs per mode (default 100)")
     parser.add_argument("--min", type=float, default=30.0, help="shortest run, seconds")
@@ -153,14 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {sorted(unknown)}")
+    return args, chosen
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from dbt_cloud_gate.waiter import stop_webhook_waiters, webhook_waiter
-
-    wanted = durations(args.runs, args.min, args.max, args.seed)
-    rng = random.Random(args.seed + 1)
-    modes = [Mode(name, 1000 * (index + 1)) for index, name in enumerate(chosen)]
+def _jobs(modes: list[Mode], wanted: list[float], rng: random.Random) -> list[JobSpec]:
+    """One job per run of every mode, each run of the same drawn length in every mode (past runs: adaptive's)."""
     jobs: list[JobSpec] = []
     for mode in modes:
         for index, seconds in enumerate(wanted):
@@ -175,60 +162,86 @@ def main(argv: list[str] | None = None) -> int:
                     history_seconds=history if mode.name == "adaptive" else [],
                 )
             )
-    work = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
-    emulator = Emulator(jobs, account_id=ACCOUNT, token=TOKEN, seed=args.seed)
+    return jobs
+
+
+def _trigger_all(
+    client: DbtCloudClient, modes: list[Mode], count: int
+) -> tuple[dict[str, list[tuple[int, int]]], dict[int, list[float]]]:
+    """Start one run of each job: (job, run) pairs by mode, and the histories the adaptive mode reads."""
+    histories: dict[int, list[float]] = {}
+    runs: dict[str, list[tuple[int, int]]] = {m.name: [] for m in modes}
+    began = time.time()
+    for mode in modes:
+        for index in range(count):
+            job_id = mode.first_job + index
+            if mode.name == "adaptive":  # the flows read it with the job's newest runs
+                histories[job_id] = client.job_history(job_id)
+            runs[mode.name].append((job_id, client.trigger_job_run(job_id, "bench").id))
+    print(f"triggered {sum(len(r) for r in runs.values())} runs in {time.time() - began:.1f} s; waiting")
+    return runs, histories
+
+
+def _run_modes(
+    api_url: str, emulator: Emulator, url: str, modes: list[Mode], args: argparse.Namespace, work: Path
+) -> tuple[dict[str, list[tuple[int, int]]], dict[int, float]]:
+    """Subscribe the receiver, start every run, wait on each in its mode; (job, run) pairs by mode, and when each
+    wait returned."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from dbt_cloud_gate.waiter import stop_webhook_waiters, webhook_waiter
+
+    port = free_port()
+    with DbtCloudClient(ACCOUNT, TOKEN, url) as client:
+        made = client.create_webhook_subscription("bench", f"http://127.0.0.1:{port}/dbt-cloud/webhooks")
+        assert made.hmac_secret is not None
+        receiver = start_receiver(api_url, made.hmac_secret.get_secret_value(), port, work / "receiver.log")
+        try:
+            for mode in (m for m in modes if m.name == "webhooks-drop"):
+                for index in range(args.runs):
+                    fault = WebhookFault(
+                        "drop", event_type="job.run.completed", job_id=mode.first_job + index, probability=args.drop
+                    )
+                    emulator.webhooks.add_fault(fault)
+            with temporary_settings({PREFECT_API_URL: api_url}):
+                waiter = webhook_waiter() if any(m.name.startswith("webhooks") for m in modes) else None
+                if any(m.name.startswith("webhooks") for m in modes) and waiter is None:
+                    raise RuntimeError("the webhook waiter did not connect to the Prefect server")
+                runs, histories = _trigger_all(client, modes, args.runs)
+                schedules: dict[str, Callable[[int], PollSchedule]] = {
+                    "fixed-30s": lambda job: FixedInterval(30),
+                    "adaptive": lambda job: make_schedule(histories[job], 30),
+                    "webhooks": lambda job: FixedInterval(args.fallback),
+                    "webhooks-drop": lambda job: FixedInterval(args.fallback),
+                }
+                wakers: dict[str, Waker | None] = {
+                    "fixed-30s": None,
+                    "adaptive": None,
+                    "webhooks": waiter,
+                    "webhooks-drop": waiter,
+                }
+                detected: dict[int, float] = {}
+                asyncio.run(wait_all(url, modes, runs, schedules, wakers, detected))
+                stop_webhook_waiters()
+        finally:
+            stop_process_tree(receiver)
+    return runs, detected
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every mode at once on one emulator and one Prefect server; print the table."""
+    args, chosen = _arguments(argv)
+    modes = [Mode(name, 1000 * (index + 1)) for index, name in enumerate(chosen)]
+    wanted = durations(args.runs, args.min, args.max, args.seed)
+    emulator = Emulator(
+        _jobs(modes, wanted, random.Random(args.seed + 1)), account_id=ACCOUNT, token=TOKEN, seed=args.seed
+    )
     emulator.webhooks.sender_threads = 16
-    total = len(jobs)
+    total = len(emulator.jobs)
     print(f"{len(modes)} modes x {args.runs} runs of {args.min:g}-{args.max:g} s ({total} concurrent runs)")
+    work = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     with PrefectServer(work / "prefect", ui=False) as server, EmulatorServer(emulator) as served:
-        port = free_port()
-        with DbtCloudClient(ACCOUNT, TOKEN, served.url) as client:
-            made = client.create_webhook_subscription("bench", f"http://127.0.0.1:{port}/dbt-cloud/webhooks")
-            assert made.hmac_secret is not None
-            receiver = start_receiver(server.api_url, made.hmac_secret.get_secret_value(), port, work / "receiver.log")
-            try:
-                for mode in modes:
-                    if mode.name == "webhooks-drop":
-                        for index in range(args.runs):
-                            emulator.webhooks.add_fault(
-                                WebhookFault(
-                                    "drop",
-                                    event_type="job.run.completed",
-                                    job_id=mode.first_job + index,
-                                    probability=args.drop,
-                                )
-                            )
-                with temporary_settings({PREFECT_API_URL: server.api_url}):
-                    waiter = webhook_waiter() if any(m.name.startswith("webhooks") for m in modes) else None
-                    if any(m.name.startswith("webhooks") for m in modes) and waiter is None:
-                        raise RuntimeError("the webhook waiter did not connect to the Prefect server")
-                    histories: dict[int, list[float]] = {}
-                    runs: dict[str, list[tuple[int, int]]] = {m.name: [] for m in modes}
-                    began = time.time()
-                    for mode in modes:
-                        for index in range(args.runs):
-                            job_id = mode.first_job + index
-                            if mode.name == "adaptive":  # the flows read it with the job's newest runs
-                                histories[job_id] = client.job_history(job_id)
-                            runs[mode.name].append((job_id, client.trigger_job_run(job_id, "bench").id))
-                    print(f"triggered {total} runs in {time.time() - began:.1f} s; waiting")
-                    schedules: dict[str, Callable[[int], PollSchedule]] = {
-                        "fixed-30s": lambda job: FixedInterval(30),
-                        "adaptive": lambda job: make_schedule(histories[job], 30),
-                        "webhooks": lambda job: FixedInterval(args.fallback),
-                        "webhooks-drop": lambda job: FixedInterval(args.fallback),
-                    }
-                    wakers: dict[str, Waker | None] = {
-                        "fixed-30s": None,
-                        "adaptive": None,
-                        "webhooks": waiter,
-                        "webhooks-drop": waiter,
-                    }
-                    detected: dict[int, float] = {}
-                    asyncio.run(wait_all(served.url, modes, runs, schedules, wakers, detected))
-                    stop_webhook_waiters()
-            finally:
-                stop_process_tree(receiver)
+        runs, detected = _run_modes(server.api_url, emulator, served.url, modes, args, work)
         dropped = {d.run_id for d in emulator.webhooks.deliveries if d.fault == "drop"}
         for mode in modes:
             for job_id, run_id in runs[mode.name]:

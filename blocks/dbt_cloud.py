@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudConfigError, normalize_access_url
-from dbt_cloud_gate.dbtcloud_api.client import check_id, validate_api_token
+from dbt_cloud_gate.dbtcloud_api.client import validate_api_token
 from dbt_cloud_gate.dbtcloud_api.ratelimit import shared_limiter
+from dbt_cloud_gate.dbtcloud_api.types import DbtCloudId
 from dbt_cloud_gate.dbtcloud_api.urls import DEFAULT_ACCESS_URL
 
-
-def _checked_token(value: SecretStr | None) -> SecretStr | None:
-    # The error names the bad character's kind and position, never the token.
-    return None if value is None else SecretStr(validate_api_token(value.get_secret_value()))
+# The rules of the credentials' fields, each a type that the block and the environment's settings both use.
+# A token's error names the bad character's kind and position, never the token.
+ApiToken = Annotated[SecretStr, AfterValidator(lambda value: SecretStr(validate_api_token(value.get_secret_value())))]
+AccessUrl = Annotated[str, AfterValidator(normalize_access_url)]
 
 
 class DbtCloudCredentials(Block):
@@ -57,37 +58,15 @@ with credentials.get_client() as client:
         or its saved fields; no dependency on prefect-dbt."""
         return from_prefect_dbt(data) if not isinstance(data, cls) else data
 
-    account_id: PositiveInt = Field(..., title="Account ID", description="The numeric ID of the dbt Cloud account.")
-    api_token: SecretStr = Field(
+    account_id: DbtCloudId = Field(..., title="Account ID", description="The numeric ID of the dbt Cloud account.")
+    api_token: ApiToken = Field(
         ..., title="API token", description="A dbt Cloud service token (or personal access token)."
     )
-    access_url: str = Field(
+    access_url: AccessUrl = Field(
         default=DEFAULT_ACCESS_URL,
         title="Access URL",
         description="Your account's access URL: cloud.getdbt.com, emea.dbt.com, ab123.us1.dbt.com, a single-tenant host.",
     )
-
-    @field_validator("access_url")
-    @classmethod
-    def _normalize_url(cls, value: str) -> str:
-        return normalize_access_url(value)
-
-    @field_validator("api_token")
-    @classmethod
-    def _token_fits_a_header(cls, value: SecretStr) -> SecretStr:
-        return SecretStr(validate_api_token(value.get_secret_value()))
-
-    @field_validator("account_id", mode="before")
-    @classmethod
-    def _account_id_not_a_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # pydantic would take True for 1
-            raise ValueError(f"account_id must be a dbt Cloud account ID, got {value!r}")
-        return value
-
-    @field_validator("account_id")
-    @classmethod
-    def _account_id_is_an_id(cls, value: int) -> int:
-        return check_id("account_id", value)
 
     def get_client(self, **options: Any) -> DbtCloudClient:
         """A blocking client for this account (close it, or use it as a context manager).
@@ -110,27 +89,16 @@ class DbtCloudSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DBT_CLOUD_", extra="ignore", hide_input_in_errors=True)
 
-    account_id: int | None = None
-    api_token: SecretStr | None = None
-    access_url: str = DEFAULT_ACCESS_URL
+    account_id: DbtCloudId | None = None
+    api_token: ApiToken | None = None
+    access_url: AccessUrl = DEFAULT_ACCESS_URL
     credentials_block: str | None = None
 
-    @field_validator("api_token")
+    @field_validator("api_token", mode="before")
     @classmethod
-    def _token_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
-            return None  # an empty variable counts as unset
-        return _checked_token(value)
-
-    @field_validator("access_url")
-    @classmethod
-    def _normalize_url(cls, value: str) -> str:
-        return normalize_access_url(value)
-
-    @field_validator("account_id")
-    @classmethod
-    def _account_id_is_an_id(cls, value: int | None) -> int | None:
-        return None if value is None else check_id("DBT_CLOUD_ACCOUNT_ID", value)
+    def _empty_token_is_unset(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(text, str) and not text.strip() else value
 
 
 PREFECT_DBT_SLUG = "dbt-cloud-credentials"

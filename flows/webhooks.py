@@ -20,6 +20,7 @@ from dbt_cloud_gate.tasks.webhooks import (
 )
 
 
+# The task's parameters again, on purpose: a deployment's form is built from the flow's own signature.
 @flow(name="ensure-dbt-cloud-webhooks", log_prints=False)
 def ensure_dbt_cloud_webhooks(
     receiver_url: str,

@@ -53,16 +53,19 @@ def check_dbt_cloud_job_schedules(
         raise schedule_refusal(refused)
 
 
-@task(
-    name="trigger-dbt-cloud-job",
-    # No cached result: whether a run carrying the key can be reused depends on how that run ended (see below),
-    # which only the search by key can tell. Every attempt searches first anyway.
-    cache_policy=NO_CACHE,
-    retries=TRIGGER_RETRIES,
-    retry_delay_seconds=TRIGGER_RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
-    timeout_seconds=TRIGGER_TIMEOUT_SECONDS,
-)
+# The options of both tasks that may start a run. No cached result: whether a run carrying the key can be reused
+# depends on how that run ended, which only the search by key can tell (every attempt searches first anyway).
+# Retries only follow a failure another attempt can heal, each attempt bounded.
+_STARTS_A_RUN: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": TRIGGER_RETRIES,
+    "retry_delay_seconds": TRIGGER_RETRY_DELAYS,
+    "retry_condition_fn": retry_if_transient,
+    "timeout_seconds": TRIGGER_TIMEOUT_SECONDS,
+}
+
+
+@task(name="trigger-dbt-cloud-job", **_STARTS_A_RUN)
 def trigger_dbt_cloud_job(
     credentials: DbtCloudCredentials,
     job_id: int,
@@ -83,14 +86,7 @@ def trigger_dbt_cloud_job(
         return trigger_with_key(client, job_id, cause, key, overrides, found, log)[0]
 
 
-@task(
-    name="start-dbt-cloud-run",
-    cache_policy=NO_CACHE,
-    retries=TRIGGER_RETRIES,
-    retry_delay_seconds=TRIGGER_RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
-    timeout_seconds=TRIGGER_TIMEOUT_SECONDS,
-)
+@task(name="start-dbt-cloud-run", **_STARTS_A_RUN)
 def start_dbt_cloud_run(
     credentials: DbtCloudCredentials,
     job_id: int,

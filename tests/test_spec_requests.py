@@ -24,9 +24,16 @@ def _built_requests() -> list[httpx.Request]:
         client.get_run_call(5, ("run_steps", "job", "trigger"), None),
         client.get_run_call(5, (), None),
         client.list_runs_call(
-            7, [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING], "-id", 100, 200, ("trigger",)
+            {
+                "job_definition_id": 7,
+                "status_in": [RunStatus.QUEUED, RunStatus.STARTING, RunStatus.RUNNING],
+                "order_by": "-id",
+                "include_related": ("trigger",),
+            },
+            100,
+            200,
         ),
-        client.list_runs_call(None, None, None, 1, 0, ()),
+        client.list_runs_call({}, 1, 0),
         client.cancel_call(5),
         client.retry_call(5),
         client.list_artifacts_call(5),

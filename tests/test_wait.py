@@ -352,17 +352,20 @@ def test_a_finished_run_read_again_as_running_keeps_its_finished_state() -> None
     ("settings", "named"),
     [
         ({"max_wait_seconds": math.nan}, "max_wait_seconds"),
-        ({"max_wait_seconds": 10, "poll_interval_seconds": math.nan}, "poll_interval_seconds"),
-        ({"max_wait_seconds": 10, "poll_interval_seconds": math.inf}, "poll_interval_seconds"),
+        ({"max_wait_seconds": math.inf}, "max_wait_seconds"),
         ({"max_wait_seconds": 10, "on_timeout": "ignore"}, "on_timeout"),
     ],
 )
-def test_check_wait_settings_refuses_what_the_flows_must_not_start_with(settings: dict[str, Any], named: str) -> None:
-    from dbt_cloud_gate.dbtcloud_api.wait import check_wait_settings
+def test_await_runs_refuses_bad_wait_settings_before_any_request(
+    emulator: EmulatorServer, settings: dict[str, Any], named: str
+) -> None:
+    async def many() -> None:
+        async with AsyncDbtCloudClient(ACCOUNT, TOKEN, emulator.url) as c:
+            await await_runs(c, [7], schedules=lambda _: FAST, **settings)
 
     with pytest.raises(ValueError, match=named):
-        check_wait_settings(**settings)
-    check_wait_settings(600, 30, "leave")
+        asyncio.run(many())
+    assert emulator.emulator.requests == []
 
 
 def test_emulator_success_without_finished_at_never_reaches_the_caller(spec_validator: Any) -> None:

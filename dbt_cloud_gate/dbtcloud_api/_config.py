@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 
 import httpx
@@ -61,8 +61,26 @@ def check_page(limit: object, offset: object) -> None:
         raise DbtCloudConfigError(f"offset must be an integer, 0 or more, got {offset!r}.")
 
 
+# The metadata of a seconds field that may be 0 (a delay that may be none), declared beside the field.
+_MAY_BE_ZERO = {"may_be_zero": True}
+
+
 @dataclass(frozen=True)
-class Timeouts:
+class _Checked:
+    """A frozen settings dataclass whose every field is checked when it is made: an ``int`` field is a count of at
+    least 1, a ``float`` field a finite number of seconds, positive (or 0 too, with ``_MAY_BE_ZERO`` metadata)."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            label, value = f"{type(self).__name__}.{item.name}", getattr(self, item.name)
+            if item.type != "int":  # a string: this module's annotations are postponed
+                config_seconds(label, value, allow_zero=bool(item.metadata.get("may_be_zero")))
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DbtCloudConfigError(f"{label} must be an integer of at least 1, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class Timeouts(_Checked):
     """Finite timeouts, in seconds, for every request.
 
     ``connect``, ``read``, ``write`` and ``pool`` bound each phase (``read`` each read from the socket);
@@ -76,10 +94,6 @@ class Timeouts:
     pool: float = 30.0
     total: float = 120.0
 
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            config_seconds(f"Timeouts.{item.name}", getattr(self, item.name))
-
     def to_httpx(self, left: float | None = None) -> httpx.Timeout:
         """The equivalent ``httpx.Timeout``, each phase capped to ``left`` seconds when given."""
         cap = math.inf if left is None else max(left, 0.001)
@@ -92,7 +106,7 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(_Checked):
     """How often and how long to retry what is safe to retry.
 
     ``max_unreadable_attempts`` bounds the attempts of a read answered 2xx with a body that is not dbt Cloud's
@@ -101,25 +115,12 @@ class RetryPolicy:
 
     max_attempts: int = 6
     max_elapsed_seconds: float = 120.0
-    backoff_initial_seconds: float = 0.5
-    backoff_max_seconds: float = 30.0
-    max_retry_after_seconds: float = 120.0
-    not_found_grace_seconds: float = 15.0
+    # No backoff, no Retry-After honoured, no 404 grace: each may be switched off; the total time may not.
+    backoff_initial_seconds: float = field(default=0.5, metadata=_MAY_BE_ZERO)
+    backoff_max_seconds: float = field(default=30.0, metadata=_MAY_BE_ZERO)
+    max_retry_after_seconds: float = field(default=120.0, metadata=_MAY_BE_ZERO)
+    not_found_grace_seconds: float = field(default=15.0, metadata=_MAY_BE_ZERO)
     max_unreadable_attempts: int = 3
-
-    def __post_init__(self) -> None:
-        for name in ("max_attempts", "max_unreadable_attempts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DbtCloudConfigError(f"RetryPolicy.{name} must be an integer of at least 1, got {value!r}.")
-        config_seconds("RetryPolicy.max_elapsed_seconds", self.max_elapsed_seconds)
-        for name in (
-            "backoff_initial_seconds",
-            "backoff_max_seconds",
-            "max_retry_after_seconds",
-            "not_found_grace_seconds",
-        ):
-            config_seconds(f"RetryPolicy.{name}", getattr(self, name), allow_zero=True)
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number ``attempt`` (1-based): exponential, capped, with equal jitter."""

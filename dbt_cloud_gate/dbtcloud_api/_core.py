@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -56,6 +57,44 @@ SEND_FAILURES = (httpx.TransportError, TimeoutError)
 
 
 Step = Send | Sleep
+
+
+@dataclass(frozen=True)
+class ExpectedRun:
+    """What a run in an answer must be besides a run of this account: the run ``run_id`` and of job ``job_id``, when
+    known; ``new_run``: the run the call started (remembered for the 404 grace of the reads that follow)."""
+
+    run_id: int | None = None
+    job_id: int | None = None
+    new_run: bool = False
+
+    def check(self, label: str, run: Run, account_id: int) -> Run:
+        """``run`` if it is the run asked for; a ``DbtCloudRunMismatchError`` naming every difference otherwise."""
+        problems: list[str] = []
+        if self.run_id is not None and run.id != self.run_id:
+            problems.append(f"run {run.id}, not run {self.run_id}")
+        if run.account_id != account_id:
+            problems.append(f"a run of account {run.account_id}, not of account {account_id}")
+        if self.job_id is not None and run.job_id is not None and run.job_id != self.job_id:
+            problems.append(f"a run of job {run.job_id}, not of job {self.job_id}")
+        if problems:
+            what = "the run it started" if self.new_run else "the run"
+            raise DbtCloudRunMismatchError(
+                f"{label} answered with {' and '.join(problems)}: dbt Cloud, or a proxy in front of it, did not "
+                f"return {what} asked for, so its status and timestamps cannot be used.",
+                expected_run_id=self.run_id,
+                received_run_id=run.id,
+            )
+        return run
+
+
+class RunQuery(TypedDict, total=False):
+    """Which runs of the account a listing asks for (``list_runs``, ``iter_runs``); each one left out: all."""
+
+    job_definition_id: int | None
+    status_in: Sequence[int | RunStatus] | None
+    order_by: str | None  # id, created_at or finished_at, with an optional "-"
+    include_related: Sequence[str]
 
 
 class Pager(Generic[R]):
@@ -201,56 +240,19 @@ class Core:
             self.rate_limiter.penalize(parse_retry_after(response.headers.get("Retry-After")) or 1.0)
         return state.on_response(response)
 
-    def _check_run(
-        self,
-        label: str,
-        run: Run,
-        *,
-        run_id: int | None = None,
-        job_id: int | None = None,
-        new_run: bool = False,
-    ) -> Run:
-        """``run`` if it is the run asked for: its ID, this account, and the job when known."""
-        problems: list[str] = []
-        if run_id is not None and run.id != run_id:
-            problems.append(f"run {run.id}, not run {run_id}")
-        if run.account_id != self.account_id:
-            problems.append(f"a run of account {run.account_id}, not of account {self.account_id}")
-        if job_id is not None and run.job_id is not None and run.job_id != job_id:
-            problems.append(f"a run of job {run.job_id}, not of job {job_id}")
-        if problems:
-            what = "the run it started" if new_run else "the run"
-            raise DbtCloudRunMismatchError(
-                f"{label} answered with {' and '.join(problems)}: dbt Cloud, or a proxy in front of it, did not "
-                f"return {what} asked for, so its status and timestamps cannot be used.",
-                expected_run_id=run_id,
-                received_run_id=run.id,
-            )
-        return run
-
     # -- request builders --------------------------------------------------------------------------------
 
     def _build(self, method: str, suffix: str, model: Callable[[Any], T], **options: Any) -> Call[T]:
         path = self._path(suffix)
         return Call(method, path, parse=parser(f"{method} {path}", model), **options)
 
-    def _run_call(
-        self,
-        method: str,
-        suffix: str,
-        *,
-        run_id: int | None = None,
-        of_job: int | None = None,
-        new_run: bool = False,
-        **options: Any,
-    ) -> Call[Run]:
-        """A call answered with one run, checked to be the run asked for (``run_id``, of job ``of_job``); a
-        ``new_run`` is remembered for the 404 grace of the reads that follow."""
+    def _run_call(self, method: str, suffix: str, expected: ExpectedRun, **options: Any) -> Call[Run]:
+        """A call answered with one run, checked to be the ``expected`` one (a new run is remembered)."""
         label = f"{method} {self._path(suffix)}"
 
         def read(data: Any) -> Run:
-            run = self._check_run(label, Run.model_validate(data), run_id=run_id, job_id=of_job, new_run=new_run)
-            return self._remember_run(run) if new_run else run
+            run = expected.check(label, Run.model_validate(data), self.account_id)
+            return self._remember_run(run) if expected.new_run else run
 
         return self._build(method, suffix, read, **options)
 
@@ -261,8 +263,7 @@ class Core:
         return self._run_call(
             "POST",
             f"jobs/{job_id}/run/",
-            of_job=job_id,
-            new_run=True,
+            ExpectedRun(job_id=job_id, new_run=True),
             json_body=body,
             kind="start_run",
             job_id=job_id,
@@ -286,23 +287,16 @@ class Core:
         return self._run_call(
             "GET",
             f"runs/{run_id}/",
-            run_id=run_id,
-            of_job=job_id,
+            ExpectedRun(run_id=run_id, job_id=job_id),
             params=params,
             not_found_grace=self._grace_for(run_id, not_found_grace_seconds),
         )
 
-    def list_runs_call(
-        self,
-        job_definition_id: int | None,
-        status_in: Sequence[int] | None,
-        order_by: str | None,
-        limit: int,
-        offset: int,
-        include_related: Sequence[str],
-    ) -> Call[RunPage]:
+    def list_runs_call(self, query: RunQuery, limit: int, offset: int) -> Call[RunPage]:
         """The call behind :meth:`DbtCloudClient.list_runs` (checked here, before any request)."""
         check_page(limit, offset)
+        job_definition_id, status_in = query.get("job_definition_id"), query.get("status_in")
+        order_by, include_related = query.get("order_by"), query.get("include_related")
         params: list[tuple[str, str]] = []
         if job_definition_id is not None:
             params.append(("job_definition_id", str(check_id("job_definition_id", job_definition_id))))
@@ -317,6 +311,7 @@ class Core:
         params += [("limit", str(limit)), ("offset", str(offset))]
         path = self._path("runs/")
         label = f"GET {path}"
+        expected = ExpectedRun(job_id=job_definition_id)
 
         def parse(response: httpx.Response) -> RunPage:
             data, extra = envelope_data(label, response)
@@ -331,7 +326,7 @@ class Core:
             except (TypeError, ValueError) as exc:
                 raise DbtCloudResponseError(f"{label} answered with runs this client cannot read: {exc}") from exc
             for run in runs:
-                self._check_run(label, run, job_id=job_definition_id)
+                expected.check(label, run, self.account_id)
             return RunPage(runs=runs, count=count, total_count=total_count, offset=offset, limit=limit)
 
         return Call("GET", path, parse=parse, params=params)
@@ -339,12 +334,12 @@ class Core:
     def cancel_call(self, run_id: int) -> Call[Run]:
         """The call behind :meth:`DbtCloudClient.cancel_run` (checked here, before any request)."""
         check_id("run_id", run_id)
-        return self._run_call("POST", f"runs/{run_id}/cancel/", run_id=run_id, kind="write")
+        return self._run_call("POST", f"runs/{run_id}/cancel/", ExpectedRun(run_id=run_id), kind="write")
 
     def retry_call(self, run_id: int) -> Call[Run]:
         """The call behind :meth:`DbtCloudClient.retry_run` (checked here, before any request)."""
         check_id("run_id", run_id)
-        return self._run_call("POST", f"runs/{run_id}/retry/", new_run=True, kind="start_run")
+        return self._run_call("POST", f"runs/{run_id}/retry/", ExpectedRun(new_run=True), kind="start_run")
 
     def list_artifacts_call(self, run_id: int) -> Call[list[str]]:
         # The spec gives this endpoint no ``step`` parameter (only the download has one).
@@ -385,7 +380,9 @@ class Core:
 
     def job_history_call(self, job_id: int, limit: int) -> Call[list[float]]:
         """Start-to-finish seconds of the job's last ``limit`` successful runs: one page of runs, newest first."""
-        page = self.list_runs_call(job_id, [RunStatus.SUCCESS], "-id", limit, 0, ())
+        page = self.list_runs_call(
+            {"job_definition_id": job_id, "status_in": [RunStatus.SUCCESS], "order_by": "-id"}, limit, 0
+        )
         return Call(
             page.method,
             page.path,

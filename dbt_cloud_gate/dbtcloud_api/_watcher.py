@@ -27,6 +27,7 @@ from dbt_cloud_gate.dbtcloud_api.errors import (
     WaitTimedOut,
 )
 from dbt_cloud_gate.dbtcloud_api.models import Run, RunStatus
+from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval
 from dbt_cloud_gate.dbtcloud_api.types import check_id, check_seconds
 
 __all__ = [
@@ -52,6 +53,9 @@ TRANSIENT_POLL_ERRORS = (DbtCloudServerError, DbtCloudTransportError, DbtCloudRa
 # deadline may take (the final read of a run seen finished, the re-reads for finished_at).
 FINISHED_AT_GRACE_SECONDS = 30.0
 LATE_READ_SECONDS = 5.0
+# A wait given no deadline or schedule: two hours, a poll every 30 s.
+MAX_WAIT_SECONDS = 7200.0
+POLL_INTERVAL_SECONDS = 30.0
 
 
 class PollSchedule(Protocol):
@@ -97,8 +101,8 @@ class RunWatcher:
         self,
         run_id: int,
         *,
-        max_wait_seconds: float,
-        schedule: PollSchedule,
+        max_wait_seconds: float = MAX_WAIT_SECONDS,
+        schedule: PollSchedule | None = None,
         not_found_grace_seconds: float = 0.0,
         log: logging.Logger | logging.LoggerAdapter[Any] = logger,
         clock: Callable[[], float] = time.monotonic,
@@ -120,6 +124,8 @@ class RunWatcher:
         self.finished_at_grace_seconds = check_seconds(
             "finished_at_grace_seconds", finished_at_grace_seconds, allow_zero=True
         )
+        if schedule is None:
+            schedule = FixedInterval(POLL_INTERVAL_SECONDS)
         if not callable(getattr(schedule, "next_interval", None)):
             raise ValueError(f"schedule must have a next_interval(run, elapsed) method, got {schedule!r}")
         self.schedule = schedule

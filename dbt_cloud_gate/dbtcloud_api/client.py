@@ -42,12 +42,12 @@ from dbt_cloud_gate.dbtcloud_api._config import (
     Timeouts,
     validate_api_token,
 )
-from dbt_cloud_gate.dbtcloud_api._core import SEND_FAILURES, Core, Pager, Send
+from dbt_cloud_gate.dbtcloud_api._core import SEND_FAILURES, Core, Pager, RunQuery, Send
 from dbt_cloud_gate.dbtcloud_api._deadline import ATTEMPT_DEADLINE, check_deadline, deadline_transport, request_deadline
 from dbt_cloud_gate.dbtcloud_api._payloads import TRIGGER_OVERRIDES, clip_cause, job_update_body
 from dbt_cloud_gate.dbtcloud_api._retry import RETRYABLE_STATUSES, Call, CallKind, parse_retry_after
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
-from dbt_cloud_gate.dbtcloud_api.models import Job, Run, RunPage, RunStatus
+from dbt_cloud_gate.dbtcloud_api.models import Job, Run, RunPage
 from dbt_cloud_gate.dbtcloud_api.types import check_id
 from dbt_cloud_gate.dbtcloud_api.webhooks import SubscriptionSettings, WebhookSubscription
 
@@ -64,6 +64,7 @@ __all__ = [
     "CallKind",
     "DbtCloudClient",
     "RetryPolicy",
+    "RunQuery",
     "Timeouts",
     "check_deadline",
     "check_id",
@@ -139,42 +140,18 @@ class DbtCloudClient(Core):
         """
         return self._execute(self.get_run_call(run_id, include_related, not_found_grace_seconds, job_id))
 
-    def list_runs(
-        self,
-        *,
-        job_definition_id: int | None = None,
-        status_in: Sequence[int | RunStatus] | None = None,
-        order_by: str | None = None,
-        limit: int = MAX_PAGE_SIZE,
-        offset: int = 0,
-        include_related: Sequence[str] = (),
-    ) -> RunPage:
-        """One page of runs of the account, optionally of one job and in some statuses."""
-        return self._execute(
-            self.list_runs_call(job_definition_id, status_in, order_by, limit, offset, include_related)
-        )
+    def list_runs(self, *, limit: int = MAX_PAGE_SIZE, offset: int = 0, **query: Unpack[RunQuery]) -> RunPage:
+        """One page of runs of the account, optionally of one job (``job_definition_id``), in some statuses
+        (``status_in``), in an ``order_by``, with ``include_related``."""
+        return self._execute(self.list_runs_call(query, limit, offset))
 
     def iter_runs(
-        self,
-        *,
-        job_definition_id: int | None = None,
-        status_in: Sequence[int | RunStatus] | None = None,
-        order_by: str | None = None,
-        page_size: int = MAX_PAGE_SIZE,
-        include_related: Sequence[str] = (),
-        max_runs: int | None = None,
+        self, *, page_size: int = MAX_PAGE_SIZE, max_runs: int | None = None, **query: Unpack[RunQuery]
     ) -> Iterator[Run]:
         """Every matching run, page by page, until ``extra.pagination.total_count`` (or ``max_runs``)."""
         pager = Pager[Run](page_size, max_runs)
         while not pager.done:
-            page = self.list_runs(
-                job_definition_id=job_definition_id,
-                status_in=status_in,
-                order_by=order_by,
-                limit=page_size,
-                offset=pager.offset,
-                include_related=include_related,
-            )
+            page = self._execute(self.list_runs_call(query, page_size, pager.offset))
             yield from pager.take(page.runs, page.total_count)
 
     def find_runs_by_cause(self, job_id: int, marker: str, *, max_runs: int = 200) -> list[Run]:
@@ -308,6 +285,7 @@ class AsyncDbtCloudClient(Core):
         """Start a run of ``job_id``; see :meth:`DbtCloudClient.trigger_job_run`."""
         return await self._execute(self.trigger_call(job_id, cause, overrides))
 
+    # The twins repeat a signature on purpose (httpx's pattern): each client's surface; the call is built once, in Core.
     async def get_run(
         self,
         run_id: int,
@@ -319,42 +297,17 @@ class AsyncDbtCloudClient(Core):
         """Read a run; see :meth:`DbtCloudClient.get_run`."""
         return await self._execute(self.get_run_call(run_id, include_related, not_found_grace_seconds, job_id))
 
-    async def list_runs(
-        self,
-        *,
-        job_definition_id: int | None = None,
-        status_in: Sequence[int | RunStatus] | None = None,
-        order_by: str | None = None,
-        limit: int = MAX_PAGE_SIZE,
-        offset: int = 0,
-        include_related: Sequence[str] = (),
-    ) -> RunPage:
+    async def list_runs(self, *, limit: int = MAX_PAGE_SIZE, offset: int = 0, **query: Unpack[RunQuery]) -> RunPage:
         """One page of runs; see :meth:`DbtCloudClient.list_runs`."""
-        return await self._execute(
-            self.list_runs_call(job_definition_id, status_in, order_by, limit, offset, include_related)
-        )
+        return await self._execute(self.list_runs_call(query, limit, offset))
 
     async def iter_runs(
-        self,
-        *,
-        job_definition_id: int | None = None,
-        status_in: Sequence[int | RunStatus] | None = None,
-        order_by: str | None = None,
-        page_size: int = MAX_PAGE_SIZE,
-        include_related: Sequence[str] = (),
-        max_runs: int | None = None,
+        self, *, page_size: int = MAX_PAGE_SIZE, max_runs: int | None = None, **query: Unpack[RunQuery]
     ) -> AsyncIterator[Run]:
         """Every matching run, page by page; see :meth:`DbtCloudClient.iter_runs`."""
         pager = Pager[Run](page_size, max_runs)
         while not pager.done:
-            page = await self.list_runs(
-                job_definition_id=job_definition_id,
-                status_in=status_in,
-                order_by=order_by,
-                limit=page_size,
-                offset=pager.offset,
-                include_related=include_related,
-            )
+            page = await self._execute(self.list_runs_call(query, page_size, pager.offset))
             for run in pager.take(page.runs, page.total_count):
                 yield run
 

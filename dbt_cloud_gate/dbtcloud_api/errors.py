@@ -112,6 +112,7 @@ class DbtCloudResponseError(DbtCloudError):
 class DbtCloudRunMismatchError(DbtCloudResponseError):
     """A run read back is not the one asked for (another run ID, account or job): a server or proxy fault."""
 
+    # Like DbtCloudError's and WaitTimedOut's constructors in shape only: each error types its own attributes.
     def __init__(
         self,
         message: str,

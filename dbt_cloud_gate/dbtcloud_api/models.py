@@ -254,6 +254,7 @@ def _coerce_status(value: Any) -> Any:
 class Run(_ApiModel):
     """A dbt Cloud run. ``status`` is a :class:`RunStatus`, or a plain int for a code this client does not know."""
 
+    # The run's fields as the API spec lists them: like Job's and WebhookSubscription's in shape only.
     id: int
     account_id: int
     job_definition_id: int | None = None

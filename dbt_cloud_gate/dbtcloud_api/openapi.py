@@ -89,11 +89,6 @@ class SpecValidator:
                     self._operations.append(_Operation(template, re.compile(regex), literal, method.upper(), operation))
         self._operations.sort(key=lambda op: -op.literal_segments)
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> SpecValidator:
-        """Load the spec from a YAML or JSON file."""
-        return _load(str(path))
-
     def _schema_validator(self, schema: dict[str, Any]) -> Draft202012Validator:
         if "$ref" in schema and schema["$ref"].startswith("#"):
             schema = {"$ref": _SPEC_URI + schema["$ref"]}

@@ -31,7 +31,6 @@ __all__ = [
     "AdaptiveSchedule",
     "DurationModel",
     "FixedInterval",
-    "check_interval",
     "durations_from_runs",
     "make_schedule",
 ]
@@ -39,16 +38,11 @@ __all__ = [
 _NORMAL = statistics.NormalDist()
 
 
-def check_interval(name: str, value: object) -> float:
-    """``value`` as seconds if it is a finite, positive number; a ``ValueError`` naming it otherwise."""
-    return check_seconds(name, value)
-
-
 class FixedInterval:
     """Poll every ``seconds`` (sub-second values are accepted, for tests)."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = check_interval("poll interval", seconds)
+        self.seconds = check_seconds("poll interval", seconds)
 
     def next_interval(self, run: Run, elapsed: float) -> float:
         """The same interval whatever the run."""
@@ -104,10 +98,10 @@ class AdaptiveSchedule:
     ) -> None:
         if not 0 < band[0] < band[1] < 1:
             raise ValueError(f"band must be two quantiles 0 < lo < hi < 1, got {band}")
-        check_interval("min_interval", min_interval)
-        check_interval("max_interval", max_interval)
-        check_interval("target_lag_seconds", target_lag_seconds)
-        check_interval("fallback_interval", fallback_interval)
+        check_seconds("min_interval", min_interval)
+        check_seconds("max_interval", max_interval)
+        check_seconds("target_lag_seconds", target_lag_seconds)
+        check_seconds("fallback_interval", fallback_interval)
         if min_interval > max_interval:
             raise ValueError("min_interval must be at most max_interval")
         usable = [d for d in history_seconds if d and d > 0 and math.isfinite(d)]
@@ -175,8 +169,8 @@ def make_schedule(
     ``poll_interval_seconds`` (so an early Error or cancel is seen as fixed polling would see it), and densely
     (``target_lag_seconds``) only where the run is likely to end; fixed polling when ``adaptive`` is off or there
     is no history."""
-    check_interval("poll_interval_seconds", poll_interval_seconds)
-    check_interval("target_lag_seconds", target_lag_seconds)
+    check_seconds("poll_interval_seconds", poll_interval_seconds)
+    check_seconds("target_lag_seconds", target_lag_seconds)
     if not adaptive:
         return FixedInterval(poll_interval_seconds)
     return AdaptiveSchedule(

@@ -7,7 +7,6 @@ account, not only the one that got it. Thread-safe; waits happen outside the loc
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -48,18 +47,6 @@ class RateLimiter:
             self._tat = max(tat, now + wait) + self.interval
             self.waited_seconds += wait
             return wait
-
-    def acquire_sync(self) -> None:
-        """Block this thread until a request may be sent."""
-        wait = self.reserve()
-        if wait > 0:
-            time.sleep(wait)
-
-    async def acquire(self) -> None:
-        """Wait (without blocking the event loop) until a request may be sent."""
-        wait = self.reserve()
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     def penalize(self, seconds: float) -> None:
         """Hold every request on this account back for ``seconds`` (after a 429)."""

@@ -24,12 +24,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from dbt_cloud_gate.dbtcloud_api._exchange import Exchange, Send
 from dbt_cloud_gate.dbtcloud_api._watcher import (
     FINISHED_AT_GRACE_SECONDS,
     LATE_READ_SECONDS,
+    MAX_WAIT_SECONDS,
     TRANSIENT_POLL_ERRORS,
     PollSchedule,
     RunWatcher,
@@ -40,7 +41,6 @@ from dbt_cloud_gate.dbtcloud_api._watcher import (
 from dbt_cloud_gate.dbtcloud_api.client import AsyncDbtCloudClient, DbtCloudClient, check_id, request_deadline
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudError, WaitTimedOut
 from dbt_cloud_gate.dbtcloud_api.models import ModelResult, Run
-from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, check_interval
 from dbt_cloud_gate.dbtcloud_api.results import aread_model_results, has_model_results
 from dbt_cloud_gate.dbtcloud_api.types import check_seconds
 
@@ -50,27 +50,15 @@ __all__ = [
     "TRANSIENT_POLL_ERRORS",
     "PollSchedule",
     "RunWatcher",
+    "WaitOptions",
     "WaitOutcome",
     "WaitTimedOut",
     "Waker",
     "await_run",
     "await_runs",
-    "check_wait_settings",
     "first_poll_delay",
     "wait_for_run",
 ]
-
-
-def check_wait_settings(
-    max_wait_seconds: float, poll_interval_seconds: float | None = None, on_timeout: str | None = None
-) -> None:
-    """Refuse wait settings that would wait forever or poll flat out (NaN, infinity, 0, negative), or an unknown
-    ``on_timeout``, with a ``ValueError`` naming the setting. Call it before triggering anything."""
-    check_seconds("max_wait_seconds", max_wait_seconds)
-    if poll_interval_seconds is not None:
-        check_interval("poll_interval_seconds", poll_interval_seconds)
-    if on_timeout is not None and on_timeout not in ("cancel", "leave"):
-        raise ValueError(f"on_timeout must be 'cancel' or 'leave', got {on_timeout!r}")
 
 
 def first_poll_delay(schedule: PollSchedule) -> float:
@@ -97,19 +85,26 @@ class _Sleep:
         return False
 
 
+class WaitOptions(TypedDict, total=False):
+    """How one wait goes (:func:`wait_for_run`, :func:`await_run`): the :class:`RunWatcher` settings, each one
+    left out taking the watcher's default (a 2-hour deadline, a poll every 30 s, no grace, the wait's logger)."""
+
+    max_wait_seconds: float
+    schedule: PollSchedule | None
+    not_found_grace_seconds: float
+    log: logging.Logger | logging.LoggerAdapter[Any]
+    job_id: int | None
+    finished_at_grace_seconds: float
+    first_poll_delay_seconds: float
+
+
 def wait_for_run(
     client: DbtCloudClient,
     run_id: int,
     *,
-    max_wait_seconds: float = 7200,
-    schedule: PollSchedule | None = None,
-    not_found_grace_seconds: float = 0.0,
-    log: logging.Logger | logging.LoggerAdapter[Any] = logger,
     sleep: Callable[[float], None] = time.sleep,
-    job_id: int | None = None,
-    finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
-    first_poll_delay_seconds: float = 0.0,
     waker: Waker | None = None,
+    **options: Unpack[WaitOptions],
 ) -> Run:
     """Poll ``run_id`` until it is finished; returns it with its steps and trigger.
 
@@ -119,17 +114,7 @@ def wait_for_run(
     ``max_wait_seconds``, whatever the server does; ``DbtCloudMissingFinishedAtError`` for a Success that
     keeps coming without ``finished_at``; a ``DbtCloudResponseError`` for answers that are not dbt Cloud's.
     """
-    watcher = RunWatcher(
-        run_id,
-        max_wait_seconds=max_wait_seconds,
-        schedule=schedule or FixedInterval(30),
-        not_found_grace_seconds=not_found_grace_seconds,
-        log=log,
-        finished_at_grace_seconds=finished_at_grace_seconds,
-        first_poll_delay_seconds=first_poll_delay_seconds,
-        job_id=job_id,
-    )
-    wait = Exchange[WaitStep, Run | bool, Run](watcher.steps(_Sleep(sleep), waker))
+    wait = Exchange[WaitStep, Run | bool, Run](RunWatcher(run_id, **options).steps(_Sleep(sleep), waker))
     for step in wait:
         wait.reply(_read(client, step) if isinstance(step, Send) else step.waker.wait(run_id, step.seconds))
     return wait.answer
@@ -145,30 +130,10 @@ def _read(client: DbtCloudClient, step: Send) -> Run | DbtCloudError:
 
 
 async def await_run(
-    client: AsyncDbtCloudClient,
-    run_id: int,
-    *,
-    max_wait_seconds: float = 7200,
-    schedule: PollSchedule | None = None,
-    not_found_grace_seconds: float = 0.0,
-    log: logging.Logger | logging.LoggerAdapter[Any] = logger,
-    job_id: int | None = None,
-    finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
-    first_poll_delay_seconds: float = 0.0,
-    waker: Waker | None = None,
+    client: AsyncDbtCloudClient, run_id: int, *, waker: Waker | None = None, **options: Unpack[WaitOptions]
 ) -> Run:
     """The asyncio twin of :func:`wait_for_run` (many waits can share one event loop, and one ``waker``)."""
-    watcher = RunWatcher(
-        run_id,
-        max_wait_seconds=max_wait_seconds,
-        schedule=schedule or FixedInterval(30),
-        not_found_grace_seconds=not_found_grace_seconds,
-        log=log,
-        finished_at_grace_seconds=finished_at_grace_seconds,
-        first_poll_delay_seconds=first_poll_delay_seconds,
-        job_id=job_id,
-    )
-    wait = Exchange[WaitStep, Run | bool, Run](watcher.steps(_Sleep(), waker))
+    wait = Exchange[WaitStep, Run | bool, Run](RunWatcher(run_id, **options).steps(_Sleep(), waker))
     for step in wait:
         wait.reply(
             await (_aread(client, step) if isinstance(step, Send) else step.waker.await_wake(run_id, step.seconds))
@@ -211,7 +176,7 @@ async def await_runs(
     run_ids: Sequence[int],
     *,
     schedules: Callable[[int], PollSchedule],
-    max_wait_seconds: float = 7200,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
     on_timeout: str = "cancel",
     fetch_results: bool = True,
     not_found_grace_seconds: float = 0.0,
@@ -232,7 +197,9 @@ async def await_runs(
         check_id("run_id", run_id)
     for job_id in (job_ids or {}).values():
         check_id("job_id", job_id)
-    check_wait_settings(max_wait_seconds, on_timeout=on_timeout)
+    check_seconds("max_wait_seconds", max_wait_seconds)
+    if on_timeout not in ("cancel", "leave"):
+        raise ValueError(f"on_timeout must be 'cancel' or 'leave', got {on_timeout!r}")
 
     async def one(run_id: int) -> WaitOutcome:
         try:

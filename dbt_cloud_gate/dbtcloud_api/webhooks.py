@@ -158,6 +158,7 @@ class RunEventData(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    # One line per key of dbt Cloud's data object: alike in shape only, each one its own key and rule.
     job_id: Id = Field(validation_alias="jobId")
     run_id: Id = Field(validation_alias="runId")
     environment_id: OptionalId = Field(default=None, validation_alias="environmentId")

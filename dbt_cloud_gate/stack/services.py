@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import httpx
 from prefect.blocks.system import Secret
@@ -198,7 +198,40 @@ def wait_healthy(process: subprocess.Popen[Any], url: str, log: Path, name: str,
         time.sleep(0.3)
 
 
-class PrefectServer:
+class _Service:
+    """A process of the stack: ``start`` runs it, ``stop`` ends it with every process it started; a context manager
+    that starts on entry and stops on exit."""
+
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        """Start the process (ready to use when this returns)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the process and every process it started."""
+        if self.process is not None:
+            stop_process_tree(self.process)
+            self.process = None
+
+    def _start_healthy(self, args: list[str], env: Mapping[str, str], url: str, name: str, timeout: float) -> None:
+        """Start ``args`` and wait until ``url`` answers; stop what was started if the wait fails (a Ctrl-C too)."""
+        self.process = _start(args, env, self.log_path)
+        try:
+            wait_healthy(self.process, url, self.log_path, name, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PrefectServer(_Service):
     """``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME (its database lives there).
 
     ``env`` is the environment for everything that talks to it (the CLI, a worker): PREFECT_HOME and
@@ -221,43 +254,24 @@ class PrefectServer:
         )
         env.update(extra_env or {})
         self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> PrefectServer:
+    def start(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> Self:
         """Start the server and wait until its health endpoint answers."""
         if not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use: choose another (--port)")
         self.home.mkdir(parents=True, exist_ok=True)
-        self.process = _start(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+        args = ["--host", "127.0.0.1", "--port", str(self.port)]
+        self._start_healthy(
+            [sys.executable, "-m", "prefect", "server", "start", *args],
             self.env,
-            self.log_path,
+            f"{self.api_url}/health",
+            "the Prefect server",
+            timeout,
         )
-        try:
-            self._wait_healthy(timeout)
-        except BaseException:  # a Ctrl-C during the wait too: stop what was started
-            self.stop()
-            raise
         return self
 
-    def _wait_healthy(self, timeout: float) -> None:
-        assert self.process is not None
-        wait_healthy(self.process, f"{self.api_url}/health", self.log_path, "the Prefect server", timeout)
 
-    def stop(self) -> None:
-        """Stop the server and every process it started."""
-        if self.process is not None:
-            stop_process_tree(self.process)
-            self.process = None
-
-    def __enter__(self) -> PrefectServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class Worker:
+class Worker(_Service):
     """``prefect worker start --pool WORK_POOL``: polls the server, runs each flow run in a process of its own.
 
     ``project_home`` is the checkout the flow runs import the project from (the deployments' pull step reads
@@ -278,9 +292,8 @@ class Worker:
         }
         self.log_path = log_path
         self.pool = pool
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Worker:
+    def start(self) -> Self:
         """Start the worker (it registers with the server on its first poll)."""
         self.process = _start(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool], self.env, self.log_path
@@ -289,26 +302,17 @@ class Worker:
 
     def stop(self, crash: bool = False) -> None:
         """Stop the worker and its flow run processes; ``crash`` kills them all at once instead."""
-        if self.process is None:
-            return
-        if crash:
+        if crash and self.process is not None:
             kill_process_tree(self.process)
-        else:
-            stop_process_tree(self.process)
-        self.process = None
+            self.process = None
+        super().stop()
 
     def log(self, size: int = 12000) -> str:
         """The end of the worker's log (flow run logs included)."""
         return log_tail(self.log_path, size)
 
-    def __enter__(self) -> Worker:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class WebhookReceiver:
+class WebhookReceiver(_Service):
     """``python -m dbt_cloud_gate.receiver serve`` on 127.0.0.1: verifies dbt Cloud's deliveries with the secrets
     of the ``Secret`` block ``secret_block`` and posts them as events to the server of ``env``'s PREFECT_API_URL.
 
@@ -326,35 +330,21 @@ class WebhookReceiver:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}{DEFAULT_PATH}"
         self.health_url = f"http://127.0.0.1:{self.port}/healthz"
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> WebhookReceiver:
+    def start(self, timeout: float = 60.0) -> Self:
         """Start the receiver and wait until its health endpoint answers."""
         if not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use: choose another for the webhook receiver")
         args = ["--host", "127.0.0.1", "--port", str(self.port), "--secret-block", self.secret_block]
         args += ["--outbox", str(self.outbox)]
-        self.process = _start(
-            [sys.executable, "-m", "dbt_cloud_gate.receiver", "serve", *args], self.env, self.log_path
+        self._start_healthy(
+            [sys.executable, "-m", "dbt_cloud_gate.receiver", "serve", *args],
+            self.env,
+            self.health_url,
+            "the webhook receiver",
+            timeout,
         )
-        try:
-            wait_healthy(self.process, self.health_url, self.log_path, "the webhook receiver", timeout)
-        except BaseException:  # a Ctrl-C during the wait too: stop what was started
-            self.stop()
-            raise
         return self
-
-    def stop(self) -> None:
-        """Stop the receiver."""
-        if self.process is not None:
-            stop_process_tree(self.process)
-            self.process = None
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def ensure_emulator_webhook(

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from dbt_cloud_gate.dbtcloud_api.emulator import artifacts, jobs_api, lenient, render, runs_api, webhook_api
-from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
+from dbt_cloud_gate.dbtcloud_api.emulator.faults import FaultInjection
 from dbt_cloud_gate.dbtcloud_api.emulator.render import JSON_HEADERS, Reply, envelope, error, ok
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import (
     MAX_CAUSE,
@@ -71,7 +71,7 @@ _V2_PREFIX = re.compile(r"^/api/v2/accounts/\d+/")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?")
 
 
-class Emulator(AccountState):
+class Emulator(AccountState, FaultInjection[Fault]):
     """A stateful stand-in for one dbt Cloud account's v2 API (and its v3 webhook subscriptions)."""
 
     def __init__(
@@ -96,7 +96,7 @@ class Emulator(AccountState):
         self._request_base: str | None = None
         self._rng = random.Random(seed)
         self.requests: list[RecordedRequest] = []
-        self.faults: list[Fault] = []
+        self.faults = []
         self._window: deque[float] = deque()
         # v3 webhook subscriptions and the deliveries they get; the hub hears of every run through the state's sink.
         self.webhooks = WebhookHub.for_emulator(self, validate=validator is not None)
@@ -108,17 +108,6 @@ class Emulator(AccountState):
     def from_jobs_file(cls, path: str | Path, **kwargs: Any) -> Emulator:
         """An emulator with the jobs of a JSON file: ``{"jobs": [{...JobSpec fields...}]}`` or a list."""
         return cls(cls.read_jobs_file(path), **kwargs)
-
-    def add_fault(self, fault: Fault) -> Fault:
-        """Inject ``fault`` into the requests it matches, from now on."""
-        with self._lock:
-            self.faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        """Remove every fault."""
-        with self._lock:
-            self.faults.clear()
 
     def run_json(self, run: RunRecord, now: float, includes: set[str]) -> dict[str, Any]:
         """The run as dbt Cloud serializes it, at time ``now``."""
@@ -239,24 +228,28 @@ class Emulator(AccountState):
 
     def _apply_faults(self, record: RecordedRequest, method: str, path: str, now: float) -> Reply | None:
         job_id = self._job_of_path(path)
-        for fault in self.faults:
-            if spent(fault):
-                continue
+
+        def matches(fault: Fault) -> bool:
             if fault.method and fault.method.upper() != method:
-                continue
+                return False
             if fault.path and not re.search(fault.path, path):
-                continue
+                return False
             if fault.job_id is not None and fault.job_id != job_id:
-                continue
+                return False
             if fault.kind == "not_found_fresh":
                 run = self._run_of_path(path)
-                if run is None or now - run.created >= fault.fresh_seconds or not re.search(r"/runs/\d+/$", path):
-                    continue
-            if not fires(fault, self._rng):
-                continue
-            record.fault = fault.kind
-            return _fault_reply(fault)
-        return None
+                return (
+                    run is not None
+                    and now - run.created < fault.fresh_seconds
+                    and bool(re.search(r"/runs/\d+/$", path))
+                )
+            return True
+
+        fault = next(self._firing(matches), None)
+        if fault is None:
+            return None
+        record.fault = fault.kind
+        return _fault_reply(fault)
 
     def _job_of_path(self, path: str) -> int | None:
         found = re.search(r"/jobs/(\d+)/", path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dbt_cloud_gate.dbtcloud_api.emulator.faults import CountedFault
 from dbt_cloud_gate.dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, RunStep
 
 Outcome = Literal["success", "error", "cancelled"]
@@ -132,7 +133,7 @@ class JobSpec:
 
 
 @dataclass
-class Fault:
+class Fault(CountedFault):
     """A fault to inject into matching requests.
 
     ``kind``: ``429`` (with ``retry_after`` as the header value, or none), ``5xx`` (``status`` with an HTML body),
@@ -140,22 +141,17 @@ class Fault:
     ``drop`` (close the connection, request not processed), ``slow`` (answer after ``delay`` seconds),
     ``not_found_fresh`` (404 for a run younger than ``fresh_seconds``), ``lost_response`` (process the request,
     then drop the connection: a trigger whose run is created but whose answer is lost).
-    ``skip`` lets the first matching requests through untouched (fault the second search, not the first).
+    ``skip`` lets the first matching requests through untouched (fault the second search, not the first); the
+    other firing settings (``job_id``, ``times``, ``probability``) are :class:`.faults.CountedFault`'s.
     """
 
     kind: FaultKind
     method: str | None = None
     path: str | None = None
-    job_id: int | None = None
-    times: int | None = None
-    probability: float = 1.0
     retry_after: str | None = None
     status: int = 503
     delay: float = 0.0
     fresh_seconds: float = 1.0
-    skip: int = 0
-    hits: int = 0
-    skipped: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:

@@ -30,13 +30,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import httpx
 
-from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
+from dbt_cloud_gate.dbtcloud_api.emulator.faults import CountedFault, FaultInjection
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec, RunRecord, reject_unknown
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, load_default_validator
@@ -82,7 +82,7 @@ def _epoch_micros(seconds: float) -> str:
 
 
 @dataclass
-class WebhookFault:
+class WebhookFault(CountedFault):
     """A fault on matching deliveries: ``drop`` (never sent), ``delay`` (first attempt ``delay`` seconds late),
     ``bad_signature`` (signed with another key), ``duplicate`` (sent twice, same ``eventId``).
 
@@ -92,13 +92,7 @@ class WebhookFault:
 
     kind: WebhookFaultKind
     event_type: str | None = None
-    job_id: int | None = None
-    times: int | None = None
-    probability: float = 1.0
     delay: float = 0.0
-    skip: int = 0
-    hits: int = 0
-    skipped: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WebhookFault:
@@ -198,6 +192,11 @@ class _Pending:
     retries: bool = field(compare=False, default=True)
 
 
+# What an attempt copies from its pending delivery: every field the two share (the attempt adds when, and what
+# the send found).
+_ATTEMPT_FIELDS = tuple(sorted({f.name for f in fields(DeliveryAttempt)} & {f.name for f in fields(_Pending)}))
+
+
 @dataclass
 class _Tracked:
     """A run being watched, and which of its events went out already."""
@@ -207,7 +206,7 @@ class _Tracked:
     errored_sent: bool = False
 
 
-class WebhookHub:
+class WebhookHub(FaultInjection[WebhookFault]):
     """Subscriptions and deliveries of one emulated account. Built by the :class:`Emulator`; settings are plain
     attributes (change them before runs start)."""
 
@@ -237,12 +236,13 @@ class WebhookHub:
         self.validator = validator
         self.subscriptions: dict[str, Subscription] = {}
         self.deliveries: list[DeliveryAttempt] = []
-        self.faults: list[WebhookFault] = []
+        self.faults = []
         self._tracked: dict[int, _Tracked] = {}
         self._heap: list[_Pending] = []
         self._seq = itertools.count()
         self._rng = random.Random(seed)
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._woken = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -292,28 +292,6 @@ class WebhookHub:
         if run.status_at(self.account.clock()).is_terminal:
             return
         self._tracked[run.id] = _Tracked(run)
-
-    # -- faults -----------------------------------------------------------------------------------------
-
-    def add_fault(self, fault: WebhookFault) -> WebhookFault:
-        """Inject ``fault`` into matching deliveries from now on."""
-        with self._cond:
-            self.faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        """Remove every webhook fault."""
-        with self._cond:
-            self.faults.clear()
-
-    def _faults_for(self, event_type: str, job_id: int) -> list[WebhookFault]:
-        fired = []
-        for fault in self.faults:
-            if spent(fault) or fault.event_type not in (None, event_type) or fault.job_id not in (None, job_id):
-                continue
-            if fires(fault, self._rng):
-                fired.append(fault)
-        return fired
 
     # -- events -----------------------------------------------------------------------------------------
 
@@ -412,7 +390,9 @@ class WebhookHub:
             retries=retries,
         )
         copies = [pending]
-        for fault in self._faults_for(event_type, job_id):
+        for fault in list(
+            self._firing(lambda fault: fault.event_type in (None, event_type) and fault.job_id in (None, job_id))
+        ):
             pending.fault = fault.kind
             if fault.kind == "drop":
                 self.deliveries.append(self._record(pending, now, error="dropped by an injected fault"))
@@ -430,18 +410,8 @@ class WebhookHub:
         return pending.event_id
 
     def _record(self, pending: _Pending, at: float, **details: Any) -> DeliveryAttempt:
-        return DeliveryAttempt(
-            event_id=pending.event_id,
-            event_type=pending.event_type,
-            subscription_id=pending.subscription_id,
-            run_id=pending.run_id,
-            job_id=pending.job_id,
-            attempt=pending.attempt,
-            occurred=pending.occurred,
-            at=at,
-            fault=pending.fault,
-            **details,
-        )
+        """The attempt at ``pending``: the delivery's own fields (IDs, attempt, fault) and what the send found."""
+        return DeliveryAttempt(**{name: getattr(pending, name) for name in _ATTEMPT_FIELDS}, at=at, **details)
 
     # -- sending ----------------------------------------------------------------------------------------
 
