@@ -85,17 +85,7 @@ def dbt_cloud_etl(
     # Every target is attempted: one failing (refused, or a database error) does not stop the others.
     reports, failures = attempt_each(
         targets,
-        lambda target: load_snowflake_incremental(
-            connector,
-            target,
-            dbt_run_id=dbt.run_id,
-            dbt_job_id=dbt.job_id,
-            dbt_account_id=dbt.account_id,
-            dbt_finished_at=dbt.finished_at,
-            models=dbt.models,
-            pipeline=name,
-            settings=load,
-        ),
+        lambda target: load_snowflake_incremental(connector, target, dbt, pipeline=name, settings=load),
         log,
     )
     summary = EtlSummary(

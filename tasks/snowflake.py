@@ -6,16 +6,13 @@ The load itself (plan, execute on a cursor, audit; one transaction behind the ta
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect_snowflake import SnowflakeConnector
 
-from dbt_cloud_gate.dbtcloud_api import ModelResult
 from dbt_cloud_gate.loads import DbtRunRef, ensure_model_built, plan_load, run_load
-from dbt_cloud_gate.models import LoadReport, LoadTarget
+from dbt_cloud_gate.models import DbtCloudRunResult, LoadReport, LoadTarget
 from dbt_cloud_gate.settings import LOAD, LoadSettings
 
 __all__ = ["load_snowflake_incremental"]
@@ -25,27 +22,23 @@ __all__ = ["load_snowflake_incremental"]
 def load_snowflake_incremental(
     connector: SnowflakeConnector,
     target: LoadTarget,
+    dbt: DbtCloudRunResult,
     *,
-    dbt_run_id: int,
-    dbt_job_id: int,
-    dbt_account_id: int,
-    dbt_finished_at: datetime | None,
-    models: list[ModelResult],
     pipeline: str,
     settings: LoadSettings = LOAD,
 ) -> LoadReport:
-    """Load ``target`` for one successful dbt run and write its audit row, in one transaction.
+    """Load ``target`` up to the successful dbt run's ``finished_at`` and write its audit row, in one transaction.
 
     ``settings.lookback_seconds`` applies when the target does not set its own.
     """
     if settings.check_model_built:
-        ensure_model_built(models, target.source_model)
+        ensure_model_built(dbt.models, target.source_model)
     plan = plan_load(
         target,
         kind="incremental",
         pipeline=pipeline,
         settings=settings,
-        run=DbtRunRef(run_id=dbt_run_id, job_id=dbt_job_id, account_id=dbt_account_id, finished_at=dbt_finished_at),
+        run=DbtRunRef(run_id=dbt.run_id, job_id=dbt.job_id, account_id=dbt.account_id, finished_at=dbt.finished_at),
         flow_run_id=str(runtime_flow_run.get_id() or ""),
     )
     return run_load(connector, plan, get_run_logger())

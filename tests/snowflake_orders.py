@@ -12,7 +12,7 @@ from typing import Any
 from prefect_snowflake import SnowflakeConnector
 
 from dbt_cloud_gate.dbtcloud_api import ModelResult
-from dbt_cloud_gate.models import LoadReport, LoadTarget
+from dbt_cloud_gate.models import DbtCloudRunResult, LoadReport, LoadTarget
 from dbt_cloud_gate.settings import RECONCILE, LoadSettings, ReconcileSettings
 from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server
 from dbt_cloud_gate.tasks.reconcile import reconcile_snowflake_target
@@ -84,13 +84,26 @@ def load(
     return load_snowflake_incremental(
         block,
         target,
-        dbt_run_id=run_id,
-        dbt_job_id=7,
-        dbt_account_id=1,
-        dbt_finished_at=finished_at,
-        models=models,
+        dbt_success(run_id, finished_at, models),
         pipeline="test",
         settings=LoadSettings(**{"lookback_seconds": 0, **settings}),
+    )
+
+
+def dbt_success(run_id: int, finished_at: datetime, models: list[ModelResult]) -> DbtCloudRunResult:
+    """A successful run of job 7 in account 1, as the flows hand it to the loads."""
+    return DbtCloudRunResult(
+        run_id=run_id,
+        job_id=7,
+        account_id=1,
+        status="Success",
+        status_code=10,
+        started_at=None,
+        finished_at=finished_at,
+        duration_seconds=None,
+        url=f"https://cloud.getdbt.com/deploy/1/projects/1/runs/{run_id}/",
+        cause=None,
+        models=models,
     )
 
 
