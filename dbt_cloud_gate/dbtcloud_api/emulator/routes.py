@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from dbt_cloud_gate.dbtcloud_api.emulator import artifacts, jobs_api, lenient, render, runs_api, webhook_api
+from dbt_cloud_gate.dbtcloud_api.emulator import artifacts, jobs_api, lenient, render, runs_api, steps, webhook_api
 from dbt_cloud_gate.dbtcloud_api.emulator.faults import fires, spent
 from dbt_cloud_gate.dbtcloud_api.emulator.render import JSON_HEADERS, Reply, envelope, error, ok
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import (
@@ -134,8 +134,8 @@ class Emulator(AccountState):
 
     def run_results(self, run: RunRecord, step: int | None = None) -> dict[str, Any] | None:
         """The ``run_results.json`` a finished run's step leaves (default: the last step, as dbt Cloud serves it);
-        ``None`` for a step that leaves none (set-up steps, ``dbt deps``)."""
-        return render.run_results(run, self.jobs[run.job_id], step)
+        ``None`` for a step that leaves none (set-up steps, ``dbt deps``, ``dbt source freshness``)."""
+        return steps.run_results(run, self.jobs[run.job_id], step)
 
     # -- request handling ----------------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ class Emulator(AccountState):
             return ok(self.run_json(run, now, includes))
         if pattern == r"runs/(\d+)/retry/":
             if method == "GET":
-                return runs_api.failure_details(run, now)
+                return runs_api.failure_details(self, run, now)
             return runs_api.retry_run(self, run, now, includes, self.run_json)
         return artifacts.serve(run, self.jobs[run.job_id], groups[1] if len(groups) > 1 else None, query, now)
 
