@@ -139,20 +139,23 @@ class Emulator(AccountState):
 
     # -- request handling ----------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
-        """Answer one HTTP request (thread-safe)."""
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, *, origin: str | None = None
+    ) -> Reply:
+        """Answer one HTTP request (thread-safe). ``origin``: the address of the server it came in on."""
         lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
-            self._request_base = self._public_url(lowered)
+            self._request_base = self._public_url(lowered, origin) or origin
             try:
                 return self._handle(method.upper(), target, lowered, body)
             finally:
                 self._request_base = None
 
-    def _public_url(self, headers: dict[str, str]) -> str | None:
+    def _public_url(self, headers: dict[str, str], origin: str | None) -> str | None:
         """The address the client reached the emulator at (a relay's ``X-Forwarded-*`` first), if it says."""
         host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip()
-        scheme = (headers.get("x-forwarded-proto") or self.scheme).split(",")[0].strip().lower()
+        served = urlsplit(origin).scheme if origin else self.scheme
+        scheme = (headers.get("x-forwarded-proto") or served).split(",")[0].strip().lower()
         if not _HOST.fullmatch(host) or scheme not in ("http", "https"):
             return None
         return f"{scheme}://{host}"
