@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # Before Prefect is imported anywhere: a private PREFECT_HOME (results, local storage) and no telemetry.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dcg-prefect-home-")
@@ -14,6 +16,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 for _name in ("DBT_CLOUD_ACCOUNT_ID", "DBT_CLOUD_API_TOKEN", "DBT_CLOUD_ACCESS_URL", "DBT_CLOUD_CREDENTIALS_BLOCK"):
     os.environ.pop(_name, None)
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
@@ -54,6 +57,34 @@ def fast_jobs() -> list[JobSpec]:
         ),
         JobSpec(id=14, name="slow", queue_seconds=0.05, start_seconds=0.05, run_seconds=30.0),
     ]
+
+
+@contextmanager
+def serving(jobs: list[JobSpec], validator: SpecValidator) -> Iterator[EmulatorServer]:
+    """``jobs`` on an emulator on loopback HTTP that checks requests against the spec; on leaving, every request
+    must have followed it (no departure recorded)."""
+    with EmulatorServer(Emulator(jobs, account_id=ACCOUNT, token=TOKEN, validator=validator)) as running:
+        yield running
+    assert [r.spec_problems for r in running.emulator.requests if r.spec_problems] == []
+
+
+def api(server: EmulatorServer) -> httpx.Client:
+    """A plain HTTP client of the account's v2 API on ``server`` (paths relative to ``/api/v2/accounts/{id}/``)."""
+    base = f"{server.url}/api/v2/accounts/{ACCOUNT}/"
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+
+
+def data(answer: httpx.Response) -> Any:
+    """The ``data`` of a 200 answer in dbt Cloud's envelope."""
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]
+
+
+@pytest.fixture
+def http(server: EmulatorServer) -> Iterator[httpx.Client]:
+    """:func:`api` on the module's own ``server`` fixture."""
+    with api(server) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -174,6 +174,26 @@ def test_run_artifacts_by_step(cli: Cli) -> None:
     assert "source.analytics.raw.orders" in manifest["sources"]
 
 
+def test_freshness_and_docs_checkboxes(server: EmulatorServer, cli: Cli) -> None:
+    # An error-stale source errs the "Run source freshness" step, not the run: `--wait` exits 0, as on dbt Cloud.
+    server.emulator.set_job(1, run_generate_sources=True, generate_docs=True, stale_sources={"orders": "error"})
+    run = answer(cli("job", "run", "--job-id", "1", "--wait"))["data"]
+    assert run["status"] == 10 and run["has_sources_generated"] and run["has_docs_generated"]
+    run_id = str(run["id"])
+    listed = answer(cli("run", "list-artifacts", "--run-id", run_id))["data"]
+    assert listed == ["catalog.json", "manifest.json", "run_results.json", "sources.json"]
+    sources = answer(cli("run", "get-artifact", "--run-id", run_id, "--path", "sources.json", "--step", "4"))
+    assert [(r["unique_id"], r["status"]) for r in sources["results"]] == [("source.analytics.raw.orders", "error")]
+    catalog = answer(cli("run", "get-artifact", "--run-id", run_id, "--path", "catalog.json"))
+    assert set(catalog["nodes"]) == {"model.analytics.stg_orders", "model.analytics.orders"}
+    steps = answer(cli("run", "get", "--run-id", run_id, "--include-related", "run_steps"))["data"]["run_steps"]
+    assert [(s["name"], s["status"]) for s in steps][3:] == [
+        ("Invoke dbt with `dbt source freshness`", 20),
+        ("Invoke dbt with `dbt build`", 10),
+        ("Invoke dbt with `dbt docs generate`", 10),
+    ]
+
+
 def test_job_create_export_import_delete(server: EmulatorServer, cli: Cli, tmp_path: Path) -> None:
     created = answer(
         cli(

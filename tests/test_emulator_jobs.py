@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, JobSpec
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
-from tests.conftest import ACCOUNT, TOKEN
+from tests.conftest import ACCOUNT, data, serving
 
 API = f"/api/v2/accounts/{ACCOUNT}/"
 QUICK: dict[str, Any] = {"queue_seconds": 0, "start_seconds": 0, "run_seconds": 0.1}
@@ -30,21 +30,8 @@ def jobs() -> list[JobSpec]:
 
 @pytest.fixture
 def server(spec_validator: SpecValidator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(jobs(), account_id=ACCOUNT, token=TOKEN, validator=spec_validator)) as running:
+    with serving(jobs(), spec_validator) as running:
         yield running
-    assert [r.spec_problems for r in running.emulator.requests if r.spec_problems] == []
-
-
-@pytest.fixture
-def http(server: EmulatorServer) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    with httpx.Client(base_url=server.url + API, headers=headers, timeout=10) as client:
-        yield client
-
-
-def data(answer: httpx.Response) -> Any:
-    assert answer.status_code == 200, answer.text
-    return answer.json()["data"]
 
 
 def ids(answer: httpx.Response) -> list[int]:

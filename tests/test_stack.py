@@ -1,4 +1,4 @@
-"""``python -m dbt_cloud_gate.stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator, fakesnow, the
+"""``python -m dbt_cloud_gate.stack`` as a user runs it: a subprocess that starts a Prefect server, the emulator (http and https), fakesnow, the
 webhook receiver and a worker, deploys prefect.yaml, runs deployments, stops on SIGINT or SIGTERM with no process left behind, and
 starts again on the same state without duplicating anything."""
 
@@ -116,6 +116,28 @@ def check_webhooks(stack: RunningStack) -> None:
     assert list(kept["value"]) == [subscription.id]
 
 
+def check_https(stack: RunningStack) -> bytes:
+    """The emulator also answers on https, to clients given the CA file the stack printed: dbt-cloud-cli with the
+    environment the README shows, and a plain HTTP call. Returns the CA certificate."""
+    https, ca = stack.info["emulator_https_url"], stack.info["emulator_ca_file"]
+    assert https in stack.console() and f"REQUESTS_CA_BUNDLE={ca}" in stack.console()
+    auth = {"Authorization": f"Token {DEMO_TOKEN}"}
+    jobs = httpx.get(f"{https}/api/v2/accounts/{DEMO_ACCOUNT_ID}/jobs/", headers=auth, verify=ca, timeout=10)
+    assert [job["id"] for job in jobs.json()["data"]] == [101, 102, 103]
+    env = {
+        **os.environ,
+        "DBT_CLOUD_HOST": https.removeprefix("https://"),
+        "DBT_CLOUD_ACCOUNT_ID": str(DEMO_ACCOUNT_ID),
+        "DBT_CLOUD_API_TOKEN": DEMO_TOKEN,
+        "REQUESTS_CA_BUNDLE": ca,
+    }
+    cli = [sys.executable, "-c", "from dbt_cloud.cli import dbt_cloud; dbt_cloud()", "job", "get", "--job-id", "101"]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["data"]["name"] == "Nightly build"
+    return Path(ca).read_bytes()
+
+
 def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: Path) -> None:
     state = tmp_path / "stack"
     first = RunningStack(state)
@@ -131,6 +153,7 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
         )
         assert twin.returncode == 1 and "already runs" in twin.stdout
         check_webhooks(first)
+        authority = check_https(first)
 
         with first.client() as client:
             deployed = {name: str(client.read_deployment_by_name(name).id) for name in DEPLOYMENTS}
@@ -171,6 +194,7 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
     try:
         assert second.info["deployments"] == deployed  # updated, not created anew
         check_webhooks(second)  # a new subscription on the fresh emulator; the old one's secret dropped
+        assert check_https(second) == authority  # the certificate made on the first start is kept
         assert second.info["webhook_subscription"] != first.info["webhook_subscription"]
         with second.client() as client:
             assert [pool.name for pool in client.read_work_pools()].count(WORK_POOL) == 1

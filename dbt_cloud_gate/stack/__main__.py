@@ -1,6 +1,7 @@
 """``python -m dbt_cloud_gate.stack``: the project deployed on this machine, as in production, with no account anywhere.
 
-It starts a Prefect server (UI included; its database in STATE_DIR/prefect), the dbt Cloud emulator, a
+It starts a Prefect server (UI included; its database in STATE_DIR/prefect), the dbt Cloud emulator (on http, and
+on https with a certificate made on the first start in STATE_DIR/tls, for clients that speak only https), a
 fakesnow server (data in STATE_DIR/fakesnow), saves the blocks and the variables prefect.yaml reads, adds a
 few rows to the source tables, creates the process work pool, runs ``prefect deploy --all``, starts the dbt
 Cloud webhook receiver (with an emulator subscription pointed at it, its secret in a Secret block) and a
@@ -29,7 +30,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
-from dbt_cloud_gate.dbtcloud_api.emulator import demo_emulator
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, demo_emulator
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from dbt_cloud_gate.stack.services import (
     WORK_POOL,
@@ -47,6 +48,7 @@ from dbt_cloud_gate.stack.services import (
     seed_demo_tables,
     set_variables,
 )
+from dbt_cloud_gate.stack.tls import LocalTls, local_tls
 from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
 
 CREDENTIALS_BLOCK = "local-dbt-cloud"
@@ -74,10 +76,13 @@ def _deployment_ids(api_url: str) -> dict[str, str]:
 
 def _instructions(state: Path, server: PrefectServer, info: dict[str, Any]) -> str:
     etl = info["deployments"]["dbt-cloud-etl/nightly-etl"]
+    https, ca = info["emulator_https_url"], info["emulator_ca_file"]
+    host = https.removeprefix("https://")
     return f"""
 Local stack ready (state in {state}). Ctrl-C stops everything.
   Prefect UI          {server.url}
-  dbt Cloud emulator  {info["emulator_url"]}  (account {DEMO_ACCOUNT_ID}, token {DEMO_TOKEN}; job 101 succeeds, 102 fails)
+  dbt Cloud emulator  {info["emulator_url"]} and {https}  (account {DEMO_ACCOUNT_ID}, token {DEMO_TOKEN}; job 101 succeeds, 102 fails)
+  its https CA        {ca}  (give it to https clients: REQUESTS_CA_BUNDLE, SSL_CERT_FILE, curl --cacert)
   fakesnow            127.0.0.1:{info["snowflake"]["port"]}  (data in {state / "fakesnow"})
   blocks              {CREDENTIALS_BLOCK} (dbt Cloud Gate Credentials), {SNOWFLAKE_BLOCK} (Snowflake Connector)
   webhook receiver    {info["receiver_url"]}  (subscription {info["webhook_subscription"]}, secret in block {DEFAULT_SECRET_BLOCK})
@@ -90,6 +95,9 @@ Try it:
   From a shell: PREFECT_API_URL={server.api_url} prefect deployment run dbt-cloud-etl/nightly-etl
   A wait ended by the webhook (the run's logs say "the poll after a wake-up saw it end"):
     PREFECT_API_URL={server.api_url} prefect deployment run dbt-cloud-job/dbt-cloud-job --param 'wait={{"webhooks": true}}'
+  Your own dbt Cloud tools, pointed at the emulator:
+    DBT_CLOUD_HOST={host} DBT_CLOUD_ACCOUNT_ID={DEMO_ACCOUNT_ID} DBT_CLOUD_API_TOKEN={DEMO_TOKEN} REQUESTS_CA_BUNDLE={ca} dbt-cloud job list
+    curl --cacert {ca} -H "Authorization: Token {DEMO_TOKEN}" {https}/api/v2/accounts/{DEMO_ACCOUNT_ID}/jobs/
 """
 
 
@@ -99,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=".stack", help="where the server's database, data and logs live")
     parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port (0 picks a free one)")
     parser.add_argument("--emulator-port", type=int, default=0, help="the dbt Cloud emulator's port (0: a free one)")
+    parser.add_argument(
+        "--emulator-https-port", type=int, default=0, help="the dbt Cloud emulator's https port (0: a free one)"
+    )
     parser.add_argument("--snowflake-port", type=int, default=0, help="the fakesnow server's port (0: a free one)")
     parser.add_argument("--receiver-port", type=int, default=0, help="the webhook receiver's port (0: a free one)")
     args = parser.parse_args(argv)
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, _stop_on_signal)
         signal.signal(signal.SIGTERM, _stop_on_signal)
         try:
-            return _run(state, args.port, args.emulator_port, args.snowflake_port, args.receiver_port)
+            return _run(state, args)
         except KeyboardInterrupt:
             _say("Stopped: the worker, the webhook receiver, the Prefect server, the emulator and fakesnow.")
             return 0
@@ -126,15 +137,27 @@ def main(argv: list[str] | None = None) -> int:
             (state / "stack.json").unlink(missing_ok=True)
 
 
-def _run(state: Path, port: int, emulator_port: int, snowflake_port: int, receiver_port: int) -> int:
+def _emulators(
+    services: contextlib.ExitStack, state: Path, args: argparse.Namespace
+) -> tuple[EmulatorServer, EmulatorServer, LocalTls]:
+    """One emulator served on http and on https (the certificate made on the first start, kept in STATE/tls)."""
+    tls = local_tls(state / "tls")
+    if tls.created:
+        _say(f"Made the https certificate of the emulator and its authority ({tls.ca_file}).")
+    # Run IDs from the clock, so that the audit rows of successive starts name distinct dbt runs.
+    emulator = demo_emulator(first_run_id=int(time.time()) % 100_000_000 * 10)
+    plain = services.enter_context(dbt_cloud_emulator(emulator, args.emulator_port))
+    secure = services.enter_context(dbt_cloud_emulator(emulator, args.emulator_https_port, tls.server_context()))
+    return plain, secure, tls
+
+
+def _run(state: Path, args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as services:
-        server = PrefectServer(state / "prefect", port=port)
+        server = PrefectServer(state / "prefect", port=args.port)
         _say(f"Starting the Prefect server on {server.url} (a first start creates its database: 20-30 s)...")
         services.enter_context(server)
-        # Run IDs from the clock, so that the audit rows of successive starts name distinct dbt runs.
-        first_run_id = int(time.time()) % 100_000_000 * 10
-        emulator = services.enter_context(dbt_cloud_emulator(demo_emulator(first_run_id=first_run_id), emulator_port))
-        snow = services.enter_context(fakesnow_server(db_path=str(state / "fakesnow"), port=snowflake_port))
+        emulator, emulator_https, tls = _emulators(services, state, args)
+        snow = services.enter_context(fakesnow_server(db_path=str(state / "fakesnow"), port=args.snowflake_port))
         # fakesnow sets its logger to INFO when imported and logs every session login: noise in this console.
         logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
         connector = fakesnow_connector(snow)
@@ -153,7 +176,7 @@ def _run(state: Path, port: int, emulator_port: int, snowflake_port: int, receiv
         ensure_work_pool(server.api_url)
         deploy_all(server.env)
         # The subscription first: the receiver starts only once the block holds a secret.
-        receiver = WebhookReceiver(server.env, state / "receiver.log", DEFAULT_SECRET_BLOCK, port=receiver_port)
+        receiver = WebhookReceiver(server.env, state / "receiver.log", DEFAULT_SECRET_BLOCK, port=args.receiver_port)
         _say(f"Starting the webhook receiver on {receiver.url} (the emulator delivers every job's run events)...")
         subscription = ensure_emulator_webhook(server.api_url, credentials, receiver.url, DEFAULT_SECRET_BLOCK)
         services.enter_context(receiver)
@@ -163,6 +186,8 @@ def _run(state: Path, port: int, emulator_port: int, snowflake_port: int, receiv
             "ui_url": server.url,
             "api_url": server.api_url,
             "emulator_url": emulator.url,
+            "emulator_https_url": emulator_https.url,
+            "emulator_ca_file": str(tls.ca_file),
             "snowflake": snow,
             "receiver_url": receiver.url,
             "receiver_health_url": receiver.health_url,

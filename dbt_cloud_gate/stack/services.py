@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -364,9 +365,9 @@ def ensure_emulator_webhook(
         return ensure_webhook(client, receiver_url, secret_block=secret_block)
 
 
-def dbt_cloud_emulator(emulator: Emulator, port: int = 0) -> EmulatorServer:
-    """The emulator on 127.0.0.1 (``port=0`` picks a free one); use it as a context manager."""
-    return EmulatorServer(emulator, port=port)
+def dbt_cloud_emulator(emulator: Emulator, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> EmulatorServer:
+    """The emulator on 127.0.0.1 (``port=0`` picks a free one), on https with ``ssl_context``; a context manager."""
+    return EmulatorServer(emulator, port=port, ssl_context=ssl_context)
 
 
 def prefect_cli(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:

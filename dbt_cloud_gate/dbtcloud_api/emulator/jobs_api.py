@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dbt_cloud_gate.dbtcloud_api.emulator import render
 from dbt_cloud_gate.dbtcloud_api.emulator.listing import Filter, QueryError, last, ordered, paged, select
 from dbt_cloud_gate.dbtcloud_api.emulator.render import Reply, error, ok
 from dbt_cloud_gate.dbtcloud_api.emulator.runs_api import RenderRun
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec
 from dbt_cloud_gate.dbtcloud_api.emulator.state import AccountState
+from dbt_cloud_gate.dbtcloud_api.emulator.times import iso
 
 _INVALID = "The request was invalid."
 _NOT_FOUND = "Requested resource not found."
@@ -121,12 +121,13 @@ def update_job(state: AccountState, job_id: int, body: Any, now: float) -> Reply
         for key, value in body.items():
             if key not in READ_ONLY and key not in _RELATED:
                 job[key] = value
-        job["updated_at"] = render.iso(now)
+        job["updated_at"] = iso(now)
         spec = state.jobs[job_id]
         spec.name, spec.description = job["name"], job.get("description") or ""
         spec.project_id, spec.environment_id = int(job["project_id"]), int(job["environment_id"])
         spec.schedule_enabled = bool(job["triggers"].get("schedule"))
         spec.cron = str(job.get("schedule", {}).get("cron") or spec.cron)
+        spec.generate_docs, spec.run_generate_sources = bool(job["generate_docs"]), bool(job["run_generate_sources"])
         return ok(job)
 
 
@@ -135,7 +136,7 @@ def delete_job(state: AccountState, job_id: int, now: float) -> Reply:
     with state.lock:
         job = state.job_objects[job_id]
         job["state"] = DELETED
-        job["updated_at"] = render.iso(now)
+        job["updated_at"] = iso(now)
         return ok(dict(job))
 
 

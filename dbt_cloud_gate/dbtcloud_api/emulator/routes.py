@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from dbt_cloud_gate.dbtcloud_api.emulator import artifacts, jobs_api, lenient, render, runs_api, webhook_api
+from dbt_cloud_gate.dbtcloud_api.emulator import artifacts, jobs_api, lenient, render, runs_api, steps, webhook_api
 from dbt_cloud_gate.dbtcloud_api.emulator.faults import FaultInjection
 from dbt_cloud_gate.dbtcloud_api.emulator.render import JSON_HEADERS, Reply, envelope, error, ok
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import (
@@ -123,25 +123,28 @@ class Emulator(AccountState, FaultInjection[Fault]):
 
     def run_results(self, run: RunRecord, step: int | None = None) -> dict[str, Any] | None:
         """The ``run_results.json`` a finished run's step leaves (default: the last step, as dbt Cloud serves it);
-        ``None`` for a step that leaves none (set-up steps, ``dbt deps``)."""
-        return render.run_results(run, self.jobs[run.job_id], step)
+        ``None`` for a step that leaves none (set-up steps, ``dbt deps``, ``dbt source freshness``)."""
+        return steps.run_results(run, self.jobs[run.job_id], step)
 
     # -- request handling ----------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
-        """Answer one HTTP request (thread-safe)."""
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, *, origin: str | None = None
+    ) -> Reply:
+        """Answer one HTTP request (thread-safe). ``origin``: the address of the server it came in on."""
         lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
-            self._request_base = self._public_url(lowered)
+            self._request_base = self._public_url(lowered, origin) or origin
             try:
                 return self._handle(method.upper(), target, lowered, body)
             finally:
                 self._request_base = None
 
-    def _public_url(self, headers: dict[str, str]) -> str | None:
+    def _public_url(self, headers: dict[str, str], origin: str | None) -> str | None:
         """The address the client reached the emulator at (a relay's ``X-Forwarded-*`` first), if it says."""
         host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip()
-        scheme = (headers.get("x-forwarded-proto") or self.scheme).split(",")[0].strip().lower()
+        served = urlsplit(origin).scheme if origin else self.scheme
+        scheme = (headers.get("x-forwarded-proto") or served).split(",")[0].strip().lower()
         if not _HOST.fullmatch(host) or scheme not in ("http", "https"):
             return None
         return f"{scheme}://{host}"
@@ -350,7 +353,7 @@ class Emulator(AccountState, FaultInjection[Fault]):
             return ok(self.run_json(run, now, includes))
         if pattern == r"runs/(\d+)/retry/":
             if method == "GET":
-                return runs_api.failure_details(run, now)
+                return runs_api.failure_details(self, run, now)
             return runs_api.retry_run(self, run, now, includes, self.run_json)
         return artifacts.serve(run, self.jobs[run.job_id], groups[1] if len(groups) > 1 else None, query, now)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dbt_cloud_gate.dbtcloud_api.emulator import plan
 from dbt_cloud_gate.dbtcloud_api.emulator.listing import Filter, QueryError, last, ordered, paged, select
 from dbt_cloud_gate.dbtcloud_api.emulator.render import Reply, error, ok
-from dbt_cloud_gate.dbtcloud_api.emulator.specs import SETUP_STEPS, RunRecord
+from dbt_cloud_gate.dbtcloud_api.emulator.specs import RunRecord
 from dbt_cloud_gate.dbtcloud_api.emulator.state import AccountState
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
 
@@ -46,6 +47,7 @@ def run_fields(state: AccountState, run: RunRecord, now: float) -> dict[str, Any
     """What the runs list filters and orders on, as the run object shows it at ``now``."""
     spec = state.jobs[run.job_id]
     status = run.status_at(now)
+    docs, sources = plan.generated(run, spec, status)
     return {
         "id": run.id,
         "job_definition_id": run.job_id,
@@ -56,8 +58,8 @@ def run_fields(state: AccountState, run: RunRecord, now: float) -> dict[str, Any
         "finished_at": run.end() if status.is_terminal else None,
         "deferring_run_id": None,
         "dbt_version": "1.8.0",
-        "has_docs_generated": False,
-        "has_sources_generated": False,
+        "has_docs_generated": docs,
+        "has_sources_generated": sources,
         "state": 1,
     }
 
@@ -87,13 +89,18 @@ def retry_run(state: AccountState, run: RunRecord, now: float, includes: set[str
     return ok(render_run(state.retry(run, now), now, includes))
 
 
-def failure_details(run: RunRecord, now: float) -> Reply:
-    """``GET runs/{id}/retry/``: the failed step of a failed run and the steps it skipped (a run fails on its last
-    command in the emulator, so none is skipped)."""
+def failure_details(state: AccountState, run: RunRecord, now: float) -> Reply:
+    """``GET runs/{id}/retry/``: the failed step of a failed run and the steps after it, which never ran."""
     if run.status_at(now) != RunStatus.ERROR:
         return _not_failed(run)
-    names = [*SETUP_STEPS, *(f"Invoke dbt with `{step}`" for step in run.steps)]
-    return ok({"failed_step": names[-1], "skipped_steps": []})
+    spec = state.jobs[run.job_id]
+    failing = plan.failing_step(run, spec)
+    return ok(
+        {
+            "failed_step": failing.name if failing is not None else None,
+            "skipped_steps": [step.name for step in plan.skipped(run, spec)],
+        }
+    )
 
 
 def rerun_job(state: AccountState, job_id: int, now: float, render_run: RenderRun) -> Reply:

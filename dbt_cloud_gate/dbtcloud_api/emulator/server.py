@@ -27,6 +27,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "dbt-cloud-emulator"
     emulator: Emulator
+    origin: str  # this server's address: one emulator can serve http and https at once
 
     def setup(self) -> None:
         super().setup()
@@ -39,7 +40,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        reply = self.emulator.handle(self.command, self.path, dict(self.headers.items()), body)
+        reply = self.emulator.handle(self.command, self.path, dict(self.headers.items()), body, origin=self.origin)
         if reply.delay:
             time.sleep(reply.delay)
         if reply.drop:
@@ -72,15 +73,15 @@ class _Server(ThreadingHTTPServer):
 class EmulatorServer:
     """Runs an :class:`Emulator` on ``127.0.0.1`` in a background thread. ``port=0`` picks a free port.
 
-    ``ssl_context`` (a server context holding the certificate): serve https instead of http.
+    ``ssl_context`` (a server context holding the certificate): serve https instead of http. Several servers may
+    serve one emulator (the local stack serves it on http and https): each answers with its own address.
     """
 
     def __init__(
         self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self.emulator = emulator
-        handler = type("Handler", (_Handler,), {"emulator": emulator})
-        self._server = _Server((host, port), handler)
+        self._server = _Server((host, port), _Handler)
         if ssl_context is not None:
             self._server.socket = ssl_context.wrap_socket(
                 self._server.socket, server_side=True, do_handshake_on_connect=False
@@ -89,6 +90,7 @@ class EmulatorServer:
         self.port = int(self._server.server_address[1])
         scheme = "http" if ssl_context is None else "https"
         self.url = f"{scheme}://{self.host}:{self.port}"
+        self._server.RequestHandlerClass = type("Handler", (_Handler,), {"emulator": emulator, "origin": self.url})
         emulator.base_url = self.url
         emulator.scheme = scheme
         self._thread: threading.Thread | None = None

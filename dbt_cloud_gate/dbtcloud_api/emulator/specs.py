@@ -14,6 +14,9 @@ from dbt_cloud_gate.dbtcloud_api.models import BUILDING_COMMANDS, RunStatus, Run
 
 Outcome = Literal["success", "error", "cancelled"]
 FaultKind = Literal["429", "5xx", "status", "drop", "slow", "not_found_fresh", "lost_response"]
+# A source's status in ``sources.json`` (dbt's freshness statuses).
+FreshnessStatus = Literal["pass", "warn", "error", "runtime error"]
+FRESHNESS_STATUSES: tuple[FreshnessStatus, ...] = ("pass", "warn", "error", "runtime error")
 
 MAX_CAUSE = 255
 # The set-up steps dbt Cloud runs before a job's own commands (step indexes count them).
@@ -28,6 +31,11 @@ def reject_unknown(cls: type[Any], data: dict[str, Any], label: str, *, show_kno
     if unknown:
         hint = f"; known: {sorted(known)}" if show_known else ""
         raise ValueError(f"unknown {label} setting(s) {sorted(unknown)}{hint}")
+
+
+def source_of(model: str) -> str | None:
+    """The source table a model reads in the emulated project: ``raw.<name>`` for a staging model ``stg_<name>``."""
+    return model.removeprefix("stg_") if model.startswith("stg_") else None
 
 
 def dbt_command(command: str) -> str | None:
@@ -111,11 +119,41 @@ class JobSpec:
     steps: list[StepSpec] | None = None
     # A server fault: a successful run is served with ``finished_at`` null (no watermark).
     finished_at_missing: bool = False
+    # The job's checkboxes, as its object shows them: "Run source freshness" runs ``dbt source freshness`` as the
+    # first command step (it never fails the run) and "Generate docs on run" runs ``dbt docs generate`` after the
+    # commands (a trigger's ``generate_docs_override`` decides for one run).
+    run_generate_sources: bool = False
+    generate_docs: bool = False
+    # How stale each source is when a run checks freshness, by table name: ``{"orders": "error"}`` for the source
+    # ``raw.orders`` that ``stg_orders`` reads; ``warn``, ``error`` or ``runtime error``. Unlisted sources pass.
+    stale_sources: dict[str, FreshnessStatus] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps is not None:
             self.steps = [StepSpec.coerce(step) for step in self.steps]
             self.execute_steps = [step.command for step in self.steps]
+        self._check_stale_sources()
+
+    def _check_stale_sources(self) -> None:
+        """A stale source must be a source of the job, with one of dbt's freshness statuses."""
+        for name, status in self.stale_sources.items():
+            if status not in FRESHNESS_STATUSES:
+                raise ValueError(
+                    f"job {self.id}: stale_sources[{name!r}] is {status!r}; use one of "
+                    f"{', '.join(FRESHNESS_STATUSES[1:])} (a source left out passes)"
+                )
+        sources = self.source_names()
+        unknown = sorted(set(self.stale_sources) - set(sources))
+        if unknown:
+            raise ValueError(
+                f"job {self.id}: stale_sources names {unknown}, which are not sources of the job; its sources are "
+                f"{sources} (the source raw.<name> of each staging model stg_<name> in its models)"
+            )
+
+    def source_names(self) -> list[str]:
+        """The job's sources by table name: the source of each staging model it builds."""
+        models = [*self.models, *(model for step in self.steps or [] for model in step.models or [])]
+        return list(dict.fromkeys(name for name in map(source_of, models) if name))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
@@ -199,6 +237,10 @@ class RunRecord:
     finished: float = 0.0
     cancelled_at: float | None = None
     retry_of: int | None = None
+    # What the job's checkboxes add to this run (decided when it is triggered) and how stale its sources were then.
+    freshness: bool = False
+    docs: bool = False
+    stale_sources: dict[str, FreshnessStatus] = field(default_factory=dict)
 
     def status_at(self, now: float) -> RunStatus:
         """The run's status at ``now``."""

@@ -10,6 +10,7 @@ nothing from :mod:`.webhooks`, so the two no longer import each other.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from dbt_cloud_gate.dbtcloud_api.emulator.plan import freshness_fails
 from dbt_cloud_gate.dbtcloud_api.emulator.render import job_object
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import (
     MAX_CAUSE,
@@ -114,7 +116,7 @@ class AccountState:
             start = now - 3600.0 * (len(spec.history_seconds) + 1)
             for index, seconds in enumerate(spec.history_seconds):
                 created = start + 3600.0 * index
-                run = self._new_run(spec, f"History run {index + 1}", {}, created, "success")
+                run = self._new_run(spec, f"History run {index + 1}", {}, created, "success", history=True)
                 run.dequeued, run.started = created + 1.0, created + 2.0
                 run.finished = run.started + seconds
 
@@ -126,13 +128,18 @@ class AccountState:
         return [JobSpec.from_dict(entry) for entry in entries]
 
     def set_job(self, job_id: int, **changes: Any) -> None:
-        """Change how a job's future runs behave (``outcome``, ``run_seconds``...)."""
+        """Change how a job's future runs behave (``outcome``, ``run_seconds``, ``stale_sources``...), checked as a
+        new job would be; the job object shows the checkboxes (``generate_docs``, ``run_generate_sources``)."""
         with self._lock:
             spec = self.jobs[job_id]
-            for name, value in changes.items():
-                if not hasattr(spec, name):
+            for name in changes:
+                if name not in JobSpec.__dataclass_fields__:
                     raise ValueError(f"unknown job setting {name!r}")
-                setattr(spec, name, value)
+            changed = dataclasses.replace(spec, **changes)  # ValueError when the result is not a valid job
+            for name in JobSpec.__dataclass_fields__:
+                setattr(spec, name, getattr(changed, name))
+            job = self.job_objects[job_id]
+            job["generate_docs"], job["run_generate_sources"] = spec.generate_docs, spec.run_generate_sources
 
     def runs_of(self, job_id: int) -> list[RunRecord]:
         """Runs of one job, oldest first (including the history runs)."""
@@ -189,8 +196,15 @@ class AccountState:
             slot_free = run.end() if run.cancelled_at is not None else run.finished
         self.sink.wake()
 
-    def _new_run(self, spec: JobSpec, cause: str, overrides: dict[str, Any], now: float, outcome: Outcome) -> RunRecord:
+    def _new_run(
+        self, spec: JobSpec, cause: str, overrides: dict[str, Any], now: float, outcome: Outcome, history: bool = False
+    ) -> RunRecord:
         steps = list(overrides.get("steps_override") or self.job_objects[spec.id]["execute_steps"])
+        docs = overrides.get("generate_docs_override")
+        # Past runs (``history``) saw fresh sources; a listed `dbt source freshness` fails on a stale one.
+        stale = {} if history else dict(spec.stale_sources)
+        if outcome == "success" and freshness_fails(steps, stale):
+            outcome = "error"
         run = RunRecord(
             id=self._next_run_id,
             job_id=spec.id,
@@ -203,6 +217,9 @@ class AccountState:
             queue_s=spec.queue_seconds,
             start_s=spec.start_seconds,
             run_s=spec.run_seconds,
+            freshness=spec.run_generate_sources,
+            docs=spec.generate_docs if docs is None else bool(docs),
+            stale_sources=stale,
         )
         self._next_run_id += 1
         self._next_trigger_id += 1

@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from dbt_cloud_gate.dbtcloud_api.emulator import plan
 from dbt_cloud_gate.dbtcloud_api.emulator.faults import CountedFault, FaultInjection
 from dbt_cloud_gate.dbtcloud_api.emulator.specs import JobSpec, RunRecord, reject_unknown
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
@@ -359,7 +360,7 @@ class WebhookHub(FaultInjection[WebhookFault]):
                     webhook_name=subscription.name,
                     job_name=spec.name,
                     run_reason=run.cause,
-                    run_status_message=spec.error_message() if status == RunStatus.ERROR else None,
+                    run_status_message=plan.error_message(run, spec) if status == RunStatus.ERROR else None,
                     started_at=datetime.fromtimestamp(run.started, tz=UTC),
                     ended_at=None if event_type == EVENT_STARTED else datetime.fromtimestamp(run.finished, tz=UTC),
                 )
