@@ -168,9 +168,15 @@ class EtlSummary(BaseModel):
     dbt_job_id: int
     dbt_run_id: int
     dbt_status: str
-    finished_at: datetime | None
+    finished_at: datetime
     url: str
     loads: list[LoadReport] = Field(default_factory=list)
+
+    @classmethod
+    def of_run(cls, pipeline: str, dbt: DbtCloudRunResult, loads: list[LoadReport]) -> EtlSummary:
+        """The summary of the loads gated on the successful run ``dbt``."""
+        run = {"dbt_job_id": dbt.job_id, "dbt_run_id": dbt.run_id, "dbt_status": dbt.status, "url": dbt.url}
+        return cls(pipeline=pipeline, finished_at=dbt.finished_at, loads=loads, **run)
 
     @property
     def rows_by_target(self) -> dict[str, int]:

@@ -109,7 +109,7 @@ def publish_etl_report(summary: EtlSummary, failures: list[str]) -> None:
         for r in summary.loads
     )
     skipped = [r for r in summary.loads if r.rows_skipped]
-    finished = summary.finished_at.isoformat() if summary.finished_at else ""
+    finished = summary.finished_at.isoformat()
     create_markdown_artifact(
         key=f"dbt-cloud-etl-{artifact_slug(summary.pipeline)}",
         markdown=(

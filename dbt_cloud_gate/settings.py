@@ -184,6 +184,7 @@ class LoadSettings(_Settings):
         return self
 
 
+# Field declarations like WaitSettings' in shape only: each group types and describes its own settings.
 class ReconcileSettings(_Settings):
     """What a reconcile may change in its targets: whether it deletes, how much at most, and a dry run."""
 

@@ -183,7 +183,7 @@ def _report(run: Callable[[], EtlSummary]) -> int:
     except EtlFailed as exc:  # the dbt run succeeded; some loads were refused or failed (the others loaded)
         print(f"ETL failed: {exc}")
         return 1
-    finished = summary.finished_at.isoformat() if summary.finished_at else None
+    finished = summary.finished_at.isoformat()
     rows = " ".join(f"{name}={count}" for name, count in summary.rows_by_target.items())
     skipped = " ".join(f"{load.target}={load.rows_skipped}" for load in summary.loads if load.rows_skipped)
     print(

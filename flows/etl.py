@@ -88,15 +88,7 @@ def dbt_cloud_etl(
         lambda target: load_snowflake_incremental(connector, target, dbt, pipeline=name, settings=load),
         log,
     )
-    summary = EtlSummary(
-        pipeline=name,
-        dbt_job_id=job_id,
-        dbt_run_id=dbt.run_id,
-        dbt_status=dbt.status,
-        finished_at=dbt.finished_at,
-        url=dbt.url,
-        loads=reports,
-    )
+    summary = EtlSummary.of_run(name, dbt, reports)
     publish_etl_report(summary, failures)
     if failures:
         raise EtlFailed(

@@ -22,6 +22,7 @@ from dbt_cloud_gate.settings import LOAD, RECONCILE, LoadSettings, ReconcileSett
 __all__ = ["reconcile_snowflake_target"]
 
 
+# Like load_snowflake_incremental in shape only (a task that plans and runs one load): the plans differ.
 @task(name="reconcile-snowflake-target", cache_policy=NO_CACHE)
 def reconcile_snowflake_target(
     connector: SnowflakeConnector,
