@@ -15,7 +15,8 @@ flow when it must be done.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextvars
+import threading
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -86,6 +87,9 @@ class SyncCallableFlow(GateFlow):
         kwargs = self._regrouped(kwargs)
         if _in_async_context():
             return self._awaitable(deadline, args, kwargs)
+        return self._call_here(deadline, args, kwargs)
+
+    def _call_here(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         token = _CALLER_DEADLINE.set(deadline)
         try:
             result = Flow.__call__(self, *args, **kwargs)
@@ -97,12 +101,32 @@ class SyncCallableFlow(GateFlow):
             _CALLER_DEADLINE.reset(token)
 
     async def _awaitable(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = _CALLER_DEADLINE.set(deadline)
-        try:
-            result = Flow.__call__(self, *args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-        finally:
-            _CALLER_DEADLINE.reset(token)
+        """Run the flow on a thread of its own and await its end. On the caller's loop, the flow's sync tasks (a
+        wait of minutes) would block that loop: gathered calls would run one after another. A thread per call,
+        not a pool: a pool's few workers would queue the tenth of ten gathered waits. The caller's context (its
+        flow run, so that this one is its subflow) goes with it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if done.done():  # the caller stopped waiting (cancelled): nobody to tell
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(value)
+
+        def work() -> None:
+            try:
+                value = context.run(self._call_here, deadline, args, kwargs)
+            except BaseException as error:  # handed to the awaiting caller, as a direct call would raise it
+                loop.call_soon_threadsafe(settle, None, error)
+            else:
+                loop.call_soon_threadsafe(settle, value, None)
+
+        threading.Thread(target=work, name=f"flow-{self.name}", daemon=True).start()
+        return await done
 
 
 def _in_async_context() -> bool:

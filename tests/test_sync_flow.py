@@ -175,10 +175,13 @@ def test_flat_parameters_of_the_previous_release_are_regrouped_with_a_warning() 
     assert regroup("x", {"run_id", "wait"}, {"run_id": 7}) == {"run_id": 7}
 
 
+@pytest.mark.slow
 def test_ten_dbt_cloud_waits_gathered_in_an_async_parent_overlap(spec_validator: SpecValidator) -> None:
     """Ten ``run_dbt_cloud_job`` subflows on the emulator, gathered in one async parent: the dbt runs overlap (the
-    wall is about one run plus start-up, not ten runs) and a ticker on the parent's loop keeps ticking."""
-    run_seconds = 3.0
+    wall is about one run plus start-up, not ten runs) and a ticker on the parent's loop keeps ticking. Runs of
+    12 s, so that the subflows' own start-up (a few CPU seconds each on a loaded 2-core machine) cannot hide
+    whether they wait one after another."""
+    run_seconds = 12.0
     jobs = [
         JobSpec(id=100 + n, name=f"j{n}", queue_seconds=0.05, start_seconds=0.05, run_seconds=run_seconds)
         for n in range(10)
