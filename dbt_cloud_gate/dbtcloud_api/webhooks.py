@@ -26,7 +26,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
-from dbt_cloud_gate.dbtcloud_api.urls import describe_character, is_loopback_host
+from dbt_cloud_gate.dbtcloud_api.urls import check_transport, describe_character
 
 SIGNATURE_HEADER = "Authorization"
 EVENT_STARTED = "job.run.started"
@@ -382,13 +382,14 @@ def check_client_url(value: object) -> str:
         if char.isspace() or not char.isprintable():
             raise DbtCloudConfigError(f"The webhook receiver URL contains {describe_character(char)}.")
     parts = urlsplit(text)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if not parts.hostname:
         raise DbtCloudConfigError(f"The webhook receiver URL must be https://host/path, got {text!r}.")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise DbtCloudConfigError(
-            f"The webhook receiver URL {text!r} is plain http: dbt Cloud's deliveries must reach it over https "
-            "(put the receiver behind a TLS proxy)."
-        )
+    check_transport(
+        parts.scheme,
+        parts.hostname,
+        what=f"The webhook receiver URL {text!r}",
+        risk="dbt Cloud does not deliver to (put the receiver behind a TLS proxy)",
+    )
     if parts.username or parts.password:
         raise DbtCloudConfigError("The webhook receiver URL must not carry credentials.")
     return text
