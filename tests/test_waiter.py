@@ -28,8 +28,7 @@ from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.receiver import PrefectEventsEmitter, ReceiverConfig, create_app
 from dbt_cloud_gate.stack.services import PrefectServer
 from dbt_cloud_gate.waiter import RunEventWaiter, stop_webhook_waiters, webhook_waiter, webhook_waits_unavailable
-from tests.conftest import ACCOUNT, TOKEN
-from tests.test_receiver import Served
+from tests.conftest import ACCOUNT, TOKEN, Served
 
 # -- the hand-off rules (no server: notify() is what an event does) ---------------------------------------------
 

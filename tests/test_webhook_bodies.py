@@ -184,7 +184,8 @@ async def http(events: list[Event]) -> AsyncIterator[httpx.AsyncClient]:
     async def emit(event: Event) -> None:
         events.append(event)
 
-    app = create_app(ReceiverConfig(secrets={"account:7": SECRET}), emit)
+    # A burst above the corpus: each bad body is a failure, and past the burst its answer would be 429.
+    app = create_app(ReceiverConfig(secrets={"account:7": SECRET}, burst=1000), emit)
     # raise_app_exceptions=False: a crash is seen as the 500 uvicorn would send, not as an exception here.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
