@@ -340,13 +340,16 @@ def _parser() -> argparse.ArgumentParser:
         "--secret-block", action="append", default=[], help="a Prefect Secret block with hmac secrets; repeatable"
     )
     serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
-    serve.add_argument("--rate", type=float, default=5.0, help="failed deliveries a second per client address")
-    serve.add_argument("--burst", type=float, default=50.0, help="failed deliveries a client address may send at once")
-    serve.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request's headers")
-    serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds for a body, after its headers")
-    serve.add_argument(
-        "--max-connections", type=int, default=1000, help="open connections before the slowest waiting is closed"
-    )
+    failures, limits = ReceiverConfig(), ConnectionLimits()  # the defaults, each written once
+    numbers: list[tuple[str, type, float, str]] = [
+        ("--rate", float, failures.rate_per_second, "failed deliveries a second per client address"),
+        ("--burst", float, failures.burst, "failed deliveries a client address may send at once"),
+        ("--header-timeout", float, limits.header_timeout_seconds, "seconds for a request's headers"),
+        ("--body-timeout", float, limits.body_timeout_seconds, "seconds for a body, after its headers"),
+        ("--max-connections", int, limits.max_connections, "open connections before the longest-waiting one closes"),
+    ]
+    for flag, kind, default, text in numbers:
+        serve.add_argument(flag, type=kind, default=default, help=f"{text} (%(default)s)")
     serve.add_argument("--log-level", default="info")
     return parser
 

@@ -92,6 +92,16 @@ class _Slot:
                 pass
 
 
+def _trim(entries: OrderedDict[int, float], older_than: float) -> None:
+    """Drop the oldest entries (run ID -> moment) from the front while their moment is before ``older_than`` or
+    there are more than ``MAX_PENDING``: forged events for endless run IDs cost bounded memory."""
+    while entries:
+        oldest, moment = next(iter(entries.items()))
+        if moment > older_than and len(entries) <= MAX_PENDING:
+            break
+        del entries[oldest]
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -233,20 +243,12 @@ class RunEventWaiter:
             self._due[run_id] = (
                 now if due is None or now - due >= self.debounce_seconds else due + self.debounce_seconds
             )
-            while self._due:  # forget wake-ups older than the debounce (and never hold more than MAX_PENDING)
-                oldest, when = next(iter(self._due.items()))
-                if when > now - self.debounce_seconds and len(self._due) <= MAX_PENDING:
-                    break
-                del self._due[oldest]
+            _trim(self._due, now - self.debounce_seconds)  # wake-ups older than the debounce hold nothing back
             slots = self._slots.get(run_id)
             if not slots:
                 self._pending.pop(run_id, None)
                 self._pending[run_id] = now + self.pending_ttl_seconds
-                while self._pending:
-                    oldest, expires = next(iter(self._pending.items()))
-                    if expires > now and len(self._pending) <= MAX_PENDING:
-                        break
-                    del self._pending[oldest]
+                _trim(self._pending, now)
                 return
             woken = list(slots)
         self.wakeups += len(woken)
