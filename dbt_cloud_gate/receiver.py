@@ -6,13 +6,15 @@ outside events) and the subscriptions' ``hmac_secret``\\ s, from Prefect ``Secre
 repeatable) or the environment (``DBT_CLOUD_WEBHOOK_SECRETS``, a JSON object of name to secret, or
 ``DBT_CLOUD_WEBHOOK_SECRET``). It needs no dbt Cloud API token.
 
-Per delivery: a token bucket per client address (429), a capped body read (413), the HMAC over the raw bytes,
-each known secret tried in constant time (401), the body parsed (400), a seen ``eventId`` acknowledged without a
-second event, then the event written to the receiver's durable outbox (:mod:`dbt_cloud_gate.outbox`; 503 if it
-cannot be written, so that dbt Cloud retries). A forwarder in the app's lifespan posts the outbox's events to
-``{PREFECT_API_URL}/events`` and lets each leave only once Prefect has stored it (:mod:`dbt_cloud_gate.forwarder`).
-``GET /metrics`` shows the counts and the outbox in Prometheus' text format. Logs carry IDs only: never a secret,
-a signature or the body.
+Per delivery: a capped body read (413) within the read deadlines of :mod:`dbt_cloud_gate.receiver_guard`, the
+HMAC over the raw bytes, each known secret tried in constant time (401), the body parsed (400), a seen ``eventId``
+acknowledged without a second event, then the event written to the receiver's durable outbox
+(:mod:`dbt_cloud_gate.outbox`; 503 if it cannot be written, so that dbt Cloud retries). A forwarder in the app's
+lifespan posts the outbox's events to ``{PREFECT_API_URL}/events`` and lets each leave only once Prefect has stored
+it (:mod:`dbt_cloud_gate.forwarder`). ``GET /metrics`` shows the counts and the outbox in Prometheus' text format.
+Only failures are rate limited: each costs a token of its client address's bucket, and an address out of tokens
+gets 429 for its failures; a valid delivery costs nothing and is never refused for the company it keeps (behind a
+TLS proxy every client has the proxy's address). Logs carry IDs only: never a secret, a signature or the body.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Protocol, cast
 
 from prefect.events import Event
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -46,6 +48,7 @@ from dbt_cloud_gate.dbtcloud_api.webhooks import (
 from dbt_cloud_gate.events import webhook_event
 from dbt_cloud_gate.forwarder import DurableEmitter, Forwarder, Metric, PrefectEventsApi, prometheus_text
 from dbt_cloud_gate.outbox import OUTBOX_ENV, Outbox, OutboxError, default_outbox_path
+from dbt_cloud_gate.receiver_guard import ConnectionLimits, serve
 
 logger = logging.getLogger("dbt_cloud_gate.receiver")
 
@@ -75,7 +78,8 @@ class PrefectEventsEmitter(PrefectEventsApi):
 
 
 class TokenBuckets:
-    """A token bucket per client address: ``rate`` requests a second on average, bursts of ``burst``."""
+    """A token bucket per client address: ``rate`` events a second on average, bursts of ``burst`` (the receiver
+    counts failed deliveries with it)."""
 
     def __init__(self, rate: float, burst: float, *, max_clients: int = 10_000) -> None:
         self.rate = rate
@@ -129,8 +133,10 @@ class ReceiverConfig:
     secrets: dict[str, str] = field(default_factory=dict)
     path: str = DEFAULT_PATH
     max_body_bytes: int = MAX_BODY_BYTES
-    rate_per_second: float = 50.0
-    burst: float = 200.0
+    # Failed deliveries (401, 400, 413) a client address may send: this many a second, bursts of ``burst``; past
+    # them its failures get 429. Valid deliveries are never counted.
+    rate_per_second: float = 5.0
+    burst: float = 50.0
     dedupe_ttl_seconds: float = 3600.0
     # Reloads the secrets (e.g. from Secret blocks) when a signature matches none, at most this often.
     reload_secrets: SecretsLoader | None = None
@@ -151,7 +157,7 @@ class _Receiver:
     def __init__(self, config: ReceiverConfig, emit: Emitter) -> None:
         self.config = config
         self.emit = emit
-        self.buckets = TokenBuckets(config.rate_per_second, config.burst)
+        self.failures = TokenBuckets(config.rate_per_second, config.burst)
         self.seen = SeenEvents(config.dedupe_ttl_seconds)
         self._last_reload = time.monotonic()
         self._reload_lock = asyncio.Lock()
@@ -163,6 +169,19 @@ class _Receiver:
     def _answer(self, status: int, outcome: str, detail: str, **extra: Any) -> JSONResponse:
         self._count(outcome)
         return JSONResponse({"status": outcome, "detail": detail, **extra}, status_code=status)
+
+    def _refuse(self, client: str, status: int, outcome: str, detail: str) -> JSONResponse:
+        """A failed delivery: it costs ``client`` a token; with none left, 429 (and no log line)."""
+        wait = self.failures.take(client)
+        if wait > 0:
+            self._count("rate_limited")
+            return JSONResponse(
+                {"status": "rate_limited", "detail": "Too many failed deliveries from this address."},
+                status_code=429,
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        logger.info("refused a delivery from %s: %s", client, outcome)
+        return self._answer(status, outcome, detail)
 
     async def _read_capped(self, request: Request) -> bytes | None:
         """The body, or ``None`` once it passes the cap (the rest is not read)."""
@@ -195,30 +214,27 @@ class _Receiver:
         return match_secret(body, signature, self.config.secrets)
 
     async def deliver(self, request: Request) -> Response:
+        # Nothing is charged before the signature is checked: a flood of unsigned requests (from the proxy's
+        # address, as dbt Cloud's deliveries are) must not use up anything a valid delivery needs.
         client = request.client.host if request.client else "unknown"
-        wait = self.buckets.take(client)
-        if wait > 0:
-            self._count("rate_limited")
-            return JSONResponse(
-                {"status": "rate_limited", "detail": "Too many requests."},
-                status_code=429,
-                headers={"Retry-After": str(max(1, round(wait)))},
-            )
-        body = await self._read_capped(request)
+        try:
+            body = await self._read_capped(request)
+        except ClientDisconnect:  # gone (or closed by a read deadline): nobody to answer
+            self._count("disconnected")
+            return Response(status_code=400)
         if body is None:
-            return self._answer(413, "too_large", f"The body is over {self.config.max_body_bytes} bytes.")
+            return self._refuse(client, 413, "too_large", f"The body is over {self.config.max_body_bytes} bytes.")
         name = await self._match(body, request.headers.get(SIGNATURE_HEADER))
         if name is None:
-            logger.info("refused a delivery from %s: no or wrong signature", client)
-            return self._answer(401, "unauthorized", "Missing or wrong signature.")
+            return self._refuse(client, 401, "unauthorized", "Missing or wrong signature.")
         try:
             delivery = parse_delivery(body)
         except WebhookPayloadError as exc:
-            return self._answer(400, "bad_request", str(exc))
+            return self._refuse(client, 400, "bad_request", str(exc))
         problem = _binding_problem(name, delivery.account_id, delivery.webhook_id)
         if problem is not None:
             logger.warning("refused event %s: %s", delivery.event_id, problem)
-            return self._answer(401, "unauthorized", "The signature's secret does not belong to this sender.")
+            return self._refuse(client, 401, "unauthorized", "The signature's secret does not belong to this sender.")
         ids = f"event {delivery.event_id} ({delivery.event_type}) of run {delivery.run_id}, job {delivery.job_id}"
         if delivery.kind is None:
             logger.info("ignored %s: not an event type this receiver knows", ids)
@@ -330,8 +346,16 @@ def _parser() -> argparse.ArgumentParser:
         "--secret-block", action="append", default=[], help="a Prefect Secret block with hmac secrets; repeatable"
     )
     serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
-    serve.add_argument("--rate", type=float, default=50.0, help="requests a second per client address (average)")
-    serve.add_argument("--burst", type=float, default=200.0, help="requests a client address may send at once")
+    failures, limits = ReceiverConfig(), ConnectionLimits()  # the defaults, each written once
+    numbers: list[tuple[str, type, float, str]] = [
+        ("--rate", float, failures.rate_per_second, "failed deliveries a second per client address"),
+        ("--burst", float, failures.burst, "failed deliveries a client address may send at once"),
+        ("--header-timeout", float, limits.header_timeout_seconds, "seconds for a request's headers"),
+        ("--body-timeout", float, limits.body_timeout_seconds, "seconds for a body, after its headers"),
+        ("--max-connections", int, limits.max_connections, "open connections before the longest-waiting one closes"),
+    ]
+    for flag, kind, default, text in numbers:
+        serve.add_argument(flag, type=kind, default=default, help=f"{text} (%(default)s)")
     serve.add_argument(
         "--outbox",
         type=Path,
@@ -347,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     """``serve``: the receiver on ``--host``/``--port`` until interrupted."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        limits = ConnectionLimits(
+            header_timeout_seconds=args.header_timeout,
+            body_timeout_seconds=args.body_timeout,
+            max_connections=args.max_connections,
+        )
+    except ValueError as exc:
+        print(f"bad connection limits: {exc}", file=sys.stderr)
+        return 2
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
@@ -390,21 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         burst=args.burst,
         reload_secrets=reload if args.secret_block else None,
     )
-    import uvicorn
-
     print(
         f"dbt Cloud webhook receiver on http://{args.host}:{args.port}{args.path} ({len(secrets)} secret(s)), "
         f"outbox {outbox.path}"
     )
-    uvicorn.run(
-        create_app(config, emitter),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,  # the receiver logs each delivery by its IDs
-        timeout_keep_alive=5,
-        limit_concurrency=200,
-    )
+    serve(create_app(config, emitter), host=args.host, port=args.port, limits=limits, log_level=args.log_level)
     return 0
 
 

@@ -14,6 +14,12 @@ No wake-up is lost:
   middle of a poll) is kept in a TTL cache, and a wait registers, then checks that cache, under one lock;
 * after a reconnect every registered wait is woken once, so that it polls (events may have passed unseen).
 
+No flood of events can turn into a flood of reads (anyone who can post to the Prefect server can forge events):
+wake-ups for one run are handed out at most once per ``debounce_seconds`` (3 s). An event within that time of
+the last wake-up for its run moves the next wake-up to the end of it (a wait woken for it sleeps until then),
+and further events before that moment are covered by it and cost nothing. 50 events in 5 s cause at most 3
+reads of the run; an event for a run nobody waits on only refreshes one entry of a bounded cache.
+
 It needs a Prefect server that other processes can post to (``PREFECT_API_URL`` set, not an ephemeral or test
 server started inside this process): elsewhere :func:`webhook_waiter` answers ``None`` and says why, and the waits
 poll as they do without webhooks. Cancelled runs send no webhook: the waits keep polling at
@@ -49,6 +55,8 @@ logger = logging.getLogger("dbt_cloud_gate.waiter")
 
 # How long an event for a run nobody waits on is kept (a wait registers within seconds of its trigger).
 PENDING_TTL_SECONDS = 900.0
+# At most one wake-up (so one read) of a run per this many seconds, however many events arrive for it.
+DEBOUNCE_SECONDS = 3.0
 MAX_PENDING = 50_000
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Reconnect backoff: 0.5 s doubling to 30 s; reset once a connection has lasted a minute.
@@ -84,6 +92,16 @@ class _Slot:
                 pass
 
 
+def _trim(entries: OrderedDict[int, float], older_than: float) -> None:
+    """Drop the oldest entries (run ID -> moment) from the front while their moment is before ``older_than`` or
+    there are more than ``MAX_PENDING``: forged events for endless run IDs cost bounded memory."""
+    while entries:
+        oldest, moment = next(iter(entries.items()))
+        if moment > older_than and len(entries) <= MAX_PENDING:
+            break
+        del entries[oldest]
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -98,13 +116,16 @@ class RunEventWaiter:
         *,
         pending_ttl_seconds: float = PENDING_TTL_SECONDS,
         terminal_only: bool = True,
+        debounce_seconds: float = DEBOUNCE_SECONDS,
     ) -> None:
         self.api_url = api_url
         self.pending_ttl_seconds = pending_ttl_seconds
         self.terminal_only = terminal_only
+        self.debounce_seconds = debounce_seconds
         self._lock = threading.Lock()
         self._slots: dict[int, set[_Slot]] = {}
         self._pending: OrderedDict[int, float] = OrderedDict()  # run ID -> expiry (monotonic)
+        self._due: OrderedDict[int, float] = OrderedDict()  # run ID -> when its latest wake-up is handed out
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -211,23 +232,33 @@ class RunEventWaiter:
         self.notify(run_id)
 
     def notify(self, run_id: int) -> None:
-        """Wake every wait sleeping for ``run_id``; with none, keep the wake-up for the next one (TTL)."""
+        """Wake every wait sleeping for ``run_id``; with none, keep the wake-up for the next one (TTL). Debounced:
+        see the module's docstring."""
         now = time.monotonic()
         with self._lock:
+            due = self._due.get(run_id)
+            if due is not None and now <= due:
+                return  # a wake-up is already due after this event: its read covers it
+            self._due.pop(run_id, None)
+            self._due[run_id] = (
+                now if due is None or now - due >= self.debounce_seconds else due + self.debounce_seconds
+            )
+            _trim(self._due, now - self.debounce_seconds)  # wake-ups older than the debounce hold nothing back
             slots = self._slots.get(run_id)
             if not slots:
                 self._pending.pop(run_id, None)
                 self._pending[run_id] = now + self.pending_ttl_seconds
-                while self._pending:
-                    oldest, expires = next(iter(self._pending.items()))
-                    if expires > now and len(self._pending) <= MAX_PENDING:
-                        break
-                    del self._pending[oldest]
+                _trim(self._pending, now)
                 return
             woken = list(slots)
         self.wakeups += len(woken)
         for slot in woken:
             slot.wake()
+
+    def sleeping(self, run_id: int) -> int:
+        """How many waits sleep on ``run_id`` right now."""
+        with self._lock:
+            return len(self._slots.get(run_id, ()))
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -236,42 +267,70 @@ class RunEventWaiter:
         for slot in woken:
             slot.wake()
 
-    def _take_pending(self, run_id: int) -> bool:
-        """Under the lock: a kept wake-up for ``run_id`` (handed out once)."""
-        expires = self._pending.pop(run_id, None)
-        return expires is not None and expires > time.monotonic()
+    def _register(self, run_id: int, slot: _Slot) -> bool:
+        """``True`` if a wake-up for ``run_id`` was kept (handed out once), else ``slot`` waits for the next one.
+        Both under one lock: an event cannot slip between the check and the registration."""
+        with self._lock:
+            expires = self._pending.pop(run_id, None)
+            if expires is not None and expires > time.monotonic():
+                return True
+            self._slots.setdefault(run_id, set()).add(slot)
+            return False
+
+    def _hold(self, run_id: int, end: float) -> tuple[float, bool]:
+        """How long a wait woken for ``run_id`` sleeps on before it reads the run (until its wake-up is due: the
+        debounce), at most until ``end``, the end of its sleep; and whether the wake-up is kept for its next sleep
+        because the sleep ends first (events after that read are covered by the wake-up still due)."""
+        now = time.monotonic()
+        with self._lock:
+            due = self._due.get(run_id)
+            if due is None or due <= now:
+                return 0.0, False
+            if due <= end:
+                return due - now, False
+            self._pending.pop(run_id, None)
+            self._pending[run_id] = now + self.pending_ttl_seconds
+            return max(0.0, end - now), True
 
     # -- the Waker protocol ---------------------------------------------------------------------------------
 
     def wait(self, run_id: int, seconds: float) -> bool:
         """Sleep up to ``seconds``; ``True`` as soon as ``run_id``'s terminal event arrives (or had arrived)."""
+        end = time.monotonic() + max(0.0, seconds)
         slot = _Slot(event=threading.Event())
-        with self._lock:  # register and check the cache at once: an event cannot slip between the two
-            if self._take_pending(run_id):
-                return True
-            self._slots.setdefault(run_id, set()).add(slot)
-        try:
-            assert slot.event is not None
-            return slot.event.wait(max(0.0, seconds)) and not self._stopping.is_set()
-        finally:
-            self._unregister(run_id, slot)
+        woken = self._register(run_id, slot)
+        if not woken:
+            try:
+                assert slot.event is not None
+                woken = slot.event.wait(max(0.0, seconds)) and not self._stopping.is_set()
+            finally:
+                self._unregister(run_id, slot)
+        if woken:
+            hold, kept = self._hold(run_id, end)
+            self._stopping.wait(hold)
+            woken = not kept
+        return woken and not self._stopping.is_set()
 
     async def await_wake(self, run_id: int, seconds: float) -> bool:
         """The asyncio twin of :meth:`wait` (many waits on one loop share the one subscription)."""
+        end = time.monotonic() + max(0.0, seconds)
         loop = asyncio.get_running_loop()
         slot = _Slot(loop=loop, future=loop.create_future())
-        with self._lock:
-            if self._take_pending(run_id):
-                return True
-            self._slots.setdefault(run_id, set()).add(slot)
-        try:
-            assert slot.future is not None
-            done, _ = await asyncio.wait({slot.future}, timeout=max(0.0, seconds))
-            return bool(done) and not self._stopping.is_set()
-        finally:
-            self._unregister(run_id, slot)
-            if slot.future is not None and not slot.future.done():
-                slot.future.cancel()
+        woken = self._register(run_id, slot)
+        if not woken:
+            try:
+                assert slot.future is not None
+                done, _ = await asyncio.wait({slot.future}, timeout=max(0.0, seconds))
+                woken = bool(done) and not self._stopping.is_set()
+            finally:
+                self._unregister(run_id, slot)
+                if slot.future is not None and not slot.future.done():
+                    slot.future.cancel()
+        if woken:
+            hold, kept = self._hold(run_id, end)
+            await asyncio.sleep(hold)
+            woken = not kept
+        return woken and not self._stopping.is_set()
 
     def _unregister(self, run_id: int, slot: _Slot) -> None:
         with self._lock:

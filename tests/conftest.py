@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,10 @@ import pytest  # noqa: E402
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RetryPolicy  # noqa: E402
 from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec  # noqa: E402
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator, default_spec_path, load_default_validator  # noqa: E402
+from dbt_cloud_gate.receiver import DEFAULT_PATH  # noqa: E402
+from dbt_cloud_gate.receiver_guard import ConnectionLimits, guarded_config  # noqa: E402
 from dbt_cloud_gate.stack.embedded import AlertSink  # noqa: E402
+from dbt_cloud_gate.stack.services import free_port  # noqa: E402
 
 TOKEN = "tok_sEcReT_0123456789abcdef"
 ACCOUNT = 4242
@@ -132,3 +137,30 @@ def webhook() -> Iterator[AlertSink]:
     receiver = AlertSink()
     yield receiver
     receiver.close()
+
+
+class Served:
+    """A receiver app on a loopback port, in a thread, with the command line's uvicorn settings and ``limits``."""
+
+    def __init__(self, app: Any, limits: ConnectionLimits | None = None) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        config = guarded_config(
+            app, host="127.0.0.1", port=self.port, limits=limits or ConnectionLimits(), log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}{DEFAULT_PATH}"
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the receiver did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

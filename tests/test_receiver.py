@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prefect.events import Event
 
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
@@ -41,7 +39,8 @@ from dbt_cloud_gate.receiver import (
     create_app,
     secrets_from_env,
 )
-from dbt_cloud_gate.stack.services import PrefectServer, free_port
+from dbt_cloud_gate.stack.services import PrefectServer
+from tests.conftest import Served
 
 # The async tests run on anyio's pytest plugin (installed with httpx), on asyncio.
 pytestmark = pytest.mark.anyio
@@ -257,28 +256,6 @@ def test_cli_refuses_to_start_without_a_prefect_server_or_a_secret() -> None:
 
 
 # -- over loopback ------------------------------------------------------------------------------------------
-
-
-class Served:
-    """The receiver app on a loopback port, in a thread (uvicorn)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}{DEFAULT_PATH}"
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def test_the_emulator_delivers_to_the_receiver_over_loopback(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import threading
 import time
@@ -14,18 +15,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prefect.events import Event
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RunStatus
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
+from dbt_cloud_gate.dbtcloud_api.webhooks import delivery_payload, parse_delivery
 from dbt_cloud_gate.errors import DbtCloudRunCancelled
+from dbt_cloud_gate.events import webhook_event
 from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.receiver import PrefectEventsEmitter, ReceiverConfig, create_app
 from dbt_cloud_gate.stack.services import PrefectServer
 from dbt_cloud_gate.waiter import RunEventWaiter, stop_webhook_waiters, webhook_waiter, webhook_waits_unavailable
-from tests.conftest import ACCOUNT, TOKEN
-from tests.test_receiver import Served
+from tests.conftest import ACCOUNT, TOKEN, Served
 
 # -- the hand-off rules (no server: notify() is what an event does) ---------------------------------------------
 
@@ -75,6 +78,64 @@ def test_async_waits_share_the_waiter_and_a_reconnect_wakes_them_all() -> None:
 
     assert asyncio.run(main()) == [True, True, True]
     assert asyncio.run(waiter.await_wake(1, 0.05)) is False
+
+
+def test_wake_ups_for_one_run_are_debounced_and_none_is_lost() -> None:
+    waiter = RunEventWaiter("http://unused", debounce_seconds=0.5)
+    reads: list[float] = []
+    done = threading.Event()
+
+    def wait_loop() -> None:  # what a webhook wait does: sleep on the waiter, read the run when woken
+        while not done.is_set():
+            if waiter.wait(7, 0.2):
+                reads.append(time.monotonic())
+
+    thread = threading.Thread(target=wait_loop)
+    thread.start()
+    started = time.monotonic()
+    for n in range(50):  # 50 events in 0.9 s (under twice the debounce, as 50 in 5 s are with the default 3 s)
+        time.sleep(max(0.0, started + n * 0.018 - time.monotonic()))
+        waiter.notify(7)
+    time.sleep(0.8)
+    quiet_event = time.monotonic()  # after a quiet spell longer than the debounce, an event wakes at once
+    waiter.notify(7)
+    time.sleep(0.3)
+    done.set()
+    thread.join(2)
+    burst = [t - started for t in reads if t < quiet_event]
+    assert 2 <= len(burst) <= 3, burst  # at 0, 0.5 and 1.0 s: never one read per event
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(burst)), burst
+    assert burst[-1] > 0.95  # the last events of the burst were not dropped: a read came after them
+    assert len(reads) == len(burst) + 1 and reads[-1] - quiet_event < 0.1
+
+
+def test_async_waits_are_debounced_and_events_for_runs_nobody_waits_on_wake_nobody() -> None:
+    waiter = RunEventWaiter("http://unused", debounce_seconds=0.4)
+
+    async def main() -> list[float]:
+        reads: list[float] = []
+        stop = time.monotonic() + 1.2
+
+        async def wait_loop() -> None:
+            while time.monotonic() < stop:
+                if await waiter.await_wake(3, 0.1):
+                    reads.append(time.monotonic())
+
+        task = asyncio.create_task(wait_loop())
+        started = time.monotonic()
+        for i in range(40):  # 40 events for the waited run, 1,000 for runs nobody waits on, in 0.3 s
+            await asyncio.sleep(max(0.0, started + i * 0.0075 - time.monotonic()))
+            waiter.notify(3)
+            for other in range(25):
+                waiter.notify(100_000 + i * 25 + other)
+        await task
+        return reads
+
+    reads = asyncio.run(main())
+    assert 1 <= len(reads) <= 2, reads  # at 0 and 0.4 s
+    assert waiter.wakeups == len(reads)  # the other runs' events woke nothing
+    assert waiter.wait(100_000, 1) is True  # and are kept, once each, for a wait that comes later
+    assert waiter.wait(100_000, 0.05) is False
 
 
 def test_webhook_waits_need_a_prefect_server_of_their_own() -> None:
@@ -222,6 +283,59 @@ def test_fan_out_waits_share_one_subscription(webhook_path: EmulatorServer) -> N
     assert waiter is not None and waiter.connections == 1  # one subscription served the three waits
     runs = [r.id for job in (11, 12) for r in emulator.emulator.runs_of(job)]
     assert len(runs) == 3 and all(1 <= run_reads(emulator, run_id) <= 2 for run_id in runs)
+
+
+@pytest.mark.slow
+def test_fifty_forged_events_in_five_seconds_cause_at_most_three_reads(
+    webhook_path: EmulatorServer, prefect_server: str
+) -> None:
+    emulator = webhook_path
+    emulator.emulator.set_job(11, run_seconds=14.0)
+    before = {r.id for r in emulator.emulator.runs_of(11)}
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"] = run_dbt_cloud_job(
+            11, creds(emulator), webhooks=True, fallback_poll_seconds=60, max_wait_seconds=60
+        )
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+    thread.start()
+    waiter = webhook_waiter()
+    assert waiter is not None
+    deadline = time.monotonic() + 20
+    while not (new := [r.id for r in emulator.emulator.runs_of(11) if r.id not in before]) or not waiter.sleeping(
+        new[0]
+    ):
+        assert time.monotonic() < deadline, "the wait never slept on its run"
+        time.sleep(0.05)
+    run_id = new[0]
+    nobody = 999_999_001  # a run nobody waits on: its events must cost nothing
+
+    def forged(run: int, n: int) -> Event:
+        payload = delivery_payload(
+            "job.run.completed", account_id=ACCOUNT, run_id=run, job_id=11, run_status_code=10, event_id=f"wev_f{n}"
+        )
+        return webhook_event(parse_delivery(payload))
+
+    async def forge() -> None:  # straight to Prefect, as anyone who can post to its API could: 50 in 4.9 s
+        emitter = PrefectEventsEmitter(prefect_server)
+        for n in range(50):
+            await asyncio.sleep(max(0.0, first + n * 0.1 - time.monotonic()))
+            await asyncio.gather(emitter(forged(run_id, n)), emitter(forged(nobody, 100 + n)))
+        assert time.monotonic() - first < 5.5
+        await emitter.aclose()
+
+    first = time.monotonic()
+    asyncio.run(forge())
+    time.sleep(max(0.0, first + 8.0 - time.monotonic()))  # past the last held wake-up (about 6 s after the first)
+    reads = run_reads(emulator, run_id)
+    assert 1 <= reads <= 3, f"50 forged events caused {reads} reads of the run"
+    assert run_reads(emulator, nobody) == 0
+    thread.join(timeout=40)
+    result = outcome["result"]
+    assert result.run_id == run_id and result.status == "Success"  # the real end was still seen by its webhook
+    assert run_reads(emulator, run_id) <= reads + 1  # the real end: one read more
 
 
 # -- a run started elsewhere (what the event-triggered deployment passes) ----------------------------------------

@@ -139,7 +139,7 @@ def test_older_and_other_shapes_parse() -> None:
     ("body", "problem"),
     [
         (b"", "not JSON"),
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
         (b'{"accountId": NaN}', "not JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'"text"', "not a JSON object"),

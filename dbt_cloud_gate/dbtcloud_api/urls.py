@@ -12,14 +12,33 @@ DEFAULT_ACCESS_URL = "https://cloud.getdbt.com"
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    """Whether ``host`` is a loopback literal: ``localhost``, an address in 127.0.0.0/8, or ``::1``.
+
+    Only these exact forms: ``evil.localhost``, ``localhost.``, ``127.1`` or a name that merely resolves to
+    127.0.0.1 are not loopback here (a resolver or a proxy may send them anywhere).
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_transport(scheme: str, host: str, *, what: str, risk: str) -> None:
+    """The one scheme rule for every URL we send to: ``https``, or plain ``http`` for a loopback literal only
+    (:func:`is_loopback_host`). ``what`` names the URL and ``risk`` what plain http would expose, for the error.
+    """
+    if scheme == "https":
+        return
+    if scheme != "http":
+        raise DbtCloudConfigError(f"{what} must start with https://.")
+    if not is_loopback_host(host):
+        raise DbtCloudConfigError(
+            f"{what} uses plain http://, which {risk}: use https:// (plain http is allowed only for localhost, "
+            "127.0.0.0/8 or ::1, written as such)."
+        )
 
 
 _CHARACTER_NAMES = {
@@ -90,14 +109,7 @@ def normalize_access_url(value: str) -> str:
             f"The dbt Cloud access URL {raw!r} must be just the host (e.g. https://cloud.getdbt.com), "
             "without a path such as /api/v2 or a query."
         )
-    if scheme == "http":
-        if not is_loopback_host(host):
-            raise DbtCloudConfigError(
-                f"The dbt Cloud access URL {raw!r} uses plain http://, which would send the API token "
-                "unencrypted: use https:// (plain http is allowed only for a local emulator on loopback)."
-            )
-    elif scheme != "https":
-        raise DbtCloudConfigError(f"The dbt Cloud access URL {raw!r} must start with https://.")
+    check_transport(scheme, host, what=f"The dbt Cloud access URL {raw!r}", risk="would send the API token unencrypted")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"

@@ -26,7 +26,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
 from dbt_cloud_gate.dbtcloud_api.models import RunStatus
-from dbt_cloud_gate.dbtcloud_api.urls import describe_character, is_loopback_host
+from dbt_cloud_gate.dbtcloud_api.urls import check_transport, describe_character
 
 SIGNATURE_HEADER = "Authorization"
 EVENT_STARTED = "job.run.started"
@@ -38,6 +38,7 @@ EventKind = Literal["started", "completed", "errored"]
 MAX_BODY_BYTES = 64 * 1024
 _MAX_ID = 2**63 - 1
 _MAX_TEXT = 4096
+_SHORT_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 class WebhookPayloadError(ValueError):
@@ -122,18 +123,22 @@ def _lenient_time(value: Any) -> datetime | None:
 
 
 def _optional_int(value: Any) -> int | None:
-    if value is None or value == "" or isinstance(value, bool):
+    """An informational integer (``runStatusCode``): an int or a string of digits in 64 bits, else ``None``."""
+    if isinstance(value, str):
+        value = int(value) if _SHORT_INTEGER.fullmatch(value.strip()) else None
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
+    return value if -_MAX_ID <= value <= _MAX_ID else None
 
 
 def _optional_text(value: Any) -> str | None:
-    if value is None:
+    """Informational text, cut to 4096 characters; a scalar is written as text, a list or an object is ``None``
+    (``str()`` of a deeply nested one would recurse). A lone surrogate (``"\\ud800"``) becomes ``?``: it cannot
+    be stored or sent as UTF-8."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
-    return str(value)[:_MAX_TEXT]
+    text = value[:_MAX_TEXT] if isinstance(value, str) else str(value)[:_MAX_TEXT]
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _required_text(value: Any) -> str:
@@ -231,15 +236,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _decode(body: bytes | str) -> Any:
+    """The JSON document of a raw body: UTF-8 only (dbt Cloud sends nothing else; ``json.loads`` would also take
+    UTF-16 and a byte order mark), no ``NaN``/``Infinity``, nesting within the interpreter's recursion limit."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+    except UnicodeDecodeError:
+        raise WebhookPayloadError("The body is not UTF-8 text, so it is not a dbt Cloud webhook delivery.") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise WebhookPayloadError("The body's JSON is nested too deeply for a dbt Cloud webhook delivery.") from None
+    except ValueError:  # also a byte order mark, and integers over 4,300 digits
+        raise WebhookPayloadError("The body is not JSON, so it is not a dbt Cloud webhook delivery.") from None
+
+
 def parse_delivery(body: bytes | str | Mapping[str, Any]) -> WebhookDelivery:
-    """Read a delivery from its raw body (or an already decoded object). Raises :class:`WebhookPayloadError`."""
-    if isinstance(body, Mapping):
-        document: Any = dict(body)
-    else:
-        try:
-            document = json.loads(body, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError):
-            raise WebhookPayloadError("The body is not JSON, so it is not a dbt Cloud webhook delivery.") from None
+    """Read a delivery from its raw body (or an already decoded object). Raises :class:`WebhookPayloadError`
+    for anything that is not a delivery, whatever its size, nesting, encoding or types."""
+    document: Any = dict(body) if isinstance(body, Mapping) else _decode(body)
     if not isinstance(document, dict):
         raise WebhookPayloadError("The body is not a JSON object, so it is not a dbt Cloud webhook delivery.")
     try:
@@ -383,13 +398,14 @@ def check_client_url(value: object) -> str:
         if char.isspace() or not char.isprintable():
             raise DbtCloudConfigError(f"The webhook receiver URL contains {describe_character(char)}.")
     parts = urlsplit(text)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if not parts.hostname:
         raise DbtCloudConfigError(f"The webhook receiver URL must be https://host/path, got {text!r}.")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise DbtCloudConfigError(
-            f"The webhook receiver URL {text!r} is plain http: dbt Cloud's deliveries must reach it over https "
-            "(put the receiver behind a TLS proxy)."
-        )
+    check_transport(
+        parts.scheme,
+        parts.hostname,
+        what=f"The webhook receiver URL {text!r}",
+        risk="dbt Cloud does not deliver to (put the receiver behind a TLS proxy)",
+    )
     if parts.username or parts.password:
         raise DbtCloudConfigError("The webhook receiver URL must not carry credentials.")
     return text

@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, cast
 
@@ -315,19 +315,27 @@ class Worker(_Service):
 
 class WebhookReceiver(_Service):
     """``python -m dbt_cloud_gate.receiver serve`` on 127.0.0.1: verifies dbt Cloud's deliveries with the secrets
-    of the ``Secret`` block ``secret_block`` and posts them as events to the server of ``env``'s PREFECT_API_URL.
+    of the ``Secret`` block ``secret_block`` (or of ``env``'s ``DBT_CLOUD_WEBHOOK_SECRET(S)``) and posts them as
+    events to the server of ``env``'s PREFECT_API_URL; ``extra_args`` go to ``serve`` as they are.
 
     ``url`` is what a webhook subscription points at. Start it after the block holds a secret (the receiver
     refuses to start without one); it reloads the block when a signature matches none of the secrets it has.
     Its durable outbox is ``outbox``, by default beside the log (the stack's state folder)."""
 
     def __init__(
-        self, env: Mapping[str, str], log_path: Path, secret_block: str, port: int = 0, outbox: Path | None = None
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        secret_block: str | None,
+        port: int = 0,
+        outbox: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.env = dict(env)
         self.log_path = log_path
         self.secret_block = secret_block
         self.outbox = outbox or log_path.parent / "receiver-outbox.sqlite3"
+        self.extra_args = list(extra_args)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}{DEFAULT_PATH}"
         self.health_url = f"http://127.0.0.1:{self.port}/healthz"
@@ -336,8 +344,9 @@ class WebhookReceiver(_Service):
         """Start the receiver and wait until its health endpoint answers."""
         if not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use: choose another for the webhook receiver")
-        args = ["--host", "127.0.0.1", "--port", str(self.port), "--secret-block", self.secret_block]
-        args += ["--outbox", str(self.outbox)]
+        args = ["--host", "127.0.0.1", "--port", str(self.port), "--outbox", str(self.outbox), *self.extra_args]
+        if self.secret_block is not None:
+            args += ["--secret-block", self.secret_block]
         self._start_healthy(
             [sys.executable, "-m", "dbt_cloud_gate.receiver", "serve", *args],
             self.env,
