@@ -167,7 +167,7 @@ def check_targets(
     except Exception as exc:  # a lost connection, a statement timeout: the loads would meet it too
         found.add(
             "snowflake",
-            f"the checks stopped on {type(exc).__name__}: {exc}".replace("\n", " "),
+            f"the checks stopped on {type(exc).__name__}: {str(exc).rstrip('.')}.".replace("\n", " "),
             "check that Snowflake answers on this connector, then run again (load.preflight=false skips the checks).",
         )
     finally:
