@@ -12,6 +12,7 @@
     │   ├── DbtCloudJobAlreadyRunning   if_running="fail" and a run is in flight
     │   └── DbtCloudNativeScheduleOn    native_schedule="fail" and the job's own schedule is on
     ├── EtlFailed                   one or more loads or pipelines failed; the message names each
+    ├── PreflightFailed             the checks before the trigger found problems (nothing triggered); problems
     ├── StaleDataError              a load refused: its data would be stale or unverified
     │   ├── InvalidRowsError        rows no load can take, under on_invalid_rows="fail"
     │   └── DeletesRefused          a reconcile's deletes refused (another source, an empty source, the ceiling)
@@ -39,6 +40,7 @@ __all__ = [
     "EtlFailed",
     "InvalidRowsError",
     "LoadLockTimeout",
+    "PreflightFailed",
     "StaleDataError",
 ]
 
@@ -112,6 +114,18 @@ class DbtCloudNativeScheduleOn(DbtCloudStartRefused):
 
 class EtlFailed(DbtCloudGateError):
     """One or more loads (or pipelines) failed; the message names each."""
+
+
+class PreflightFailed(DbtCloudGateError):
+    """The checks of the load targets before the trigger found problems; nothing was triggered. ``problems`` holds
+    one line per problem, naming the parameter, the object and the fix."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.problems))
 
 
 class StaleDataError(DbtCloudGateError):

@@ -4,7 +4,7 @@
 - :class:`StartSettings`: how to start one (a run in flight, the job's own schedule, a rerun, a run started
   elsewhere).
 - :class:`TriggerOverrides`: every override of dbt Cloud's trigger endpoint, the one list of them.
-- :class:`LoadSettings`: how the Snowflake loads run (lookback, timeouts, audit table, guards).
+- :class:`LoadSettings`: how the Snowflake loads run (lookback, timeouts, audit table, guards, preflight).
 - :class:`ReconcileSettings`: what a reconcile may change (deletes, their ceiling, a dry run).
 
 Each is frozen; ``WAIT``, ``START``, ``NO_OVERRIDES``, ``LOAD`` and ``RECONCILE`` are the defaults the flows' signatures use, so
@@ -175,6 +175,12 @@ class LoadSettings(_Settings):
     )
     check_model_built: bool = Field(
         default=True, description="Refuse to load a target whose source model did not build in the run."
+    )
+    preflight: bool = Field(
+        default=True,
+        description="Before the dbt job is triggered, check every target (connection, tables, columns and types, "
+        "rights, and with check_model_built that the job builds source_model): any problem fails the flow, "
+        "naming each, and nothing is triggered. A few metadata statements and two dbt Cloud requests per job.",
     )
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from dbt_cloud_gate.errors import DbtCloudRunError, EtlFailed
 from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.loads import attempt_each
 from dbt_cloud_gate.models import EtlPipeline, EtlSummary, LoadTarget
+from dbt_cloud_gate.preflight import PreflightItem
 from dbt_cloud_gate.publish import publish_etl_report
 from dbt_cloud_gate.settings import (
     LOAD,
@@ -36,6 +37,7 @@ from dbt_cloud_gate.settings import (
     WaitSettings,
 )
 from dbt_cloud_gate.sync_flow import gate_flow
+from dbt_cloud_gate.tasks.preflight import preflight_loads
 from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
 
 __all__ = ["dbt_cloud_etl", "dbt_cloud_etl_many"]
@@ -70,15 +72,19 @@ def dbt_cloud_etl(
         wait: How to wait for the run (polling, deadline, webhooks).
         start: How to start it (a run in flight, the job's own schedule, a rerun, a run started elsewhere: what a
             deployment trigger on the run's webhook event passes as start.run_id).
-        load: How the loads run (lookback, lock and statement timeouts, audit table, guards).
+        load: How the loads run (lookback, lock and statement timeouts, audit table, guards, and the preflight
+            that checks every target before the job is triggered).
         alert_blocks: Notification blocks alerted when the run fails, as type-slug/name.
     """
     log = get_run_logger()
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to load after the dbt run.")
     name = pipeline or f"dbt-job-{job_id}"
-    # Before the dbt run is triggered: a connector that cannot be loaded must not cost a run.
+    # Before the dbt run is triggered: a connector that cannot be loaded, or a target the loads would refuse, must
+    # not cost a run.
     connector = resolve_connector(snowflake)
+    if load.preflight:
+        preflight_loads(connector, credentials, [PreflightItem("targets", job_id, targets)], load, what=name)
     dbt = run_dbt_cloud_job(
         job_id, credentials, cause=cause, trigger=trigger, wait=wait, start=start, alert_blocks=alert_blocks
     )
@@ -130,19 +136,26 @@ def dbt_cloud_etl_many(
         wait: How to wait for each run (polling, deadline, webhooks).
         start: How to start each run (a run in flight, the jobs' own schedules; a rerun or run_id names one run
             and is refused here).
-        load: How the loads run (lookback, lock and statement timeouts, audit table, guards).
+        load: How the loads run (lookback, lock and statement timeouts, audit table, guards, and the preflight
+            that checks every pipeline's targets before any job is triggered).
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
     """
     if not pipelines:
         raise ValueError("pipelines is empty.")
     if start.run_id is not None or start.retry_failed_run_id is not None:
         raise ValueError("start.run_id and start.retry_failed_run_id name one run: use dbt_cloud_etl for them.")
+    if load.preflight:
+        # Every pipeline at once, before any is triggered: one pipeline's mistake must not cost the others' runs.
+        items = [
+            PreflightItem(f"pipelines[{i}].targets", item.job_id, item.targets) for i, item in enumerate(pipelines)
+        ]
+        preflight_loads(resolve_connector(snowflake), credentials, items, load, what=f"{len(pipelines)} pipeline(s)")
     options: dict[str, Any] = {
         "credentials": credentials,
         "trigger": trigger,
         "wait": wait,
         "start": start,
-        "load": load,
+        "load": load.model_copy(update={"preflight": False}),  # checked above
         "alert_blocks": alert_blocks,
     }
     futures = [etl_pipeline.submit(item, snowflake, options) for item in pipelines]

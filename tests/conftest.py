@@ -164,3 +164,15 @@ class Served:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def snowflake(tmp_path: Path) -> Iterator[Any]:
+    """A fakesnow server holding the demo's tables (``seed_demo_tables``), with 4 new source orders; its
+    prefect-snowflake ``SnowflakeConnector``."""
+    from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+
+    with fakesnow_server(db_path=str(tmp_path)) as settings:
+        connector = fakesnow_connector(settings)
+        seed_demo_tables(connector, new_rows=4)
+        yield connector

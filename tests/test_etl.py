@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,21 +23,14 @@ from dbt_cloud_gate.flows.demo import DEMO_TARGETS
 from dbt_cloud_gate.flows.etl import dbt_cloud_etl, dbt_cloud_etl_many
 from dbt_cloud_gate.flows.reconcile import dbt_cloud_reconcile
 from dbt_cloud_gate.models import EtlPipeline, EtlSummary
-from dbt_cloud_gate.stack.embedded import fakesnow_connector, fakesnow_server, seed_demo_tables
+from dbt_cloud_gate.settings import LoadSettings
+from dbt_cloud_gate.stack.embedded import seed_demo_tables
 from tests.conftest import ACCOUNT, TOKEN, AlertSink
 from tests.test_flow import FAST, creds, saved_webhook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 ORDERS, CUSTOMERS = DEMO_TARGETS  # the quickstart's targets: orders and customers
-
-
-@pytest.fixture
-def snowflake(tmp_path: Path) -> Iterator[SnowflakeConnector]:
-    with fakesnow_server(db_path=str(tmp_path)) as settings:
-        connector = fakesnow_connector(settings)
-        seed_demo_tables(connector, new_rows=4)
-        yield connector
 
 
 def count(connector: SnowflakeConnector, table: str, where: str = "", params: dict[str, Any] | None = None) -> int:
@@ -172,8 +163,10 @@ def test_a_late_row_is_loaded_by_the_next_cycle(emulator: EmulatorServer, snowfl
 
 def test_one_failing_target_does_not_stop_the_others(emulator: EmulatorServer, snowflake: SnowflakeConnector) -> None:
     missing = ORDERS.model_copy(update={"name": "missing", "target_table": "ANALYTICS.MARTS.NO_SUCH_TABLE"})
+    # A table that goes missing after the preflight (here: none ran) fails its load only.
+    unchecked = LoadSettings(preflight=False)
     with pytest.raises(EtlFailed, match=r"1 of 2 load\(s\) of .* failed: missing: ProgrammingError") as info:
-        dbt_cloud_etl(11, [missing, ORDERS], snowflake, creds(emulator), pipeline="partial", **FAST)
+        dbt_cloud_etl(11, [missing, ORDERS], snowflake, creds(emulator), pipeline="partial", load=unchecked, **FAST)
     assert "orders" not in str(info.value).split("failed:")[1]
     assert count(snowflake, "ANALYTICS.MARTS.ORDERS") == 4
     with get_client(sync_client=True) as client:
@@ -202,7 +195,11 @@ def test_a_retry_after_a_partial_failure_finishes_the_loads_on_the_same_run(
     @flow(retries=1, retry_delay_seconds=0)
     def nightly() -> EtlSummary:
         try:
-            return dbt_cloud_etl(11, [ORDERS, copy], snowflake, creds(emulator), pipeline="retry", **FAST)
+            # No preflight: it would refuse the missing table before the run; a load-time failure is the case here.
+            unchecked = LoadSettings(preflight=False)
+            return dbt_cloud_etl(
+                11, [ORDERS, copy], snowflake, creds(emulator), pipeline="retry", load=unchecked, **FAST
+            )
         except EtlFailed as exc:
             attempts.append(str(exc))
             # What an operator fixes between the attempts: the missing table.
