@@ -79,6 +79,9 @@ def dbt_cloud_etl(
     name = pipeline or f"dbt-job-{job_id}"
     # Before the dbt run is triggered: a connector that cannot be loaded must not cost a run.
     connector = resolve_connector(snowflake)
+    if load.check_model_built and not wait.model_results:  # the guard is a consumer of the per-model results
+        log.info("wait.model_results is off, but load.check_model_built needs the per-model results: reading them.")
+        wait = wait.model_copy(update={"model_results": True})
     dbt = run_dbt_cloud_job(
         job_id, credentials, cause=cause, trigger=trigger, wait=wait, start=start, alert_blocks=alert_blocks
     )
