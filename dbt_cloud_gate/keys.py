@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -36,24 +37,59 @@ def key_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient |
     job in one parent get two scopes; two calls with equal parameters from tasks of one flow run share one.
     Outside a flow run the scope is unique to this call (``adhoc-<uuid>``).
     """
+    return run_tree_scope(flow_run_id, client).scope
+
+
+@dataclass(frozen=True)
+class RunTreeScope:
+    """:func:`key_scope`'s answer, and what the same walk up the run tree proved: ``first_attempt`` is True only
+    when no earlier attempt anywhere in the tree can have triggered a run carrying a key of this scope."""
+
+    scope: str
+    first_attempt: bool = False
+
+
+def run_tree_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient | None = None) -> RunTreeScope:
+    """:func:`key_scope`, with whether this is the tree's first attempt at this place (no extra request).
+
+    ``first_attempt`` holds when the flow run and every flow run above it entered Running once (``run_count``
+    1: a retry of any of them, a deployment's re-run of a flow run, a process rescheduled after a crash each
+    count again), none was ever paused or suspended (a resumed flow run re-runs from the top without counting,
+    but keeps its pause keys), none was rescheduled, and every hop is numbered in call order (a subflow called
+    from a task shares its scope with an equal call, and a retried task re-runs it with a new flow run). In any
+    doubt (an unreadable tree, a depth past the limit) it is False: the caller searches for the key.
+    """
     owner = flow_run_id or runtime_flow_run.get_id()
     if not owner:
-        return f"adhoc-{uuid.uuid4()}"
+        return RunTreeScope(f"adhoc-{uuid.uuid4()}")
     if client is None:
         try:
             with get_client(sync_client=True) as own:
-                return key_scope(owner, own)
+                return run_tree_scope(owner, own)
         except Exception as exc:  # no Prefect API at hand: this flow run's own retries still find the run
             _LOG.warning("Could not read the Prefect run tree (%s); keying dbt Cloud runs on flow run %s.", exc, owner)
-            return str(owner)
+            return RunTreeScope(str(owner))
     hops: list[str] = []
+    first = True
+    reached_root = False
     for current, tracking in flow_runs_upwards(client, owner):
+        first = first and _entered_running_once(current)
         if tracking is not None:
             hops.append(_hop_name(tracking, current.parameters or {}))
+            first = first and str(tracking.dynamic_key).isdigit()
+        reached_root = tracking is None
+    first = first and reached_root
     if not hops:
-        return str(current.id)
+        return RunTreeScope(str(current.id), first)
     digest = hashlib.sha256("/".join(reversed(hops)).encode()).hexdigest()[:12]
-    return f"{current.id}.{digest}"
+    return RunTreeScope(f"{current.id}.{digest}", first)
+
+
+def _entered_running_once(flow_run: FlowRun) -> bool:
+    """Whether ``flow_run`` runs its first and only attempt: Running entered once, never paused, suspended or
+    rescheduled (Prefect does not count a resume from a suspension as a new run; its pause keys stay)."""
+    policy = flow_run.empirical_policy
+    return flow_run.run_count == 1 and not policy.pause_keys and not policy.resuming and policy.retry_type is None
 
 
 # A run tree deeper than this is not a real one: the walk up stops there.

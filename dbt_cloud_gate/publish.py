@@ -19,9 +19,12 @@ from dbt_cloud_gate.models import DbtCloudRunSummary, EtlSummary, LoadReport
 from dbt_cloud_gate.outcomes import Outcome
 
 
-async def publish_run(result: DbtCloudRunSummary, outcome: Outcome, run: Run | None) -> None:
+async def publish_run(
+    result: DbtCloudRunSummary, outcome: Outcome, run: Run | None, *, models_read: bool = True
+) -> None:
     """Artifacts (link, summary, models), created at once rather than one after the other, and the event that
-    Automations route on (sent in the background)."""
+    Automations route on (sent in the background). ``models_read`` False: the per-model results were not read
+    (``WaitSettings.model_results`` off), and the models artifact says so."""
     emit_run_event(result, outcome)
     key = f"dbt-cloud-job-{result.job_id}"
     link = acreate_link_artifact(
@@ -62,7 +65,15 @@ async def publish_run(result: DbtCloudRunSummary, outcome: Outcome, run: Run | N
             }
             for m in result.models
         ]
-        or [{"model": "(no run_results.json)", "type": "", "status": result.status, "seconds": None, "message": ""}],
+        or [
+            {
+                "model": "(no run_results.json)" if models_read else "(not read: wait.model_results is off)",
+                "type": "",
+                "status": result.status,
+                "seconds": None,
+                "message": "",
+            }
+        ],
         description=f"Models of dbt Cloud run {result.run_id}",
     )
     await asyncio.gather(link, summary, models)

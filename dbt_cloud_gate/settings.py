@@ -43,8 +43,9 @@ __all__ = [
     "WaitSettings",
 ]
 
-# With webhooks on, a cancelled run sends no webhook: this safety-net poll sees it at most this late.
-DEFAULT_FALLBACK_POLL_SECONDS = 120.0
+# With webhooks on, a cancelled run sends no webhook: this safety-net poll sees it at most this late (a cancel
+# within 30 s, as polling's longest gap, at one read per 30 s of run time; see the README's webhooks section).
+DEFAULT_FALLBACK_POLL_SECONDS = 30.0
 
 
 class _Settings(BaseModel):
@@ -79,7 +80,15 @@ class WaitSettings(_Settings):
     fallback_poll_seconds: Seconds = Field(
         default=DEFAULT_FALLBACK_POLL_SECONDS,
         description="With webhooks, also poll this often: the safety net for a cancelled run (no webhook), a lost "
-        "delivery or a receiver that is down.",
+        "delivery or a receiver that is down. The default, 30 s, sees a cancel as late as polling would, at one "
+        "read per 30 s of run time.",
+    )
+    model_results: bool = Field(
+        default=True,
+        description="Read the finished run's per-model results (run_results.json, one request per step that "
+        "builds models) for the result's models, the models artifact and the ETL's check_model_built guard "
+        "(which reads them whatever this says). Off: one request fewer per run; models empty, and the artifact "
+        "says they were not read.",
     )
 
     def bounded_by(self, seconds: float) -> WaitSettings:

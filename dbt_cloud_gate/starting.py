@@ -30,7 +30,9 @@ from dbt_cloud_gate.dbtcloud_api.errors import (
 from dbt_cloud_gate.dbtcloud_api.models import (
     RECENT_RUNS_INCLUDES,
     RECENT_RUNS_LIMIT,
+    Job,
     RecentRuns,
+    RunJob,
     RunStatus,
 )
 from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn
@@ -97,17 +99,13 @@ def apply_schedule_policy(
     if recent is not None and recent.schedule_enabled() is False:
         return None
     job = client.get_job(job_id)
-    if not job.schedule_enabled:
+    where = _schedule_on(job_id, job)
+    if where is None:
         return None
-    where = f"dbt Cloud job {job_id} ({job.name!r}) has its own dbt Cloud schedule on ({job.cron_humanized or 'cron'})"
     if policy == "fail":
         return where
     if policy == "warn":
-        log.warning(
-            "%s: it also runs outside this pipeline. Turn off 'Run on schedule' in the job's triggers in dbt "
-            "Cloud, or run with native_schedule='disable'.",
-            where,
-        )
+        _warn_scheduled(where, log)
         return None
     owner = runtime_deployment.get_name() or runtime_flow_run.get_flow_name() or "a Prefect flow"
     job.triggers.schedule = False
@@ -118,6 +116,33 @@ def apply_schedule_policy(
     client.update_job(job)
     log.warning("%s: turned it off (native_schedule='disable'); the job now runs only from %s.", where, owner)
     return None
+
+
+def warn_if_scheduled(run: Run | None, job_id: int, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """native_schedule="warn" applied after the wait, to the job its reads carried (the read before the trigger
+    was skipped); a run never read, or read without its job, cannot say, and is logged as unchecked."""
+    job = run.job if run is not None else None
+    if job is None or job.schedule_enabled is None:
+        log.info("dbt Cloud job %s's own schedule could not be checked: its run was not read with the job.", job_id)
+        return
+    where = _schedule_on(job_id, job)
+    if where is not None:
+        _warn_scheduled(where, log)
+
+
+def _schedule_on(job_id: int, job: Job | RunJob) -> str | None:
+    """What to say about ``job``'s own dbt Cloud schedule when it is on, else None."""
+    if not job.schedule_enabled:
+        return None
+    return f"dbt Cloud job {job_id} ({job.name!r}) has its own dbt Cloud schedule on ({job.cron_humanized or 'cron'})"
+
+
+def _warn_scheduled(where: str, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    log.warning(
+        "%s: it also runs outside this pipeline. Turn off 'Run on schedule' in the job's triggers in dbt "
+        "Cloud, or run with native_schedule='disable'.",
+        where,
+    )
 
 
 def check_schedule_policy(policy: str) -> None:
@@ -198,6 +223,9 @@ class StartedRun:
     # Started by this place in the run tree (it carries the key, or was retried from here). A run started by
     # someone else is never cancelled at this flow's deadline: that would fail the other pipeline.
     owned: bool = True
+    # Whether the schedule policy was applied before the trigger; False: the read of the job's runs was skipped
+    # (see ``start_dbt_cloud_run``), and "warn" is applied to the job the wait's reads carry (``warn_if_scheduled``).
+    schedule_checked: bool = True
 
 
 def read_recent_runs(client: DbtCloudClient, job_id: int) -> RecentRuns:

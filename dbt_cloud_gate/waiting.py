@@ -81,8 +81,10 @@ def wait_in_task(
     job_id: int | None = None,
     history_seconds: list[float] | None = None,
     just_triggered: bool = False,
+    with_job: bool = False,
 ) -> Run:
-    """The body of the wait tasks: build the schedule, wait, and on the way out cancel as the settings say."""
+    """The body of the wait tasks: build the schedule, wait, and on the way out cancel as the settings say.
+    ``with_job``: every read carries the run's job (its own schedule, when nothing read it before the trigger)."""
     waker = webhook_waker(wait, log)
     if schedule is None and waker is not None:
         # The run's event ends the wait; polling is the safety net (cancellations, lost deliveries).
@@ -113,6 +115,7 @@ def wait_in_task(
             job_id=job_id,
             first_poll_delay_seconds=first_poll_delay(schedule) if just_triggered else 0.0,
             waker=waker,
+            with_job=with_job,
         )
     except TerminationSignal:
         # The Prefect flow run is being cancelled (or its process stopped). The runner's on_cancellation hook

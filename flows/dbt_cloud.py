@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
 
 from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
@@ -23,12 +24,12 @@ from dbt_cloud_gate.errors import (
     DbtCloudRunFailed,
     DbtCloudRunInvalid,
 )
-from dbt_cloud_gate.keys import cause_with_key, idempotency_key, key_scope
+from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope
 from dbt_cloud_gate.models import DbtCloudRunResult, DbtCloudRunSummary
 from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import publish_run
 from dbt_cloud_gate.settings import NO_OVERRIDES, START, WAIT, DbtCloudId, StartSettings, TriggerOverrides, WaitSettings
-from dbt_cloud_gate.starting import StartedRun
+from dbt_cloud_gate.starting import StartedRun, warn_if_scheduled
 from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, retry_dbt_cloud_run, start_dbt_cloud_run
@@ -76,14 +77,18 @@ async def run_dbt_cloud_job(
     creds = resolve_credentials(credentials)
     token = creds.api_token.get_secret_value()
 
-    scope = key_scope()
+    tree = run_tree_scope()
+    scope = tree.scope
     remember_for_cancellation(creds, scope)
     wait = subscribe_before_trigger(wait, log)
     if start.run_id is not None:  # started elsewhere: the wait reads it at once (and checks it is a run of job_id)
         log.info("Waiting on dbt Cloud run %s of job %s, started elsewhere; nothing triggered.", start.run_id, job_id)
         started = StartedRun(start.run_id, False, None, owned=False)
     else:
-        started = _start_run(creds, job_id, cause, trigger, start, scope)
+        # The search for a run carrying the key can be skipped only on the tree's first attempt, and only when
+        # this body runs as its own flow run (called through .fn, it would share its caller's run and key).
+        first_attempt = tree.first_attempt and _runs_as_own_flow_run()
+        started = _start_run(creds, job_id, cause, trigger, start, scope, first_attempt, wait)
     run_id = started.run_id
     if not started.owned and wait.on_timeout == "cancel":
         log.info("dbt Cloud run %s was started elsewhere: at the deadline it is left running, not cancelled.", run_id)
@@ -93,14 +98,16 @@ async def run_dbt_cloud_job(
         run, models, deadline = _wait(creds, job_id, started, wait, log)
     except DbtCloudResponseError as exc:  # a Success without finished_at, another run's data: never a success
         invalid = Verdict("failed", DbtCloudRunInvalid, str(exc))
-        return await _fail(creds, job_id, run_id, None, invalid, alert_blocks, token)
+        return await _fail(creds, job_id, run_id, None, invalid, alert_blocks, token, wait=wait)
+    if not started.schedule_checked:
+        warn_if_scheduled(run, job_id, log)
     verdict = judge(run, deadline=deadline, left_running=wait.on_timeout == "leave")
     if verdict.error is not None:
-        return await _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models)
+        return await _fail(creds, job_id, run_id, run, verdict, alert_blocks, token, models, wait=wait)
     if run is None:  # pragma: no cover - judge() never calls an unread run a success
         raise RuntimeError("a run that was never read cannot be a success")
     result = build_result(run, job_id, creds, models)
-    await publish_run(result, verdict.outcome, run)
+    await publish_run(result, verdict.outcome, run, models_read=wait.model_results)
     log.info(
         "dbt Cloud run %s of job %s succeeded; finished_at=%s.",
         result.run_id,
@@ -119,6 +126,8 @@ async def _fail(
     alert_blocks: list[str] | None,
     token: str,
     models: list[ModelResult] | None = None,
+    *,
+    wait: WaitSettings = WAIT,
 ) -> DbtCloudRunResult:
     """Publish the failure (artifacts, event), send the alerts, and raise ``verdict.error``."""
     log = get_run_logger()
@@ -137,7 +146,7 @@ async def _fail(
         )
     else:
         summary = summarize(run, job_id, creds, models or [])
-    await publish_run(summary, verdict.outcome, run)
+    await publish_run(summary, verdict.outcome, run, models_read=wait.model_results)
     outcome = verdict.outcome.replace("-", " ")
     if verdict.outcome == "timed-out":
         message = f"dbt Cloud run {run_id} of job {job_id} {verdict.detail[0].lower()}{verdict.detail[1:]} "
@@ -167,7 +176,15 @@ def _wait(
     try:
         finished = wait_for_dbt_cloud_run_and_results.with_options(
             timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds)
-        )(creds, run_id, wait, job_id=job_id, history_seconds=started.history_seconds, just_triggered=started.triggered)
+        )(
+            creds,
+            run_id,
+            wait,
+            job_id=job_id,
+            history_seconds=started.history_seconds,
+            just_triggered=started.triggered,
+            with_job=not started.schedule_checked,
+        )
         return finished.run, finished.models, None
     except WaitTimedOut as exc:
         return exc.run, [], deadline_description(exc)
@@ -207,6 +224,8 @@ def _start_run(
     trigger: TriggerOverrides,
     start: StartSettings,
     scope: str,
+    first_attempt: bool,
+    wait: WaitSettings,
 ) -> StartedRun:
     if start.retry_failed_run_id is not None:
         check_dbt_cloud_job_schedules(creds, job_id, start.native_schedule)
@@ -221,4 +240,13 @@ def _start_run(
         trigger.body(),
         if_running=start.if_running,
         native_schedule=start.native_schedule,
+        first_attempt=first_attempt,
+        # Polling around the job's history needs the read of its runs; a webhook wait polls at a fixed interval.
+        needs_history=wait.adaptive_polling and not wait.webhooks,
     )
+
+
+def _runs_as_own_flow_run() -> bool:
+    """Whether this flow's body runs as its own flow run (not through ``run_dbt_cloud_job.fn`` in a caller's)."""
+    context = FlowRunContext.get()
+    return context is not None and context.flow is not None and context.flow.fn is run_dbt_cloud_job.fn

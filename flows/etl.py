@@ -85,6 +85,9 @@ def dbt_cloud_etl(
     connector = resolve_connector(snowflake)
     if load.preflight:
         preflight_loads(connector, credentials, [PreflightItem("targets", job_id, targets)], load, what=name)
+    if load.check_model_built and not wait.model_results:  # the guard is a consumer of the per-model results
+        log.info("wait.model_results is off, but load.check_model_built needs the per-model results: reading them.")
+        wait = wait.model_copy(update={"model_results": True})
     dbt = run_dbt_cloud_job(
         job_id, credentials, cause=cause, trigger=trigger, wait=wait, start=start, alert_blocks=alert_blocks
     )

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run as runtime_task_run
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api.models import (
@@ -95,6 +96,8 @@ def start_dbt_cloud_run(
     overrides: dict[str, Any] | None = None,
     if_running: Literal["trigger", "reuse", "fail"] = "trigger",
     native_schedule: Literal["warn", "fail", "disable"] = "warn",
+    first_attempt: bool = False,
+    needs_history: bool = True,
 ) -> StartedRun:
     """Everything before the wait, from ONE read of the job's newest runs (with trigger and job): the schedule
     policy (the job is read only when its own schedule is on), the run carrying ``key`` (reused unless it
@@ -102,10 +105,21 @@ def start_dbt_cloud_run(
 
     A run carrying ``key`` wins over ``if_running``: a retry of this flow waits on its own run, even under "fail".
     Retries and timeout as :func:`trigger_dbt_cloud_job`; a refusal ("fail" policies) is never retried.
+
+    That read is skipped when it cannot find anything and nothing else needs it: the caller's run tree proved
+    ``first_attempt`` (``keys.run_tree_scope``), this is the task's own first attempt, ``if_running`` is
+    "trigger", ``native_schedule`` is "warn" (its warning then comes from the wait's reads, which carry the job:
+    ``StartedRun.schedule_checked`` is False), and the wait needs no history (``needs_history``).
     """
     check_start_settings(if_running, native_schedule)
     log = get_run_logger()
     with credentials.get_client() as client:
+        # A retry of this task may follow a POST that started a run: only its first attempt may skip the search.
+        first = first_attempt and runtime_task_run.get_run_count() <= 1
+        if first and not needs_history and if_running == "trigger" and native_schedule == "warn":
+            log.info("First attempt of this flow run tree: no run carries key %s yet; triggering, no search.", key)
+            run_id, triggered = trigger_with_key(client, job_id, cause, key, overrides, [], log)
+            return StartedRun(run_id, triggered, None, schedule_checked=False)
         recent = read_recent_runs(client, job_id)
         refused = apply_schedule_policy(client, job_id, native_schedule, log, recent)
         if refused:

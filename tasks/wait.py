@@ -88,10 +88,14 @@ def wait_for_dbt_cloud_run_and_results(
     job_id: int | None = None,
     history_seconds: list[float] | None = None,
     just_triggered: bool = False,
+    with_job: bool = False,
 ) -> FinishedRun:
     """:func:`wait_for_dbt_cloud_run`, then the run's ``run_results.json`` read right after the poll that saw the
     end, on the same connection and in the same task run: nothing serial is left between that poll and the
-    flow's result but the artifacts. Raises as :func:`wait_for_dbt_cloud_run` does."""
+    flow's result but the artifacts. Raises as :func:`wait_for_dbt_cloud_run` does.
+
+    With ``wait.model_results`` off the results are not read (``models`` empty). ``with_job``: every read of
+    the run carries its job (for a schedule check the start skipped)."""
     log = get_run_logger()
     with credentials.get_client() as client:
         run = wait_in_task(
@@ -103,8 +107,9 @@ def wait_for_dbt_cloud_run_and_results(
             job_id=job_id,
             history_seconds=history_seconds,
             just_triggered=just_triggered,
+            with_job=with_job,
         )
-        if not has_model_results(run):
+        if not wait.model_results or not has_model_results(run):
             return FinishedRun(run, [])
         with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
             return FinishedRun(run, read_model_results(client, run_id, run, log))
@@ -175,7 +180,7 @@ def wait_for_dbt_cloud_runs(
                         else None
                     ),
                 )
-                if not outcome.timed_out and has_model_results(outcome.run):
+                if wait.model_results and not outcome.timed_out and has_model_results(outcome.run):
                     result.models = await aread_model_results(client, outcome.run_id, outcome.run, log)
                 return result
 

@@ -10,6 +10,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,13 +20,14 @@ from prefect.events import Event
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RunStatus
-from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault
 from dbt_cloud_gate.dbtcloud_api.emulator.webhooks import WebhookFault
 from dbt_cloud_gate.dbtcloud_api.webhooks import delivery_payload, parse_delivery
 from dbt_cloud_gate.errors import DbtCloudRunCancelled
 from dbt_cloud_gate.events import webhook_event
 from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.receiver import PrefectEventsEmitter, ReceiverConfig, create_app
+from dbt_cloud_gate.settings import WaitSettings
 from dbt_cloud_gate.stack.services import PrefectServer
 from dbt_cloud_gate.waiter import RunEventWaiter, stop_webhook_waiters, webhook_waiter, webhook_waits_unavailable
 from tests.conftest import ACCOUNT, TOKEN, Served
@@ -138,6 +140,11 @@ def test_async_waits_are_debounced_and_events_for_runs_nobody_waits_on_wake_nobo
     assert waiter.wait(100_000, 0.05) is False
 
 
+def test_the_safety_net_sees_a_cancel_within_30_s_at_one_read_per_30_s() -> None:
+    # A cancelled run sends no webhook: only the safety-net poll sees it, at most this late; one read per period.
+    assert WaitSettings().fallback_poll_seconds == 30
+
+
 def test_webhook_waits_need_a_prefect_server_of_their_own() -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -222,6 +229,42 @@ def test_the_webhook_ends_the_wait_within_a_second_with_one_poll(
     assert run_reads(emulator, result.run_id) == 1
     assert "Webhook waits on" in caplog.text and "the poll after a wake-up saw it end" in caplog.text
     assert result.models  # the results were read after the woken poll, as after any other
+
+
+def requests_by_kind(emulator: EmulatorServer, start: int) -> Counter[str]:
+    """dbt Cloud requests since index ``start``, by kind (listings of runs, triggers, run reads, artifacts)."""
+    return Counter(r.kind for r in emulator.emulator.requests[start:])
+
+
+@pytest.mark.slow
+def test_a_first_attempt_costs_three_requests_and_two_without_model_results(webhook_path: EmulatorServer) -> None:
+    """Through the flow: the trigger (no read of the job's runs before it: nothing can carry this run tree's key
+    yet), the read after the event, and run_results.json; without model_results, the first two only."""
+    emulator = webhook_path
+    emulator.emulator.set_job(11, run_seconds=1.0)
+    for model_results, expected in ((True, 3), (False, 2)):
+        start = len(emulator.emulator.requests)
+        wait = WaitSettings(webhooks=True, fallback_poll_seconds=60, max_wait_seconds=60, model_results=model_results)
+        result = run_dbt_cloud_job(11, creds(emulator), wait=wait)
+        assert result.status == "Success" and bool(result.models) is model_results
+        sent = requests_by_kind(emulator, start)
+        assert sum(sent.values()) == expected, sent
+        assert (sent["trigger"], sent["run"], sent["list"]) == (1, 1, 0), sent
+
+
+@pytest.mark.slow
+def test_a_retry_in_webhook_mode_searches_and_finds_its_run(webhook_path: EmulatorServer) -> None:
+    emulator = webhook_path
+    emulator.emulator.set_job(11, run_seconds=1.0)
+    # A 403 on the read after the event kills the wait; the flow's retry must find the run, not start another.
+    emulator.emulator.add_fault(Fault(kind="status", status=403, method="GET", path=r"/runs/\d+/$", times=1))
+    start = len(emulator.emulator.requests)
+    wait = WaitSettings(webhooks=True, fallback_poll_seconds=60, max_wait_seconds=60)
+    result = run_dbt_cloud_job.with_options(retries=1, retry_delay_seconds=0)(11, creds(emulator), wait=wait)
+    assert result.status == "Success"
+    assert emulator.emulator.trigger_count[11] == 1 and [r.id for r in emulator.emulator.runs_of(11)] == [result.run_id]
+    sent = requests_by_kind(emulator, start)
+    assert sent["list"] == 1 and sent["trigger"] == 1, sent  # the retry searched, found it, triggered nothing
 
 
 @pytest.mark.slow

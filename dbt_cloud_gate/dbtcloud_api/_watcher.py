@@ -110,6 +110,7 @@ class RunWatcher:
         finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
         first_poll_delay_seconds: float = 0.0,
         job_id: int | None = None,
+        with_job: bool = False,
     ) -> None:
         # Refuse what would wait forever or poll with no delay, or read another job's run, before any request.
         self.job_id = None if job_id is None else check_id("job_id", job_id)
@@ -129,6 +130,7 @@ class RunWatcher:
         if not callable(getattr(schedule, "next_interval", None)):
             raise ValueError(f"schedule must have a next_interval(run, elapsed) method, got {schedule!r}")
         self.schedule = schedule
+        self.with_job = with_job
         self.log = log
         self.clock = clock
         self.wall_clock = wall_clock
@@ -166,8 +168,8 @@ class RunWatcher:
     def includes(self) -> tuple[str, ...]:
         """What to ask for with every poll: the steps and the trigger (its cause), so that whichever poll sees the
         end carries what the result needs and no re-read follows. A queued run has no steps yet: asking costs
-        nothing until it runs."""
-        return ("run_steps", "trigger")
+        nothing until it runs. ``with_job``: the job too (its own schedule, when nothing read it before)."""
+        return ("run_steps", "trigger", "job") if self.with_job else ("run_steps", "trigger")
 
     def grace(self) -> float:
         """404 grace left for this poll (a run triggered moments ago may not be readable yet)."""

@@ -96,6 +96,7 @@ class WaitOptions(TypedDict, total=False):
     job_id: int | None
     finished_at_grace_seconds: float
     first_poll_delay_seconds: float
+    with_job: bool
 
 
 def wait_for_run(

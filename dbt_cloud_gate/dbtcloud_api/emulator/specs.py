@@ -6,6 +6,7 @@ them into API objects, :mod:`.routes` answers requests with them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -211,6 +212,22 @@ class RecordedRequest:
     status: int | None = None
     fault: str | None = None
     spec_problems: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """What the request was, for counting: "list" (runs), "trigger", "run" (a read of one run), "artifact",
+        "job" (a read of one job), or "other"."""
+        if self.method == "GET" and self.path.endswith("/runs/"):
+            return "list"
+        if self.method == "POST" and re.search(r"/jobs/\d+/run/$", self.path):
+            return "trigger"
+        if self.method == "GET" and "/artifacts/" in self.path:
+            return "artifact"
+        if self.method == "GET" and re.search(r"/runs/\d+/$", self.path):
+            return "run"
+        if self.method == "GET" and re.search(r"/jobs/\d+/$", self.path):
+            return "job"
+        return "other"
 
 
 @dataclass
