@@ -8,7 +8,7 @@ from prefect_snowflake import SnowflakeConnector
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault
 from dbt_cloud_gate.flows.etl import dbt_cloud_etl, dbt_cloud_etl_many
 from dbt_cloud_gate.models import EtlPipeline
-from tests.test_etl import ORDERS, snowflake  # noqa: F401 - the fakesnow fixture
+from tests.test_etl import ORDERS
 from tests.test_flow import FAST, creds
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("flow_name", ["dbt_cloud_etl", "dbt_cloud_etl_many"])
 def test_etl_retried_after_a_failure_mid_wait_starts_one_dbt_run(
     emulator: EmulatorServer,
-    snowflake: SnowflakeConnector,  # noqa: F811 - the fixture imported above
+    snowflake: SnowflakeConnector,
     flow_name: str,
 ) -> None:
     # A 403 on a poll kills the run_dbt_cloud_job subflow's wait; the ETL flow fails and is retried.
