@@ -71,11 +71,22 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _exception_of(state: State[Any]) -> Any:
+    """What a failed task's state holds: the exception, when the engine put it there itself.
+
+    Compat, Prefect 3.1 (the floor): there ``State.result`` is ``sync_compatible`` and, called while an event loop
+    runs in the thread (a task of an async flow), returns a coroutine instead of the exception: read ``data``.
+    """
+    if isinstance(state.data, BaseException):
+        return state.data
+    return state.result(raise_on_failure=False)
+
+
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry a failure another attempt can heal (5xx, 429, no answer, an
     ambiguous trigger, the task's own timeout); never a refused token, a bad request or a bad setting."""
     try:
-        exc = state.result(raise_on_failure=False)
+        exc = _exception_of(state)
     except Exception:  # the result cannot be read: a crash, retrying is the safe side for an idempotent task
         return True
     # A run of another ID/job read back, or a Success without finished_at, was already retried by the client:

@@ -122,13 +122,11 @@ def client(emulator: EmulatorServer) -> Iterator[DbtCloudClient]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One Prefect test server for the whole session, flow heartbeats off (each would cost ~1 s)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with (
-        prefect_test_harness(server_startup_timeout=180),
-        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
+    from tests.prefect_compat import flow_heartbeats_off
+
+    with prefect_test_harness(server_startup_timeout=180), flow_heartbeats_off():
         yield
 
 

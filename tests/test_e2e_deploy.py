@@ -13,19 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.cli.deploy._config import _load_deploy_configs_and_actions
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments.steps.core import StepExecutionError, run_steps
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
-from rich.console import Console
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, JobSpec
 from dbt_cloud_gate.stack import services
 from dbt_cloud_gate.stack.services import ROOT
 from tests.conftest import ACCOUNT, TOKEN
+from tests.prefect_compat import load_deploy_configs_and_actions
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -34,7 +33,7 @@ DEPLOY_TIME_HOME = "/deploy-time/checkout"
 
 
 def pull_steps() -> list[dict[str, Any]]:
-    _, actions = _load_deploy_configs_and_actions(ROOT / "prefect.yaml", console=Console(quiet=True))
+    _, actions = load_deploy_configs_and_actions(ROOT / "prefect.yaml")
     return list(actions["pull"])
 
 
