@@ -76,7 +76,7 @@ def run_tree_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectCli
         first = first and _entered_running_once(current)
         if tracking is not None:
             hops.append(_hop_name(tracking, current.parameters or {}))
-            first = first and str(tracking.dynamic_key).isdigit()
+            first = first and _in_call_order(tracking)
         reached_root = tracking is None
     first = first and reached_root
     if not hops:
@@ -108,9 +108,16 @@ def flow_runs_upwards(client: SyncPrefectClient, flow_run_id: str | UUID) -> Ite
         current = client.read_flow_run(tracking.flow_run_id)
 
 
+def _in_call_order(tracking: TaskRun) -> bool:
+    """Whether a subflow call's key is its call order in the parent flow run, which a retry of the parent
+    reproduces. Not for a call from a task: Prefect 3.2+ keys it with a UUID, and before 3.2 with the next number,
+    which a retried task never reproduces; either way its tracking task run names the calling task as a parent."""
+    return str(tracking.dynamic_key).isdigit() and not (tracking.task_inputs or {}).get("__parents__")
+
+
 def _hop_name(tracking: TaskRun, parameters: dict[str, Any]) -> str:
     """A name for one subflow call that a retry of its parent reproduces."""
-    if str(tracking.dynamic_key).isdigit():  # call order in the parent flow run
+    if _in_call_order(tracking):
         return tracking.name
     flow_name = tracking.name.removesuffix(f"-{tracking.dynamic_key}")
     arguments = json.dumps(parameters, sort_keys=True, default=str)

@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from prefect import Flow
-from prefect.context import FlowRunContext
+from prefect.context import AsyncClientContext, FlowRunContext
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from dbt_cloud_gate.settings import regroup
@@ -117,9 +117,15 @@ class SyncCallableFlow(GateFlow):
             else:
                 done.set_result(value)
 
+        def call() -> Any:
+            # The caller's async Prefect client is bound to the caller's loop; Prefect before 3.2 would reuse it
+            # on this thread's loop ("bound to a different event loop"). This thread makes its own.
+            AsyncClientContext.__var__.set(None)  # type: ignore[arg-type]
+            return self._call_here(deadline, args, kwargs)
+
         def work() -> None:
             try:
-                value = context.run(self._call_here, deadline, args, kwargs)
+                value = context.run(call)
             except BaseException as error:  # handed to the awaiting caller, as a direct call would raise it
                 loop.call_soon_threadsafe(settle, None, error)
             else:

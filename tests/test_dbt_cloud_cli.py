@@ -9,6 +9,7 @@ answering as dbt Cloud does.
 
 from __future__ import annotations
 
+import inspect
 import json
 import ssl
 from collections.abc import Callable, Iterator
@@ -69,7 +70,9 @@ def cli(server: EmulatorServer, authority: tuple[ssl.SSLContext, Path]) -> Cli:
         "REQUESTS_CA_BUNDLE": str(authority[1]),
         "LOG_LEVEL": "WARNING",
     }
-    runner = CliRunner()
+    # Click before 8.2 (under Prefect's floor) mixes stderr, where the CLI reports progress, into stdout.
+    separate = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+    runner = CliRunner(**separate)
 
     def invoke(*args: str) -> Result:
         return runner.invoke(cli_module.dbt_cloud, list(args), env=env, catch_exceptions=False)
