@@ -12,6 +12,8 @@ median and p95, and, for ours, the ratio to prefect-dbt's requests and in how ma
 
 ``ours@N`` is the flows' adaptive schedule given ``poll_interval_seconds=N`` (N caps every gap; the likely-finish
 band is polled every 8.5 s), with the first poll one queued interval after the trigger, as the flow does.
+Then early ends (``EARLY_END_SCENARIOS``: a setup error in the first 30 s, an error in the first quarter, an error or
+cancel anywhere) on a ~60 s, a ~5 min and a ~20 min job: detection lag p50 / p95 for prefect-dbt and ours.
 ``python -m bench.polling_sim [--runs 1000] [--seeds 1,2,3,5,7]``.
 """
 
@@ -48,7 +50,8 @@ def simulate(
     make: Callable[[Callable[[], float]], PollSchedule], queue: float, duration: float, *, first_poll_at: bool
 ) -> tuple[int, float]:
     """Poll one run with a fresh schedule; returns (polls, detection lag). ``first_poll_at``: the first poll waits
-    the schedule's ``first_interval()`` after the trigger (ours), instead of coming at once (prefect-dbt)."""
+    the schedule's ``first_interval()`` after the trigger (ours), instead of coming at once (prefect-dbt). An early
+    end (an Error, a cancel) is a run whose ``duration`` is the moment it ended: the schedule cannot tell."""
     now = [0.0]
     schedule = make(lambda: T0.timestamp() + now[0])
     watcher = RunWatcher(
@@ -123,6 +126,35 @@ def run_case(cv: float, runs: int, seed: int) -> dict[str, tuple[float, float, f
     return rows
 
 
+# When failed runs end, as run age: dbt Cloud runs that fail mostly fail in their first steps (clone, deps, a parse
+# or compile error: the first ~30 s) or on a model or test anywhere in the build; cancels come from outside at any
+# moment. The early-end scenarios draw from these.
+EARLY_END_SCENARIOS: dict[str, Callable[[random.Random, float], float]] = {
+    "setup error (0-30 s)": lambda rng, duration: rng.uniform(0, min(30.0, duration)),
+    "error in the first quarter": lambda rng, duration: rng.uniform(0, duration / 4),
+    "error or cancel anywhere": lambda rng, duration: rng.uniform(0, duration),
+}
+
+
+def early_ends(mean: float, runs: int, seed: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """Scenario -> strategy -> (median lag, p95 lag) for runs of a ~``mean`` s job (CV 0.1) that end early."""
+    rng = random.Random(seed)
+    history = [lognormal(rng, mean, 0.1) for _ in range(20)]
+    strategies = [
+        Strategy(PREFECT_DBT, lambda clock: FixedInterval(10), False, 1),
+        Strategy("ours@30", _ours(history, 30), True, 2),
+        Strategy("ours, no history", _ours([], 30), True, 2),
+    ]
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for scenario, draw in EARLY_END_SCENARIOS.items():
+        cases = [(rng.expovariate(1 / 20) + 5, draw(rng, lognormal(rng, mean, 0.1))) for _ in range(runs)]
+        table[scenario] = {}
+        for strategy in strategies:
+            lags = [simulate(strategy.make, q, end, first_poll_at=strategy.first_poll_at)[1] for q, end in cases]
+            table[scenario][strategy.name] = (statistics.median(lags), percentile(lags, 95))
+    return table
+
+
 def _ours(history: list[float], interval: float) -> Callable[[Callable[[], float]], PollSchedule]:
     def make(clock: Callable[[], float]) -> PollSchedule:
         schedule = make_schedule(history, interval)
@@ -170,7 +202,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 line += f"   {_spread(ratios, 2)}x, met in {met} of {len(seeds)} seeds"
             print(line)
+    for mean in (60.0, 300.0, MEAN_SECONDS):
+        _print_early_ends(mean, args.runs, seeds)
     return 0
+
+
+def _print_early_ends(mean: float, runs: int, seeds: list[int]) -> None:
+    tables = [early_ends(mean, runs, seed) for seed in seeds]
+    print(f"\nEarly ends, ~{mean:.0f} s job (CV 0.1): lag p50 / p95 s (mean over seeds)")
+    strategies = list(tables[0][next(iter(EARLY_END_SCENARIOS))])
+    print(f"{'scenario':<30}" + "".join(f"{strategy:>24}" for strategy in strategies))
+    for scenario in EARLY_END_SCENARIOS:
+        cells = []
+        for strategy in strategies:
+            median = statistics.fmean(table[scenario][strategy][0] for table in tables)
+            high = statistics.fmean(table[scenario][strategy][1] for table in tables)
+            cells.append(f"{median:.1f} / {high:.1f}")
+        print(f"{scenario:<30}" + "".join(f"{cell:>24}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ def schedule(**options: Any) -> AdaptiveSchedule:
 
 def test_without_history_it_is_fixed_polling() -> None:
     for history in ([], [600.0, 610.0]):
-        plan = AdaptiveSchedule(history, fallback_interval=30)
+        plan = AdaptiveSchedule(history, fallback_interval=30, clock=lambda: NOW.timestamp())
         assert plan.model is None
         assert plan.next_interval(run_at(RunStatus.RUNNING, 100), 100) == 30
+        assert AdaptiveSchedule(history, fallback_interval=30, early_window=0).first_interval() == 30
     assert make_schedule(HISTORY, 10, adaptive=False).next_interval(run_at(RunStatus.RUNNING, 1), 1) == 10
     assert isinstance(make_schedule(HISTORY, 10, adaptive=False), FixedInterval)
 
@@ -42,8 +43,10 @@ def test_without_history_it_is_fixed_polling() -> None:
 def test_sleeps_until_the_likely_finish_band_then_polls_densely_then_backs_off() -> None:
     plan = schedule(target_lag_seconds=5, max_interval=120)
     assert 500 < plan.band_start < 600 < plan.band_end < 700
-    early = plan.next_interval(run_at(RunStatus.RUNNING, 10), 10)
-    assert early == 120  # far from the band: the cap
+    assert plan.early_until == 40  # the early part: the run's first 40 s, polled every 10 s
+    assert plan.next_interval(run_at(RunStatus.RUNNING, 10), 10) == 10
+    middle = plan.next_interval(run_at(RunStatus.RUNNING, 41), 46)
+    assert middle == 120  # past the early part, far from the band: the cap
     near = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 30), 0)
     assert near == pytest.approx(30, abs=0.01)  # straight to the band's start
     closer = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 2), 0)
@@ -61,21 +64,32 @@ def test_the_flows_schedule_never_waits_longer_than_the_poll_interval() -> None:
     assert isinstance(plan, AdaptiveSchedule)
     plan.clock = lambda: NOW.timestamp()
     assert plan.band_interval == pytest.approx(8.5)  # the band's density does not follow the interval
-    assert plan.first_interval() == pytest.approx(30)  # queued: q(0.02) of a ~600 s job, capped
+    assert plan.first_interval() == pytest.approx(10)  # the early part: prefect-dbt's cadence
     ages = [0, 1, 10, 100, 300, plan.band_start - 1, plan.band_end + 1, plan.band_end + 10_000]
     delays = [plan.next_interval(run_at(RunStatus.RUNNING, age), 0) for age in ages]
     delays += [plan.next_interval(run_at(status, None), 0) for status in (RunStatus.QUEUED, RunStatus.STARTING)]
     assert max(delays) <= 30 and min(delays) >= 1
-    # The first poll after a trigger: at the job's earliest plausible end, never later than the interval.
+    # Queued past the early window: at the job's earliest plausible end, never later than the interval.
+    assert plan.next_interval(run_at(RunStatus.QUEUED, None), 41) == pytest.approx(30)
+    # A short job has no early part (its budget is a few polls): the first poll at its earliest end, capped.
     short = make_schedule([60.0, 62.0, 58.0, 61.0], 30)
     assert isinstance(short, AdaptiveSchedule) and 45 < short.earliest < 58
-    assert short.first_interval() == pytest.approx(30)
-    quick = make_schedule([20.0, 21.0, 19.0], 30)
-    assert isinstance(quick, AdaptiveSchedule) and quick.earliest < 19
+    assert short.early_until == 0 and short.first_interval() == pytest.approx(30)
+    short.clock = lambda: NOW.timestamp()
+    assert short.next_interval(run_at(RunStatus.RUNNING, 5), 10) == pytest.approx(30)
+    quick = make_schedule([6.0, 6.5, 5.5], 30)
+    assert isinstance(quick, AdaptiveSchedule) and quick.earliest < 10
     assert quick.first_interval() == pytest.approx(quick.earliest)
-    # A small interval lowers the band's interval to it; no history: fixed polling from the first poll.
-    assert make_schedule(HISTORY, 5).band_interval == pytest.approx(5)  # type: ignore[union-attr]
-    assert make_schedule([], 30).first_interval() == 30
+    # A small interval lowers the band's and the early part's interval to it.
+    small = make_schedule(HISTORY, 5)
+    assert isinstance(small, AdaptiveSchedule) and small.band_interval == pytest.approx(5)
+    assert small.first_interval() == 5
+    # No history: every 10 s in the early part, then fixed polling at the interval.
+    blind = make_schedule([], 30)
+    assert isinstance(blind, AdaptiveSchedule) and blind.first_interval() == 10
+    blind.clock = lambda: NOW.timestamp()
+    assert blind.next_interval(run_at(RunStatus.RUNNING, 39), 44) == 10
+    assert blind.next_interval(run_at(RunStatus.RUNNING, 41), 46) == 30
 
 
 def test_queueing_is_tracked_apart_from_running() -> None:

@@ -25,7 +25,7 @@ from dbt_cloud_gate.dbtcloud_api import (
 )
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, JobSpec, StepSpec
 from dbt_cloud_gate.dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
-from dbt_cloud_gate.dbtcloud_api.wait import RunWatcher, await_run, await_runs, wait_for_run
+from dbt_cloud_gate.dbtcloud_api.wait import RunWatcher, await_run, await_runs, first_poll_delay, wait_for_run
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
 from tests.scripted_server import Answer, ScriptedServer, envelope, run_data
 
@@ -426,6 +426,23 @@ class FakeWaker:
 
 def run_reads(emulator: EmulatorServer, run_id: int) -> int:
     return sum(1 for r in emulator.emulator.requests if r.method == "GET" and r.path.endswith(f"/runs/{run_id}/"))
+
+
+def test_an_early_error_of_a_long_job_is_seen_at_the_early_cadence(
+    client: DbtCloudClient, emulator: EmulatorServer
+) -> None:
+    # A ~10 min job (its band starts minutes in) whose run fails 2 s in: polled every 10 s in its early part, not
+    # first at the 30 s cap.
+    emulator.emulator.set_job(11, outcome="error", run_seconds=2.0)
+    schedule = make_schedule([600.0, 620.0, 580.0, 610.0, 590.0], 30)
+    run = client.trigger_job_run(11, "early error")
+    waker = FakeWaker()
+    done = wait_for_run(
+        client, run.id, schedule=schedule, waker=waker, first_poll_delay_seconds=first_poll_delay(schedule)
+    )
+    assert done.status is RunStatus.ERROR
+    assert waker.asked and all(seconds <= 10 for _, seconds in waker.asked)
+    assert run_reads(emulator, run.id) <= 2
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
