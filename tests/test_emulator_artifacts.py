@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, RunStatus
 from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, EmulatorServer, JobSpec
 from dbt_cloud_gate.dbtcloud_api.openapi import SpecValidator
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN, api, data, serving
@@ -106,6 +106,16 @@ def test_our_client_reads_sources_json_and_sees_the_freshness_step(server: Emula
         assert run.status == 10 and run.model_steps() == [5]
         assert [step.dbt_command for step in run.run_steps][3:] == ["source freshness", "build"]
         assert b'"status": "error"' in client.get_run_artifact(run.id, "sources.json", step=4)
+
+
+def test_a_run_failed_after_an_errored_freshness_step_names_the_step_that_failed_it(server: EmulatorServer) -> None:
+    server.emulator.set_job(1, outcome="error")  # freshness errs on stale sources, then `dbt build` fails the run
+    with DbtCloudClient(ACCOUNT, TOKEN, server.url, retry=FAST_RETRY) as client:
+        run = client.trigger_job_run(1, "client")
+        time.sleep(0.4)
+        run = client.get_run(run.id, ("run_steps",))
+    assert run.status == RunStatus.ERROR and [step.index for step in run.run_steps if step.failed] == [4, 5]
+    assert run.failed_step is not None and run.failed_step.dbt_command == "build" and run.latest_step_failed
 
 
 def test_a_listed_freshness_step_fails_the_run_on_an_error_stale_source(server: EmulatorServer) -> None:

@@ -104,6 +104,23 @@ def test_a_failed_step_means_poll_now() -> None:
     assert plan.next_interval(run_at(RunStatus.RUNNING, 10, failed), 10) == 1
 
 
+def test_a_failed_freshness_step_the_run_went_past_keeps_the_schedule() -> None:
+    # "Run source freshness" ends in error on a stale source and the run goes on for its whole length: polling every
+    # second from then on would cost a request a second.
+    plan = schedule(min_interval=1)
+    steps = [
+        {"index": 4, "status": 20, "name": "Invoke dbt with `dbt source freshness`"},
+        {"index": 5, "status": 3, "name": "Invoke dbt with `dbt build`"},
+    ]
+    went_on = run_at(RunStatus.RUNNING, 100, steps)
+    assert not went_on.latest_step_failed and plan.next_interval(went_on, 100) > 1
+    assert went_on.failed_step is not None and went_on.failed_step.index == 4
+    steps[1]["status"] = 20  # then `dbt build` fails the run: that is the failed step, and the end comes soon
+    failed = run_at(RunStatus.RUNNING, 100, steps)
+    assert failed.latest_step_failed and plan.next_interval(failed, 100) == 1
+    assert failed.failed_step is not None and failed.failed_step.index == 5
+
+
 def test_duration_model() -> None:
     model = DurationModel.fit(HISTORY)
     assert model is not None and model.count == 6

@@ -327,8 +327,16 @@ class Run(_ApiModel):
 
     @property
     def failed_step(self) -> RunStep | None:
-        """The first step that ended in error, if the run's steps are known."""
-        return next((step for step in sorted(self.run_steps, key=lambda s: s.index) if step.failed), None)
+        """The step the run failed on, if the run's steps are known: the last one in error. Steps after the one a run
+        fails on never run, while a step a job checkbox adds ("Run source freshness") may end in error and the run
+        go on: the first step in error may not be the one that failed the run."""
+        return next((step for step in sorted(self.run_steps, key=lambda s: -s.index) if step.failed), None)
+
+    @property
+    def latest_step_failed(self) -> bool:
+        """Whether the latest step begun ended in error: unless a job checkbox added it, the run ends in moments."""
+        latest = max(self.run_steps, key=lambda s: s.index, default=None)
+        return latest is not None and latest.failed
 
     def cause_contains(self, marker: str) -> bool:
         """Whether the run's trigger cause (read with ``include_related=trigger``) contains ``marker``."""

@@ -12,7 +12,8 @@ log-normal to them, and polls:
 - inside the band (the central ``band`` quantiles of the predicted duration): every ``1.7 * target_lag``
   seconds, so that a run ending there is seen within ``target_lag`` seconds on average;
 - past the band: backing off linearly;
-- as soon as a step has failed: at ``min_interval`` (the run ends in Error moments later).
+- as soon as the latest step has failed: at ``min_interval`` (the run ends in Error moments later; a step that
+  failed and that later steps followed, such as a "Run source freshness" checkbox step, fails nothing).
 Every phase is capped by ``max_interval`` (the flows' ``poll_interval_seconds``), so a run that ends early (an
 Error, a cancel) is never seen later than fixed polling at that interval would see it. With fewer than
 ``min_history`` past runs it polls at ``fallback_interval`` past the early part, like fixed polling.
@@ -160,7 +161,7 @@ class AdaptiveSchedule:
 
     def next_interval(self, run: Run, elapsed: float) -> float:
         """Seconds until the next poll of ``run`` (``elapsed``: seconds since the wait began)."""
-        if any(step.status == RunStatus.ERROR for step in run.run_steps):
+        if run.latest_step_failed:  # not an errored freshness step the run went past: that one fails nothing
             return self.min_interval
         if run.started_at is None or run.status in (RunStatus.QUEUED, RunStatus.STARTING):
             queued = self._queued_interval()
