@@ -330,7 +330,7 @@ class Run(_ApiModel):
         """The step the run failed on, if the run's steps are known: the last one in error. Steps after the one a run
         fails on never run, while a step a job checkbox adds ("Run source freshness") may end in error and the run
         go on: the first step in error may not be the one that failed the run."""
-        return next((step for step in sorted(self.run_steps, key=lambda s: -s.index) if step.failed), None)
+        return max((step for step in self.run_steps if step.failed), key=lambda s: s.index, default=None)
 
     @property
     def latest_step_failed(self) -> bool:

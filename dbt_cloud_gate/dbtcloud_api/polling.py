@@ -127,7 +127,6 @@ class AdaptiveSchedule:
         self.fallback_interval = fallback_interval
         self.clock = clock
         self.early_interval = early_interval
-        self.early_window = early_window
         self.early_until = early_window
         if self.model is not None:
             self.band_start = self.model.quantile(band[0])
