@@ -47,9 +47,9 @@ async def run_dbt_cloud_job(
     credentials: DbtCloudCredentials | str | None = None,
     *,
     cause: str | None = None,
-    trigger: TriggerOverrides = NO_OVERRIDES,
-    wait: WaitSettings = WAIT,
-    start: StartSettings = START,
+    trigger: TriggerOverrides | None = None,
+    wait: WaitSettings | None = None,
+    start: StartSettings | None = None,
     alert_blocks: list[str] | None = None,
 ) -> DbtCloudRunResult:
     """Trigger dbt Cloud job ``job_id``, wait for the run, and return its result, or alert and fail.
@@ -63,15 +63,17 @@ async def run_dbt_cloud_job(
             DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_ACCOUNT_ID, DBT_CLOUD_API_TOKEN (and
             DBT_CLOUD_ACCESS_URL) environment variables.
         cause: Why the run was started, shown in dbt Cloud (an idempotency key is appended).
-        trigger: Overrides of the job's settings for this run (steps, git branch or commit, schema, threads...).
+        trigger: Overrides of the job's settings for this run (steps, git branch or commit, schema, threads...);
+            empty: none.
         wait: How to wait: the longest gap between polls, adaptive polling, the deadline and what happens at it,
-            webhooks and their safety-net poll.
+            webhooks and their safety-net poll; empty: the defaults.
         start: How to start: when a run is in flight (trigger, reuse, fail), the job's own schedule (warn, fail,
-            disable), a rerun of a failed run, or a run started elsewhere to wait on.
+            disable), a rerun of a failed run, or a run started elsewhere to wait on; empty: the defaults.
         alert_blocks: Notification blocks alerted when the run fails, as type-slug/name
             (slack-webhook/data-team).
     """
     log = get_run_logger()
+    trigger, wait, start = trigger or NO_OVERRIDES, wait or WAIT, start or START
     # Everything else was validated as a type where it entered; these need Prefect's API.
     check_alert_blocks(alert_blocks)
     creds = resolve_credentials(credentials)

@@ -36,25 +36,8 @@ from dbt_cloud_gate.flows.dbt_cloud import run_dbt_cloud_job
 from dbt_cloud_gate.flows.etl import dbt_cloud_etl
 from dbt_cloud_gate.models import EtlSummary, LoadTarget
 from dbt_cloud_gate.stack.__main__ import main as stack_main
-from dbt_cloud_gate.stack.embedded import DEMO_DATABASE, fakesnow_connector, fakesnow_server, seed_demo_tables
+from dbt_cloud_gate.stack.embedded import DEMO_TARGETS, fakesnow_connector, fakesnow_server, seed_demo_tables
 from dbt_cloud_gate.stack.services import PrefectServer, WebhookReceiver, ensure_emulator_webhook
-
-
-def _demo_target(model: str, key: str) -> LoadTarget:
-    """A quickstart target: what dbt built of ``model`` in DBT_PROD, upserted on ``key`` into its namesake in MARTS
-    (the tables ``seed_demo_tables`` makes)."""
-    table = model.upper()
-    return LoadTarget(
-        name=model,
-        source_model=model,
-        source_table=f"{DEMO_DATABASE}.DBT_PROD.{table}",
-        target_table=f"{DEMO_DATABASE}.MARTS.{table}",
-        key_columns=[key],
-        watermark_column="UPDATED_AT",
-    )
-
-
-DEMO_TARGETS = [_demo_target("orders", "ORDER_ID"), _demo_target("customers", "CUSTOMER_ID")]
 
 
 def main(argv: list[str] | None = None) -> int:

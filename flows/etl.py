@@ -39,6 +39,7 @@ from dbt_cloud_gate.settings import (
 from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.preflight import preflight_loads
 from dbt_cloud_gate.tasks.snowflake import load_snowflake_incremental
+from dbt_cloud_gate.variables import from_variable
 
 __all__ = ["dbt_cloud_etl", "dbt_cloud_etl_many"]
 
@@ -46,30 +47,31 @@ __all__ = ["dbt_cloud_etl", "dbt_cloud_etl_many"]
 @gate_flow(name="dbt-cloud-etl", on_cancellation=[cancel_runs_below])
 def dbt_cloud_etl(
     job_id: DbtCloudId,
-    targets: list[LoadTarget],
+    targets: list[LoadTarget] | str,
     snowflake: SnowflakeConnector | str,
     credentials: DbtCloudCredentials | str | None = None,
     *,
     pipeline: str | None = None,
     cause: str | None = None,
-    trigger: TriggerOverrides = NO_OVERRIDES,
-    wait: WaitSettings = WAIT,
-    start: StartSettings = START,
-    load: LoadSettings = LOAD,
+    trigger: TriggerOverrides | None = None,
+    wait: WaitSettings | None = None,
+    start: StartSettings | None = None,
+    load: LoadSettings | None = None,
     alert_blocks: list[str] | None = None,
 ) -> EtlSummary:
     """Run dbt Cloud job ``job_id``; on Success load every target up to the run's ``finished_at`` and audit it.
 
     Args:
         job_id: The dbt Cloud job to trigger.
-        targets: The loads gated on the run: source model table, target table, key and watermark columns.
+        targets: The loads gated on the run (source model table, target table, key and watermark columns), or the
+            name of a Prefect variable holding them as JSON (read at each run).
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
         credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
             DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_* environment variables.
         pipeline: A label for logs, the artifact and the audit history; default dbt-job-{job_id}.
         cause: Why the run was started, shown in dbt Cloud.
-        trigger: Overrides of the job's settings for this run (steps, git branch, schema...).
-        wait: How to wait for the run (polling, deadline, webhooks).
+        trigger: Overrides of the job's settings for this run (steps, git branch, schema...); empty: none.
+        wait: How to wait for the run (polling, deadline, webhooks); empty: the defaults.
         start: How to start it (a run in flight, the job's own schedule, a rerun, a run started elsewhere: what a
             deployment trigger on the run's webhook event passes as start.run_id).
         load: How the loads run (lookback, lock and statement timeouts, audit table, guards, and the preflight
@@ -77,8 +79,10 @@ def dbt_cloud_etl(
         alert_blocks: Notification blocks alerted when the run fails, as type-slug/name.
     """
     log = get_run_logger()
+    targets = from_variable(targets, LoadTarget, "targets")
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to load after the dbt run.")
+    trigger, wait, start, load = trigger or NO_OVERRIDES, wait or WAIT, start or START, load or LOAD
     name = pipeline or f"dbt-job-{job_id}"
     # Before the dbt run is triggered: a connector that cannot be loaded, or a target the loads would refuse, must
     # not cost a run.
@@ -115,14 +119,14 @@ def etl_pipeline(item: EtlPipeline, snowflake: SnowflakeConnector | str, options
 
 @gate_flow(name="dbt-cloud-etl-many", on_cancellation=[cancel_runs_below])
 def dbt_cloud_etl_many(
-    pipelines: list[EtlPipeline],
+    pipelines: list[EtlPipeline] | str,
     snowflake: SnowflakeConnector | str,
     credentials: DbtCloudCredentials | str | None = None,
     *,
-    trigger: TriggerOverrides = NO_OVERRIDES,
-    wait: WaitSettings = WAIT,
-    start: StartSettings = START,
-    load: LoadSettings = LOAD,
+    trigger: TriggerOverrides | None = None,
+    wait: WaitSettings | None = None,
+    start: StartSettings | None = None,
+    load: LoadSettings | None = None,
     alert_blocks: list[str] | None = None,
 ) -> list[EtlSummary]:
     """Run several ETL pipelines concurrently; fail after all finished if any failed, naming each failed run.
@@ -131,7 +135,8 @@ def dbt_cloud_etl_many(
     every setting below applies to every pipeline.
 
     Args:
-        pipelines: The pipelines: each a dbt Cloud job and the loads gated on it.
+        pipelines: The pipelines: each a dbt Cloud job and the loads gated on it; or the name of a Prefect variable
+            holding them as JSON (read at each run).
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
         credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
             DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_* environment variables.
@@ -143,8 +148,10 @@ def dbt_cloud_etl_many(
             that checks every pipeline's targets before any job is triggered).
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
     """
+    pipelines = from_variable(pipelines, EtlPipeline, "pipelines")
     if not pipelines:
         raise ValueError("pipelines is empty.")
+    trigger, wait, start, load = trigger or NO_OVERRIDES, wait or WAIT, start or START, load or LOAD
     if start.run_id is not None or start.retry_failed_run_id is not None:
         raise ValueError("start.run_id and start.retry_failed_run_id name one run: use dbt_cloud_etl for them.")
     if load.preflight:

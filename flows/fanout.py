@@ -45,8 +45,8 @@ def run_dbt_cloud_jobs(
     jobs: list[int | DbtCloudJobRequest],
     credentials: DbtCloudCredentials | str | None = None,
     *,
-    wait: WaitSettings = WAIT,
-    start: StartSettings = START,
+    wait: WaitSettings | None = None,
+    start: StartSettings | None = None,
     alert_blocks: list[str] | None = None,
 ) -> list[DbtCloudRunResult]:
     """Trigger every job concurrently, wait for all runs, and return their results in the order given.
@@ -57,14 +57,16 @@ def run_dbt_cloud_jobs(
         jobs: The jobs to run: job IDs, or requests with a cause and trigger overrides each.
         credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
             DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_* environment variables.
-        wait: How to wait for each run (polling, deadline, webhooks: one event subscription for all runs).
+        wait: How to wait for each run (polling, deadline, webhooks: one event subscription for all runs); empty:
+            the defaults.
         start: The jobs' own schedules (warn, fail, disable); every run is triggered (if_running='trigger'), and
-            a rerun or run_id, which name one run, are refused here.
+            a rerun or run_id, which name one run, are refused here; empty: the defaults.
         alert_blocks: Notification blocks alerted when a run fails, as type-slug/name.
     """
     log = get_run_logger()
     if not jobs:
         raise ValueError("jobs is empty: give at least one dbt Cloud job ID.")
+    wait, start = wait or WAIT, start or START
     if start.if_running != "trigger" or start.run_id is not None or start.retry_failed_run_id is not None:
         raise ValueError(
             "run_dbt_cloud_jobs triggers every job: start.if_running must be 'trigger', and start.run_id and "

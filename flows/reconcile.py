@@ -21,32 +21,36 @@ from dbt_cloud_gate.publish import publish_reconcile_report
 from dbt_cloud_gate.settings import LOAD, RECONCILE, LoadSettings, ReconcileSettings
 from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.reconcile import reconcile_snowflake_target
+from dbt_cloud_gate.variables import from_variable
 
 __all__ = ["dbt_cloud_reconcile"]
 
 
 @gate_flow(name="dbt-cloud-reconcile")
 def dbt_cloud_reconcile(
-    targets: list[LoadTarget],
+    targets: list[LoadTarget] | str,
     snowflake: SnowflakeConnector | str,
     *,
     pipeline: str = "reconcile",
-    reconcile: ReconcileSettings = RECONCILE,
-    load: LoadSettings = LOAD,
+    reconcile: ReconcileSettings | None = None,
+    load: LoadSettings | None = None,
 ) -> list[LoadReport]:
     """Reconcile every target with its source; fail after all if any failed, naming each.
 
     Args:
-        targets: The loads to reconcile, as given to the ETL flow.
+        targets: The loads to reconcile, as given to the ETL flow (a list, or the name of a Prefect variable
+            holding it as JSON).
         snowflake: A prefect-snowflake SnowflakeConnector block, or the name of a saved one.
         pipeline: A label for the audit history and the artifact.
         reconcile: What the reconcile may change: propagate_deletes (refused when another source feeds the target
-            or the source is empty), its ceiling (max_delete_fraction, max_deletes), and dry_run.
-        load: Of the load settings, the lock and statement timeouts and the audit table apply.
+            or the source is empty), its ceiling (max_delete_fraction, max_deletes), and dry_run; empty: defaults.
+        load: Of the load settings, the lock and statement timeouts and the audit table apply; empty: defaults.
     """
     log = get_run_logger()
+    targets = from_variable(targets, LoadTarget, "targets")
     if not targets:
         raise ValueError("targets is empty: give at least one LoadTarget to reconcile.")
+    reconcile, load = reconcile or RECONCILE, load or LOAD
     connector = resolve_connector(snowflake)
     reports, failures = attempt_each(
         targets,

@@ -22,6 +22,8 @@ from prefect.states import Scheduled
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api.emulator import Emulator, JobSpec
 from dbt_cloud_gate.stack import services
+from dbt_cloud_gate.stack.__main__ import TARGETS_VARIABLE
+from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
 from dbt_cloud_gate.stack.services import ROOT
 from tests.conftest import ACCOUNT, TOKEN
 from tests.prefect_compat import load_deploy_configs_and_actions
@@ -106,6 +108,7 @@ def stack(server: services.PrefectServer, tmp_path_factory: pytest.TempPathFacto
                 "dbt_cloud_job_id": 21,
                 "dbt_cloud_credentials_block": "e2e-dbt",
                 "snowflake_connector_block": "e2e-snowflake",
+                TARGETS_VARIABLE: [t.model_dump(mode="json", exclude_defaults=True) for t in DEMO_TARGETS],
             },
         )
         assert services.ensure_work_pool(server.api_url)

@@ -3,6 +3,7 @@ every cron and time zone parses."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,13 @@ import pytest
 import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
+from pydantic import TypeAdapter
 
 from dbt_cloud_gate.models import LoadTarget
 from dbt_cloud_gate.settings import LEGACY_PARAMETERS, RECONCILE, ReconcileSettings
+from dbt_cloud_gate.stack.__main__ import TARGETS_VARIABLE
+from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
+from dbt_cloud_gate.variables import VARIABLE_NAME
 from tests.prefect_compat import (
     PREFECT_YAML_MODELS,
     TRIGGER_TEMPLATES_KEEP_TYPES,
@@ -127,9 +132,21 @@ def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) 
         assert isinstance(validated["job_id"], int) and validated["job_id"] == int(parameters["job_id"])
         # No account IDs or tokens written into the file: they come from variables and blocks.
         assert isinstance(deployment["parameters"]["job_id"], str) and "{{" in deployment["parameters"]["job_id"]
-    for target in validated.get("targets", []):
-        assert LoadTarget.model_validate(target).lookback_seconds is not None
+    if "targets" in deployment["parameters"]:
+        # Read at each run from the variable the local stack sets: no example tables written into the file.
+        assert validated["targets"] == TARGETS_VARIABLE and VARIABLE_NAME.match(TARGETS_VARIABLE)
     assert "api_token" not in yaml.safe_dump(raw())
+
+
+def test_the_stacks_targets_variable_holds_valid_targets_for_its_seeded_tables() -> None:
+    value = [target.model_dump(mode="json", exclude_defaults=True) for target in DEMO_TARGETS]
+    targets = TypeAdapter(list[LoadTarget]).validate_python(value)
+    assert [t.target_table for t in targets] == ["ANALYTICS.MARTS.ORDERS", "ANALYTICS.MARTS.CUSTOMERS"]
+    # The file's comment shows how to set the variable with a valid target.
+    comment = PREFECT_YAML.read_text().split("\nname:")[0]
+    assert f"prefect variable set {TARGETS_VARIABLE} " in comment
+    example = re.search(r"'(\[.*?\])'", " ".join(line.lstrip("# ") for line in comment.splitlines()), re.S)
+    assert example and LoadTarget.model_validate(json.loads(example.group(1))[0]).key_columns == ["ORDER_ID"]
 
 
 def test_the_weekly_reconcile_takes_the_grouped_settings_and_shows_their_guards() -> None:

@@ -22,7 +22,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
-from dbt_cloud_gate.stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK
+from dbt_cloud_gate.stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK, TARGETS_VARIABLE
+from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
 from dbt_cloud_gate.stack.services import ROOT, WORK_POOL, alive, descendants, fakesnow_connector
 from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
 
@@ -161,6 +162,8 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
             assert client.read_work_pool(WORK_POOL).type == "process"
             assert client.read_variable_by_name("dbt_cloud_credentials_block").value == CREDENTIALS_BLOCK
             assert client.read_variable_by_name("snowflake_connector_block").value == SNOWFLAKE_BLOCK
+            targets = client.read_variable_by_name(TARGETS_VARIABLE).value
+            assert [t["target_table"] for t in targets] == [t.target_table for t in DEMO_TARGETS]
             etl = client.create_flow_run_from_deployment(
                 deployed["dbt-cloud-etl/nightly-etl"], parameters={"wait": {"poll_interval_seconds": 0.2}}
             )

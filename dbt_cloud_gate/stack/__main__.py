@@ -32,6 +32,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, demo_emulator
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
+from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
 from dbt_cloud_gate.stack.services import (
     WORK_POOL,
     PrefectServer,
@@ -53,6 +54,8 @@ from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
 
 CREDENTIALS_BLOCK = "local-dbt-cloud"
 SNOWFLAKE_BLOCK = "local-snowflake"
+# The Prefect variable holding the load targets of prefect.yaml's ETL and reconcile deployments.
+TARGETS_VARIABLE = "nightly_etl_targets"
 DEMO_JOB_ID = 101  # the emulator's demo job that succeeds
 # Every deployment of prefect.yaml, as "flow name/deployment name".
 DEPLOYMENTS = ("dbt-cloud-etl/nightly-etl", "dbt-cloud-job/dbt-cloud-job", "dbt-cloud-reconcile/weekly-reconcile")
@@ -171,6 +174,8 @@ def _run(state: Path, args: argparse.Namespace) -> int:
                 "dbt_cloud_job_id": DEMO_JOB_ID,
                 "dbt_cloud_credentials_block": CREDENTIALS_BLOCK,
                 "snowflake_connector_block": SNOWFLAKE_BLOCK,
+                # The targets prefect.yaml's ETL and reconcile deployments read at each run: the seeded tables.
+                TARGETS_VARIABLE: [target.model_dump(mode="json", exclude_defaults=True) for target in DEMO_TARGETS],
             },
         )
         ensure_work_pool(server.api_url)

@@ -23,8 +23,26 @@ from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
 from dbt_cloud_gate.dbtcloud_api.errors import local_extra_missing
 from dbt_cloud_gate.loads import quote_table
+from dbt_cloud_gate.models import LoadTarget
 
 DEMO_DATABASE = "ANALYTICS"
+
+
+def _demo_target(model: str, key: str) -> LoadTarget:
+    """A quickstart target: what dbt built of ``model`` in DBT_PROD, upserted on ``key`` into its namesake in MARTS
+    (the tables ``seed_demo_tables`` makes)."""
+    table = model.upper()
+    return LoadTarget(
+        name=model,
+        source_model=model,
+        source_table=f"{DEMO_DATABASE}.DBT_PROD.{table}",
+        target_table=f"{DEMO_DATABASE}.MARTS.{table}",
+        key_columns=[key],
+        watermark_column="UPDATED_AT",
+    )
+
+
+DEMO_TARGETS = [_demo_target("orders", "ORDER_ID"), _demo_target("customers", "CUSTOMER_ID")]
 
 
 @contextlib.contextmanager

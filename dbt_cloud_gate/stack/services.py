@@ -408,9 +408,9 @@ def save_blocks(
         connector.save(connector_block, overwrite=True)
 
 
-def set_variables(api_url: str, values: Mapping[str, str | int]) -> None:
-    """Set (or overwrite) the Prefect variables that prefect.yaml's templates read (a job ID as a number, as
-    ``prefect variable set`` stores it: the deployment's parameter schema wants an integer)."""
+def set_variables(api_url: str, values: Mapping[str, Any]) -> None:
+    """Set (or overwrite) the Prefect variables that prefect.yaml reads (a job ID as a number, as
+    ``prefect variable set`` stores it: the deployment's parameter schema wants an integer; targets as a JSON list)."""
     with temporary_settings({PREFECT_API_URL: api_url}):
         for name, value in values.items():
             Variable.set(name, value, overwrite=True)
