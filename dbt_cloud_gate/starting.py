@@ -52,7 +52,8 @@ TRIGGER_RETRIES = 2
 TRIGGER_RETRY_DELAYS = [10.0, 30.0]
 
 
-# Bounds one trigger attempt: a search, up to MAX_TRIGGER_ATTEMPTS POSTs, each retried by the client.
+# Bounds one trigger attempt (a request deadline around it): a search, up to MAX_TRIGGER_ATTEMPTS POSTs, each
+# retried by the client.
 TRIGGER_TIMEOUT_SECONDS = 600.0
 
 

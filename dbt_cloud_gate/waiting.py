@@ -1,5 +1,5 @@
 """How a task waits for runs, apart from the tasks themselves: the wait on one run (and its per-model results)
-on one connection, the webhook wake-ups, the backstop timeout, cancelling at the deadline or on Prefect
+on one connection, the webhook wake-ups, cancelling at the deadline or on Prefect
 cancellation, and the words for where a run stood at the deadline."""
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ from dbt_cloud_gate.dbtcloud_api.wait import (
 from dbt_cloud_gate.keys import flow_runs_upwards
 from dbt_cloud_gate.settings import WaitSettings
 from dbt_cloud_gate.waiter import RunEventWaiter, webhook_waiter
-
-# The wait task's hard backstop past ``max_wait_seconds``: the wait ends on its own deadline and then cancels,
-# which may take the client's retries; this only fires should something inside hang.
-WAIT_BACKSTOP_SECONDS = 120.0
-
-
-def wait_timeout_seconds(max_wait_seconds: float) -> float:
-    """The wait task's ``timeout_seconds`` for a wait of ``max_wait_seconds``: a hard backstop a little past it."""
-    return float(max_wait_seconds) + WAIT_BACKSTOP_SECONDS
 
 
 def deadline_description(exc: WaitTimedOut) -> str:

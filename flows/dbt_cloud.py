@@ -17,7 +17,7 @@ from prefect.context import FlowRunContext
 from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbt_cloud_gate.cancellation import cancel_own_runs, remember_for_cancellation
-from dbt_cloud_gate.dbtcloud_api import DbtCloudError, ModelResult, Run, run_url
+from dbt_cloud_gate.dbtcloud_api import ModelResult, Run, run_url
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudResponseError
 from dbt_cloud_gate.dbtcloud_api.wait import WaitTimedOut
 from dbt_cloud_gate.errors import (
@@ -33,8 +33,8 @@ from dbt_cloud_gate.starting import StartedRun, warn_if_scheduled
 from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, retry_dbt_cloud_run, start_dbt_cloud_run
-from dbt_cloud_gate.tasks.wait import cancel_dbt_cloud_run, wait_for_dbt_cloud_run_and_results
-from dbt_cloud_gate.waiting import deadline_description, subscribe_before_trigger, wait_timeout_seconds
+from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_run_and_results
+from dbt_cloud_gate.waiting import deadline_description, subscribe_before_trigger
 
 __all__ = ["run_dbt_cloud_job"]
 
@@ -97,7 +97,7 @@ async def run_dbt_cloud_job(
         wait = wait.leaving_at_deadline()
     wait = _within_flow_timeout(wait, log)
     try:
-        run, models, deadline = _wait(creds, job_id, started, wait, log)
+        run, models, deadline = _wait(creds, job_id, started, wait)
     except DbtCloudResponseError as exc:  # a Success without finished_at, another run's data: never a success
         invalid = Verdict("failed", DbtCloudRunInvalid, str(exc))
         return await _fail(creds, job_id, run_id, None, invalid, alert_blocks, token, wait=wait)
@@ -170,17 +170,15 @@ async def _fail(
 
 
 def _wait(
-    creds: DbtCloudCredentials, job_id: int, started: StartedRun, wait: WaitSettings, log: Any
+    creds: DbtCloudCredentials, job_id: int, started: StartedRun, wait: WaitSettings
 ) -> tuple[Run | None, list[ModelResult], str | None]:
-    """The wait task's run and models, or, past the deadline, where the run stood (``deadline``); a wait that
-    hung past the task's backstop cancels the run here (unless ``on_timeout="leave"``)."""
-    run_id = started.run_id
+    """The wait task's run and models, or, past the deadline, where the run stood (``deadline``). The wait ends on
+    its own deadline (every request of it inside ``request_deadline``): no Prefect timeout, which a task in this
+    async flow's worker thread could not enforce."""
     try:
-        finished = wait_for_dbt_cloud_run_and_results.with_options(
-            timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds)
-        )(
+        finished = wait_for_dbt_cloud_run_and_results(
             creds,
-            run_id,
+            started.run_id,
             wait,
             job_id=job_id,
             history_seconds=started.history_seconds,
@@ -190,15 +188,6 @@ def _wait(
         return finished.run, finished.models, None
     except WaitTimedOut as exc:
         return exc.run, [], deadline_description(exc)
-    except TimeoutError:  # the task's own backstop: the wait hung past its deadline
-        backstop = wait_timeout_seconds(wait.max_wait_seconds)
-        run: Run | None = None
-        if wait.on_timeout == "cancel":
-            try:
-                run = cancel_dbt_cloud_run(creds, run_id)
-            except DbtCloudError as cancel_error:
-                log.error("Cancelling dbt Cloud run %s after the backstop failed: %s", run_id, cancel_error)
-        return run, [], f"the wait did not end within its {backstop:g} s backstop"
 
 
 def _within_flow_timeout(wait: WaitSettings, log: Any) -> WaitSettings:

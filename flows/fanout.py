@@ -29,7 +29,7 @@ from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
 from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_runs
-from dbt_cloud_gate.waiting import RunWaitOutcome, subscribe_before_trigger, wait_timeout_seconds
+from dbt_cloud_gate.waiting import RunWaitOutcome, subscribe_before_trigger
 
 __all__ = ["run_dbt_cloud_jobs"]
 
@@ -81,9 +81,7 @@ def run_dbt_cloud_jobs(
     wait = subscribe_before_trigger(wait, log)
     started, failures = _trigger_all(creds, requests, scope)
     log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
-    outcomes = wait_for_dbt_cloud_runs.with_options(timeout_seconds=wait_timeout_seconds(wait.max_wait_seconds))(
-        creds, started, wait
-    )
+    outcomes = wait_for_dbt_cloud_runs(creds, started, wait)
     results = _judge_all(creds, started, outcomes, wait, alert_blocks, failures)
     create_table_artifact(
         key="dbt-cloud-fan-out",

@@ -2,13 +2,17 @@
 one read and trigger of ``run_dbt_cloud_job``, and the rerun of a failed run from its point of failure.
 
 Clients are built inside each task from the credentials block (a client is not a hashable task input). The
-start and trigger tasks carry Prefect's own retries and timeouts (``start_dbt_cloud_run.with_options(retries=5,
-timeout_seconds=900)``); each attempt looks for the run carrying its key before starting one, so no retry, of the
-task or of any flow above it, starts two."""
+start and trigger tasks carry Prefect's own retries (``start_dbt_cloud_run.with_options(retries=5)``); each attempt
+looks for the run carrying its key before starting one, so no retry, of the task or of any flow above it, starts
+two. Each attempt ends by its own deadline (TRIGGER_TIMEOUT_SECONDS, every request and retry sleep inside it), not
+by a Prefect ``timeout_seconds``, which cannot interrupt a sync task in a worker thread (an async flow's tasks) and
+only warns there."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
@@ -16,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run as runtime_task_run
 
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+from dbt_cloud_gate.dbtcloud_api import request_deadline
 from dbt_cloud_gate.dbtcloud_api.models import (
     RECENT_RUNS_LIMIT,
 )
@@ -62,8 +67,13 @@ _STARTS_A_RUN: dict[str, Any] = {
     "retries": TRIGGER_RETRIES,
     "retry_delay_seconds": TRIGGER_RETRY_DELAYS,
     "retry_condition_fn": retry_if_transient,
-    "timeout_seconds": TRIGGER_TIMEOUT_SECONDS,
 }
+
+
+def _attempt_deadline() -> AbstractContextManager[float | None]:
+    """Every dbt Cloud call of this attempt ends within TRIGGER_TIMEOUT_SECONDS (a POST still unanswered then is
+    ambiguous: the next attempt searches for its key before any new POST)."""
+    return request_deadline(time.monotonic() + TRIGGER_TIMEOUT_SECONDS)
 
 
 @task(name="trigger-dbt-cloud-job", **_STARTS_A_RUN)
@@ -79,10 +89,10 @@ def trigger_dbt_cloud_job(
     Every attempt (first, Prefect retry of this task, rerun after a retry of any flow above it) first looks for a
     run of the job whose cause carries ``key``, and reuses it; after an ambiguous failure (the request may have
     created a run) it looks again before any new attempt. Retries (default 2, after 10 s then 30 s) only follow a
-    failure another attempt can heal; ``timeout_seconds`` (default 600) bounds one attempt.
+    failure another attempt can heal; each attempt ends within TRIGGER_TIMEOUT_SECONDS (600).
     """
     log = get_run_logger()
-    with credentials.get_client() as client:
+    with _attempt_deadline(), credentials.get_client() as client:
         found = client.find_runs_by_cause(job_id, key, max_runs=RECENT_RUNS_LIMIT)
         return trigger_with_key(client, job_id, cause, key, overrides, found, log)[0]
 
@@ -113,7 +123,7 @@ def start_dbt_cloud_run(
     """
     check_start_settings(if_running, native_schedule)
     log = get_run_logger()
-    with credentials.get_client() as client:
+    with _attempt_deadline(), credentials.get_client() as client:
         # A retry of this task may follow a POST that started a run: only its first attempt may skip the search.
         first = first_attempt and runtime_task_run.get_run_count() <= 1
         if first and not needs_history and if_running == "trigger" and native_schedule == "warn":

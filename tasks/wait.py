@@ -34,12 +34,11 @@ from dbt_cloud_gate.waiting import (
     prefect_cancellation_requested,
     run_async,
     wait_in_task,
-    wait_timeout_seconds,
     webhook_waker,
 )
 
 
-@task(name="wait-for-dbt-cloud-run", cache_policy=NO_CACHE, timeout_seconds=wait_timeout_seconds(7200))
+@task(name="wait-for-dbt-cloud-run", cache_policy=NO_CACHE)
 def wait_for_dbt_cloud_run(
     credentials: DbtCloudCredentials,
     run_id: int,
@@ -55,8 +54,8 @@ def wait_for_dbt_cloud_run(
     (``history_seconds``, read here when not given; see ``dbtcloud_api.polling``); otherwise every
     ``poll_interval_seconds``. ``just_triggered`` skips the poll right after a trigger (the run is queued).
     Past ``max_wait_seconds`` it cancels the run (unless ``on_timeout="leave"``) and raises ``WaitTimedOut``,
-    whose ``description`` says where the run stood at the deadline. Its ``timeout_seconds`` is a hard backstop
-    (``wait_timeout_seconds(max_wait_seconds)``, set per call by the flows).
+    whose ``description`` says where the run stood at the deadline. No Prefect ``timeout_seconds``: in a worker
+    thread Prefect cannot enforce one; the deadline is the wait's own, and every request of it ends by it.
 
     With ``webhooks``, the wait sleeps on the process-wide webhook waiter (``dbt_cloud_gate.waiter``; start it
     before the trigger) and polls at once when the run's terminal event arrives; between events it polls every
@@ -76,11 +75,7 @@ def wait_for_dbt_cloud_run(
         )
 
 
-@task(
-    name="wait-for-dbt-cloud-run-and-results",
-    cache_policy=NO_CACHE,
-    timeout_seconds=wait_timeout_seconds(7200),
-)
+@task(name="wait-for-dbt-cloud-run-and-results", cache_policy=NO_CACHE)
 def wait_for_dbt_cloud_run_and_results(
     credentials: DbtCloudCredentials,
     run_id: int,
@@ -115,7 +110,7 @@ def wait_for_dbt_cloud_run_and_results(
             return FinishedRun(run, read_model_results(client, run_id, run, log))
 
 
-@task(name="wait-for-dbt-cloud-runs", cache_policy=NO_CACHE, timeout_seconds=wait_timeout_seconds(7200))
+@task(name="wait-for-dbt-cloud-runs", cache_policy=NO_CACHE)
 def wait_for_dbt_cloud_runs(
     credentials: DbtCloudCredentials,
     runs: dict[int, int],
@@ -193,10 +188,3 @@ def wait_for_dbt_cloud_runs(
             with credentials.get_client() as client:
                 cancel_quietly(client, list(runs), log)
         raise
-
-
-@task(name="cancel-dbt-cloud-run", cache_policy=NO_CACHE)
-def cancel_dbt_cloud_run(credentials: DbtCloudCredentials, run_id: int) -> Run:
-    """Cancel a dbt Cloud run (safe to repeat)."""
-    with credentials.get_client() as client:
-        return client.cancel_run(run_id)
