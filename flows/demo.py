@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -65,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         "receiver and a subscription; prints the lag after the run's end and the polls",
     )
     parser.add_argument(
+        "--verbose", action="store_true", help="show the tracebacks of a failed run (by default: one line and a hint)"
+    )
+    parser.add_argument(
         "--fallback-poll-seconds",
         type=float,
         default=60,
         help="with --webhooks: the safety net's interval (the webhook should end the wait long before it)",
     )
     args = parser.parse_args(argv)
+    if not args.verbose:
+        console_without_tracebacks()
     if args.stack:
         return stack_main([])
     if args.webhooks:
@@ -156,15 +162,49 @@ def webhooks_demo(job_id: int, fallback_poll_seconds: float = 60) -> int:
         return code
 
 
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter that leaves out tracebacks: the flow's logs keep them (and ``--verbose`` shows them)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The record is shared with the other handlers (Prefect's API log handler keeps the traceback): restored.
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def console_without_tracebacks() -> None:
+    """Prefect's console handler shows each log line without its traceback (a failed run printed two 30-frame
+    tracebacks before the one line that matters)."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
+HINT = "(python -m flows.demo --verbose shows the tracebacks; the flow run's logs in Prefect keep them)"
+
+
 def _report(run: Callable[[], EtlSummary]) -> int:
-    """Run the ETL flow and print its outcome on one line."""
+    """Run the ETL flow and print its outcome on one line (a failure: the verdict and a hint)."""
     try:
         summary = run()
     except DbtCloudRunError as exc:
-        print(f"run_id={exc.run_id} status={exc.status} url={exc.url} (nothing loaded): {exc}")
+        print(f"run_id={exc.run_id} status={exc.status} url={exc.url} (nothing loaded): {exc}\n{HINT}")
         return 1
     except EtlFailed as exc:  # the dbt run succeeded; some loads were refused or failed (the others loaded)
-        print(f"ETL failed: {exc}")
+        print(f"ETL failed: {exc}\n{HINT}")
+        return 1
+    except Exception as exc:  # refused before anything ran (a preflight, a setting, a block): say what, not where
+        print(f"Failed before the dbt run: {type(exc).__name__}: {exc}\n{HINT}")
         return 1
     finished = summary.finished_at.isoformat()
     rows = " ".join(f"{name}={count}" for name, count in summary.rows_by_target.items())

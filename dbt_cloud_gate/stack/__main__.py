@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import signal
 import sys
@@ -161,8 +160,6 @@ def _run(state: Path, args: argparse.Namespace) -> int:
         services.enter_context(server)
         emulator, emulator_https, tls = _emulators(services, state, args)
         snow = services.enter_context(fakesnow_server(db_path=str(state / "fakesnow"), port=args.snowflake_port))
-        # fakesnow sets its logger to INFO when imported and logs every session login: noise in this console.
-        logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
         connector = fakesnow_connector(snow)
         seed_demo_tables(connector)
         credentials = DbtCloudCredentials(account_id=DEMO_ACCOUNT_ID, api_token=DEMO_TOKEN, access_url=emulator.url)

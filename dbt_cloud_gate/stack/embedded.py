@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +59,10 @@ def fakesnow_server(db_path: str | None = None, port: int = 0) -> Iterator[dict[
     except ImportError as exc:
         needs = {"fakesnow": "fakesnow[server]", "pyarrow": "fakesnow[server]", "duckdb": "fakesnow[server]"}
         raise local_extra_missing(exc, "the local Snowflake stand-in (fakesnow's server)", needs) from exc
+    # fakesnow sets its logger to INFO when imported and logs every session login (twice: its own handler and
+    # Prefect's), and warns on every query result it turns into Arrow: noise on every console that uses it.
+    logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
     if db_path:
         Path(db_path).mkdir(parents=True, exist_ok=True)
         # Every session of this server shares one instance whose databases live as files in db_path.
