@@ -35,12 +35,12 @@ START_TIMEOUT = 240.0
 class RunningStack:
     """A ``python -m dbt_cloud_gate.stack`` process and what it wrote to STATE/stack.json once ready."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, port: int = 0) -> None:
         self.state = state
         self.output = state.parent / f"{state.name}-console.log"
         with self.output.open("ab") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dbt_cloud_gate.stack", "--state-dir", str(state), "--port", "0"],
+                [sys.executable, "-m", "dbt_cloud_gate.stack", "--state-dir", str(state), "--port", str(port)],
                 cwd=ROOT,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -193,8 +193,11 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
         if first.process.poll() is None:
             first.process.kill()
 
-    second = RunningStack(state)
+    # Right after the stop, on the same port: the connections the stopped server left in TIME_WAIT do not count.
+    port = int(first.info["ui_url"].rsplit(":", 1)[1])
+    second = RunningStack(state, port=port)
     try:
+        assert second.info["ui_url"] == first.info["ui_url"]
         assert second.info["deployments"] == deployed  # updated, not created anew
         check_webhooks(second)  # a new subscription on the fresh emulator; the old one's secret dropped
         assert check_https(second) == authority  # the certificate made on the first start is kept
@@ -205,7 +208,8 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
             assert names.count(CREDENTIALS_BLOCK) == 1 and names.count(SNOWFLAKE_BLOCK) == 1
             assert client.read_flow_run(etl.id).state.type.value == "COMPLETED"  # the server's database was kept
         assert rows(second.info, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == loaded  # fakesnow's data too
-        assert second.stop(signal.SIGTERM) == []
+        # Closing the terminal (SIGHUP) stops everything, as Ctrl-C does (SIGTERM takes the same path).
+        assert second.stop(signal.SIGHUP) == []
     finally:
         if second.process.poll() is None:
             second.process.kill()

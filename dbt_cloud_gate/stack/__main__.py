@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,6 +43,7 @@ from dbt_cloud_gate.stack.services import (
     fakesnow_connector,
     fakesnow_server,
     log_tail,
+    port_is_free,
     save_blocks,
     seed_demo_tables,
     set_variables,
@@ -60,11 +60,27 @@ DEMO_JOB_ID = 101  # the emulator's demo job that succeeds
 DEPLOYMENTS = ("dbt-cloud-etl/nightly-etl", "dbt-cloud-job/dbt-cloud-job", "dbt-cloud-reconcile/weekly-reconcile")
 
 
+# Ctrl-C, a kill, and the terminal closing: each stops every service and process the stack started.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
-    """SIGINT or SIGTERM: unwind (which stops every service); a second signal cannot cut the shutdown short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A stop signal: unwind (which stops every service); a second signal cannot cut the shutdown short."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def ports_in_use(args: argparse.Namespace) -> list[str]:
+    """The ports asked for on the command line that something already listens on, each with its flag."""
+    flags = {
+        "--port": args.port,
+        "--emulator-port": args.emulator_port,
+        "--emulator-https-port": args.emulator_https_port,
+        "--snowflake-port": args.snowflake_port,
+        "--receiver-port": args.receiver_port,
+    }
+    return [f"{flag} {port}" for flag, port in flags.items() if port and not port_is_free(port)]
 
 
 def _say(message: str) -> None:
@@ -104,7 +120,7 @@ Try it:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the stack and serve until Ctrl-C or SIGTERM; returns the exit code."""
+    """Start the stack and serve until Ctrl-C, SIGTERM or SIGHUP; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m dbt_cloud_gate.stack", description=__doc__)
     parser.add_argument("--state-dir", default=".stack", help="where the server's database, data and logs live")
     parser.add_argument("--port", type=int, default=4200, help="the Prefect server's port (0 picks a free one)")
@@ -123,10 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             _say(f"A stack already runs from {state} (see {state / 'stack.json'}); stop it first.")
             return 1
-        # fakesnow warns about its own Arrow copy: noise in this console.
-        warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
-        signal.signal(signal.SIGINT, _stop_on_signal)
-        signal.signal(signal.SIGTERM, _stop_on_signal)
+        busy = ports_in_use(args)
+        if busy:
+            _say(
+                f"Port(s) in use on 127.0.0.1: {', '.join(busy)}. Stop what listens there, or pass another port "
+                "with that flag (0 picks a free one). Nothing was started."
+            )
+            return 1
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, _stop_on_signal)
         try:
             return _run(state, args)
         except KeyboardInterrupt:
