@@ -117,7 +117,23 @@ def alert_body(result: DbtCloudRunSummary, outcome: Outcome, run: Run | None, de
     step = run.failed_step if run is not None else None
     if step is not None:
         lines += [f"Failed step {step.index}: {step.name}", "Last log lines:", *step.last_log_lines(10)]
-    failing = [m for m in result.models if m.status in ("error", "fail", "runtime error")]
+    failing = failing_models(result)
     if failing:
-        lines.append("Failing models: " + ", ".join(f"{m.label} ({m.status})" for m in failing))
+        lines.append(f"Failing models: {failing}")
     return "\n".join(lines)
+
+
+def failing_models(result: DbtCloudRunSummary) -> str:
+    """The models (and tests) in error in the run's results, as "orders (error), customers (fail)"; "" if none."""
+    return ", ".join(f"{m.label} ({m.status})" for m in result.models if m.status in ("error", "fail", "runtime error"))
+
+
+def where_it_failed(result: DbtCloudRunSummary, run: Run | None) -> str:
+    """The failed step and the failing models, for a state message: "step 4 (Invoke dbt with `dbt build`), failing
+    models: orders (error)"; "" when neither is known."""
+    step = run.failed_step if run is not None else None
+    parts = [f"step {step.index} ({step.name})"] if step is not None else []
+    failing = failing_models(result)
+    if failing:
+        parts.append(f"failing models: {failing}")
+    return ", ".join(parts)

@@ -26,7 +26,7 @@ from dbt_cloud_gate.errors import (
 )
 from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope
 from dbt_cloud_gate.models import DbtCloudRunResult, DbtCloudRunSummary
-from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge, summarize
+from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge, summarize, where_it_failed
 from dbt_cloud_gate.publish import publish_run
 from dbt_cloud_gate.settings import NO_OVERRIDES, START, WAIT, DbtCloudId, StartSettings, TriggerOverrides, WaitSettings
 from dbt_cloud_gate.starting import StartedRun, warn_if_scheduled
@@ -155,8 +155,10 @@ async def _fail(
         message += f"Status now {summary.status}: {summary.url}"
     elif verdict.error is DbtCloudRunInvalid:
         message = f"dbt Cloud run {run_id} of job {job_id} cannot be used: {verdict.detail} ({summary.url})"
-    else:
-        message = f"dbt Cloud run {run_id} of job {job_id} {outcome} (status {summary.status}): {summary.url}"
+    else:  # the state message, the exception and the log name where it failed, not only that it did
+        where = where_it_failed(summary, run)
+        at = f" at {where}" if where else ""
+        message = f"dbt Cloud run {run_id} of job {job_id} {outcome} (status {summary.status}){at}: {summary.url}"
     if alert_blocks:
         send_dbt_cloud_alert(
             alert_blocks,

@@ -136,6 +136,8 @@ def test_error_alerts_and_fails(emulator: EmulatorServer, webhook: AlertSink) ->
         run_dbt_cloud_job(12, creds(emulator), alert_blocks=[block], **FAST)
     error = info.value
     assert error.status == "Error" and str(error.run_id) in error.url and isinstance(error, DbtCloudRunError)
+    # The exception (so the flow run's state message) names where it failed, not only that it did.
+    assert "(status Error) at step 4 (Invoke dbt with `dbt build`), failing models: orders (error): " in str(error)
     assert len(webhook.received) == 1
     alert = webhook.received[0]
     assert str(error.run_id) in alert["body"] and "Error" in alert["body"] and error.url in alert["body"]
