@@ -1,4 +1,10 @@
-"""Shared fixtures: the emulator on loopback HTTP, fast-retry clients, the OpenAPI validator."""
+"""Shared fixtures: the emulator on loopback HTTP, fast-retry clients, the OpenAPI validator; and the order of the run.
+
+The suite runs on pytest-xdist (``-n auto --dist loadfile`` in pyproject.toml): four worker processes, each with its
+own PREFECT_HOME and test harness, a test file on one worker. Most of the time of the slow files is spent waiting
+(servers starting, runs running), so four workers on two cores overlap it. The slow files go first: started last,
+the longest of them would finish alone. A run of a single file stays in this process (``-n auto`` is 0 then).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +34,23 @@ from dbt_cloud_gate.receiver import DEFAULT_PATH  # noqa: E402
 from dbt_cloud_gate.receiver_guard import ConnectionLimits, guarded_config  # noqa: E402
 from dbt_cloud_gate.stack.embedded import AlertSink  # noqa: E402
 from dbt_cloud_gate.stack.services import free_port  # noqa: E402
+
+XDIST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: XDIST_WORKERS, or none for a run of one test file (a quick check starts no worker processes)."""
+    files = {str(arg).split("::")[0] for arg in config.args}
+    return 0 if len(files) == 1 and next(iter(files)).endswith(".py") else XDIST_WORKERS
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's scheduler reads the order
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with slow tests first (each file's tests keep their order): under ``--dist loadfile`` the longest
+    files then start at once instead of finishing last, alone."""
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
 
 TOKEN = "tok_sEcReT_0123456789abcdef"
 ACCOUNT = 4242
