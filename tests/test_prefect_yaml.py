@@ -268,3 +268,28 @@ def test_the_event_trigger_loads_matches_the_receivers_event_and_its_parameters_
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     validated = flow.validate_parameters({**resolve(deployment["parameters"]), **rendered})
     assert validated["start"].run_id == 777001 and validated["job_id"] == external
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["name"])
+def test_the_parameter_schema_carries_the_rules_the_code_enforces(deployment: dict[str, Any]) -> None:
+    from prefect.utilities.schema_tools.validation import ValidationError as SchemaError
+    from prefect.utilities.schema_tools.validation import validate
+
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    schema = flow.parameters.model_dump()
+    parameters = resolve(deployment["parameters"])
+    if "job_id" in schema["properties"]:  # a number, as `prefect variable set` stores it (the trigger's: sampled)
+        parameters["job_id"] = int(parameters.get("job_id", 1))
+    validate(parameters, schema, raise_on_error=True)  # what `prefect deployment run --param` is checked against
+    bad = []
+    if "job_id" in schema["properties"]:
+        bad.append({**parameters, "job_id": 0})
+    if "wait" in schema["properties"]:
+        bad.append({**parameters, "wait": {"poll_interval_seconds": -5}})
+        bad.append({**parameters, "wait": {"on_timeout": "later"}})
+    if "reconcile" in schema["properties"]:
+        bad.append({**parameters, "reconcile": {"max_delete_fraction": 2}})
+    assert bad
+    for wrong in bad:
+        with pytest.raises(SchemaError):
+            validate(wrong, schema, raise_on_error=True)

@@ -52,7 +52,8 @@ def _not_bool(value: object) -> object:
     return value
 
 
-# A digit string is taken (a deployment's variables are strings); a bool is not. The bounds show in the JSON
-# schema of a deployment's form.
-DbtCloudId = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=MAX_ID)]
+# A digit string is taken (a deployment's variables are strings); a bool is not. The bounds come before the
+# validator, so that they are the JSON schema's minimum and maximum, which a deployment's form and Prefect's parameter
+# validation enforce (after it, pydantic writes them as "ge"/"le", keys no JSON schema validator knows).
+DbtCloudId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_not_bool)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False), AfterValidator(lambda v: check_seconds("seconds", v))]
