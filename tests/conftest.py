@@ -44,12 +44,24 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 0 if len(files) == 1 and next(iter(files)).endswith(".py") else XDIST_WORKERS
 
 
+# The longest files (1.5-2 min each under load), started first, one per worker: any of them started last would
+# finish alone, long after the rest.
+LONGEST_FILES = ("tests/test_stack.py", "tests/test_e2e_deploy.py", "tests/test_browser.py", "tests/test_demo.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's scheduler reads the order
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files with slow tests first (each file's tests keep their order): under ``--dist loadfile`` the longest
-    files then start at once instead of finishing last, alone."""
+    """The longest files first, then the other files with slow tests, then the rest (each file's tests keep their
+    order; ``--no-loadscope-reorder`` keeps this order of files)."""
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        path = item.nodeid.split("::")[0]
+        if path in LONGEST_FILES:
+            return (0, LONGEST_FILES.index(path))
+        return (1 if path in slow_files else 2, 0)
+
+    items.sort(key=rank)
 
 
 TOKEN = "tok_sEcReT_0123456789abcdef"

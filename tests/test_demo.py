@@ -12,15 +12,19 @@ import pytest
 
 from dbt_cloud_gate.stack.services import ROOT
 
-pytestmark = pytest.mark.slow  # each run starts Prefect's temporary server
+# Slow: a subprocess each. They run on the session's test server (the demo uses the server its profile names), not
+# on a temporary server of their own: that start would cost 20-30 s of CPU each.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 def demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "DBT_CLOUD_"))}
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DBT_CLOUD_"))}
     return subprocess.run(
         [sys.executable, "-m", "flows.demo", "--data-dir", str(tmp_path / "fakesnow"), *args],
         cwd=ROOT,
-        env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home")},
+        env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": str(PREFECT_API_URL.value())},
         capture_output=True,
         text=True,
         timeout=240,
