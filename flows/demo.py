@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "a saved SnowflakeConnector block, --targets a JSON file of load targets",
     )
     parser.add_argument("--snowflake", help="with --real: the name of a saved prefect-snowflake SnowflakeConnector")
-    parser.add_argument("--targets", help="with --real: JSON file with a list of LoadTarget objects")
+    parser.add_argument("--targets", help="with --real (required): JSON file with a list of LoadTarget objects")
     parser.add_argument(
         "--stack",
         action="store_true",
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         if not args.snowflake:
             parser.error("--real needs --snowflake NAME (a saved SnowflakeConnector block)")
-        targets = DEMO_TARGETS
-        if args.targets:
-            targets = [LoadTarget.model_validate(item) for item in json.loads(Path(args.targets).read_text())]
+        if not args.targets:  # the demo's targets name the local stand-in's tables, never a real account's
+            parser.error("--real needs --targets FILE: a JSON list of LoadTarget naming your own tables")
+        targets = [LoadTarget.model_validate(item) for item in json.loads(Path(args.targets).read_text())]
         return _report(lambda: dbt_cloud_etl(args.job_id, targets, args.snowflake, None, pipeline="quickstart"))
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     # Run IDs from the clock, so that the audit history of successive demo runs names distinct dbt runs.

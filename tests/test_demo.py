@@ -49,3 +49,11 @@ def test_a_failed_demo_ends_with_its_verdict_and_a_hint_and_hides_tracebacks(tmp
     verdict, hint = done.stdout.strip().splitlines()[-2:]
     assert verdict.startswith("run_id=") and "status=Error" in verdict and "(nothing loaded)" in verdict
     assert "--verbose" in hint
+
+
+def test_real_mode_never_loads_the_demo_targets_into_a_real_account(capsys: pytest.CaptureFixture[str]) -> None:
+    from dbt_cloud_gate.flows.demo import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--real", "--snowflake", "prod-snowflake", "--job-id", "12345"])
+    assert exited.value.code == 2 and "--real needs --targets FILE" in capsys.readouterr().err

@@ -240,6 +240,8 @@ def test_the_event_trigger_loads_matches_the_receivers_event_and_its_parameters_
     (deployment,) = [d for d in deployments() if d.get("triggers")]
     # An example: off, and no schedule, so that it starts nothing until someone turns it on for their job.
     assert [t["enabled"] for t in deployment["triggers"]] == [False] and not deployment.get("schedules")
+    # And it says so where the UI lists deployments: its tags and description.
+    assert "example" in deployment["tags"] and deployment["description"].startswith("EXAMPLE")
     # Its job comes from the event, and the event must be of the external job: not the one nightly-etl triggers.
     assert "job_id" not in deployment["parameters"], "deploying must not need the example's variable"
     assert "dbt_cloud_external_job_id" in str(deployment["triggers"][0]["match_related"])
