@@ -1,6 +1,6 @@
 """The receiver's front door: read deadlines and connection limits that no outsider can turn against dbt Cloud.
 
-Behind the TLS proxy the README asks for, every client (dbt Cloud and anyone else) reaches the receiver from the
+Behind the TLS proxy docs/webhooks.md asks for, every client (dbt Cloud and anyone else) reaches the receiver from the
 proxy's one address, so no limit here may refuse a connection because some address or the server has too many:
 a flood would fill it, and dbt Cloud's deliveries would be refused with the flood.
 

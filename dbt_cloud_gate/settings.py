@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 # With webhooks on, a cancelled run sends no webhook: this safety-net poll sees it at most this late (a cancel
-# within 30 s, as polling's longest gap, at one read per 30 s of run time; see the README's webhooks section).
+# within 30 s, as polling's longest gap, at one read per 30 s of run time; see docs/webhooks.md).
 DEFAULT_FALLBACK_POLL_SECONDS = 30.0
 
 
