@@ -85,7 +85,7 @@ def _exception_of(state: State[Any]) -> Any:
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry a failure another attempt can heal (5xx, 429, no answer, an
-    ambiguous trigger, the task's own timeout); never a refused token, a bad request or a bad setting."""
+    ambiguous trigger, the attempt's own deadline); never a refused token, a bad request or a bad setting."""
     try:
         exc = _exception_of(state)
     except Exception:  # the result cannot be read: a crash, retrying is the safe side for an idempotent task

@@ -5,6 +5,9 @@ Why: a list of targets in a deployment's parameters expands field by field on th
 targets take about 3,000 px), where the variable's name takes one line; the targets are edited in one place
 (Variables) for every deployment that loads them; and a shipped example cannot load into tables nobody chose: until
 the variable exists, a run fails before anything is triggered, naming the variable and how to create it.
+
+Prefect caps a variable's value at 5,000 characters: about 20 plain targets. Beyond that, give the list in the
+deployment's parameters, or split the loads into several pipelines (``dbt_cloud_etl_many``) or deployments.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ __all__ = ["VARIABLE_NAME", "from_variable"]
 
 M = TypeVar("M", bound=BaseModel)
 
-# Prefect 3's rule for variable names.
-VARIABLE_NAME = re.compile(r"^[a-z0-9_]+$")
+# Prefect 3's rule for variable names (lowercase letters, digits, dashes and underscores).
+VARIABLE_NAME = re.compile(r"^[a-z0-9_-]+$")
 
 
 def from_variable(value: list[M] | str, model: type[M], parameter: str) -> list[M]:
@@ -34,10 +37,14 @@ def from_variable(value: list[M] | str, model: type[M], parameter: str) -> list[
     if not VARIABLE_NAME.match(name):
         raise ValueError(
             f"{parameter} is a string, so it names a Prefect variable holding the list as JSON, but {value!r} is not a "
-            "variable name (lowercase letters, digits and underscores): give the variable's name, or the list itself."
+            "variable name (lowercase letters, digits, dashes and underscores): give the variable's name, or the list "
+            "itself."
         )
     example = '[{"name": ..., "source_model": ..., ...}]' if model.__name__ == "LoadTarget" else "[...]"
-    raw: Any = Variable.get(name)
+    try:
+        raw: Any = Variable.get(name)
+    except Exception as exc:  # the Prefect API unreachable or refusing: say which parameter needed it
+        raise ValueError(f"{what}, which could not be read from Prefect's API: {type(exc).__name__}: {exc}") from exc
     if raw is None:
         raise ValueError(
             f"{what}, which does not exist (or is empty): create it with the {model.__name__} list as JSON, "
@@ -58,4 +65,8 @@ def from_variable(value: list[M] | str, model: type[M], parameter: str) -> list[
         raise ValueError(
             f"{what}, whose value is not a list of {model.__name__}: {problems}. Fix the variable."
         ) from None
+    if not items:
+        raise ValueError(
+            f"{what}, which holds an empty list: give at least one {model.__name__}. Nothing was triggered."
+        )
     return list(items)

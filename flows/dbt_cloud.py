@@ -18,7 +18,7 @@ from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbt_cloud_gate.cancellation import cancel_own_runs, remember_for_cancellation
 from dbt_cloud_gate.dbtcloud_api import ModelResult, Run, run_url
-from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudResponseError
+from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudResponseError, scrub
 from dbt_cloud_gate.dbtcloud_api.wait import WaitTimedOut
 from dbt_cloud_gate.errors import (
     DbtCloudRunFailed,
@@ -159,6 +159,7 @@ async def _fail(
         where = where_it_failed(summary, run)
         at = f" at {where}" if where else ""
         message = f"dbt Cloud run {run_id} of job {job_id} {outcome} (status {summary.status}){at}: {summary.url}"
+    message = scrub(message, token)  # step names come from dbt Cloud: a command may carry the token (in --vars)
     if alert_blocks:
         send_dbt_cloud_alert(
             alert_blocks,

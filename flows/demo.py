@@ -203,8 +203,8 @@ def _report(run: Callable[[], EtlSummary]) -> int:
     except EtlFailed as exc:  # the dbt run succeeded; some loads were refused or failed (the others loaded)
         print(f"ETL failed: {exc}\n{HINT}")
         return 1
-    except Exception as exc:  # refused before anything ran (a preflight, a setting, a block): say what, not where
-        print(f"Failed before the dbt run: {type(exc).__name__}: {exc}\n{HINT}")
+    except Exception as exc:  # a preflight, a setting, a block, an API error: say what, not where
+        print(f"Failed: {type(exc).__name__}: {exc}\n{HINT}")
         return 1
     finished = summary.finished_at.isoformat()
     rows = " ".join(f"{name}={count}" for name, count in summary.rows_by_target.items())

@@ -38,8 +38,12 @@ from dbt_cloud_gate.stack.services import free_port  # noqa: E402
 XDIST_WORKERS = 4
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: XDIST_WORKERS, or none for a run of one test file (a quick check starts no worker processes)."""
+@pytest.hookimpl(optionalhook=True)  # a run with -p no:xdist has no such hook
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: XDIST_WORKERS, or none for a run of one test file (a quick check starts no worker processes);
+    PYTEST_XDIST_AUTO_NUM_WORKERS, when set, decides (pytest-xdist's own rule)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
     files = {str(arg).split("::")[0] for arg in config.args}
     return 0 if len(files) == 1 and next(iter(files)).endswith(".py") else XDIST_WORKERS
 

@@ -218,7 +218,7 @@ def test_cancelling_the_flow_run_cancels_the_dbt_cloud_run(stack: Stack) -> None
     while dbt_run.cancelled_at is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert dbt_run.cancelled_at is not None, stack.worker_log()
-    # What the README explains: the worker stops the flow run's process with SIGTERM; Prefect marks the task it
+    # What docs/deploying.md explains: the worker stops the flow run's process with SIGTERM; Prefect marks the task it
     # interrupted Crashed ("Crash detected!") and logs the flow run's last local state ("Finished in state
     # Running()") before the worker sets Cancelled. The cancellation itself is clean: only the wait task crashed.
     with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:

@@ -462,6 +462,26 @@ def test_multi_step_job_models_come_from_every_step_that_builds(emulator: Emulat
     assert sorted(reads, key=str) == [["4"], ["5"]]
 
 
+def test_a_failed_step_that_carries_the_token_is_named_without_it(emulator: EmulatorServer) -> None:
+    # The failed step's name goes into the exception and the state message; a command may carry the token.
+    emulator.emulator.add_job(
+        JobSpec(
+            id=22,
+            queue_seconds=0.05,
+            start_seconds=0.05,
+            run_seconds=0.3,
+            models=["orders"],
+            outcome="error",
+            failing_model="orders",
+            steps=[StepSpec(f"dbt build --vars '{{api_key: {TOKEN}}}'")],
+        )
+    )
+    with pytest.raises(DbtCloudRunFailed) as info:
+        run_dbt_cloud_job(22, creds(emulator), **FAST)
+    assert "at step 4 (Invoke dbt with `dbt build --vars '{api_key: ***}'`)" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
 def test_build_result_refuses_a_success_without_finished_at(emulator: EmulatorServer) -> None:
     run = Run(id=5, account_id=ACCOUNT, status=RunStatus.SUCCESS, finished_at=None)
     with pytest.raises(DbtCloudRunInvalid, match="without finished_at"):

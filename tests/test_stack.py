@@ -119,7 +119,7 @@ def check_webhooks(stack: RunningStack) -> None:
 
 def check_https(stack: RunningStack) -> bytes:
     """The emulator also answers on https, to clients given the CA file the stack printed: dbt-cloud-cli with the
-    environment the README shows, and a plain HTTP call. Returns the CA certificate."""
+    environment docs/deploying.md shows, and a plain HTTP call. Returns the CA certificate."""
     https, ca = stack.info["emulator_https_url"], stack.info["emulator_ca_file"]
     assert https in stack.console() and f"REQUESTS_CA_BUNDLE={ca}" in stack.console()
     auth = {"Authorization": f"Token {DEMO_TOKEN}"}

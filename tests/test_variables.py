@@ -88,7 +88,7 @@ def test_a_variable_that_is_not_a_list_of_targets_names_the_field(
     Variable.set(variable, "[{not json", overwrite=True)
     assert "whose value is not JSON" in refused(emulator, snowflake, variable)
     Variable.set(variable, [], overwrite=True)
-    assert "targets is empty" in refused(emulator, snowflake, variable)
+    assert f"{variable!r}, which holds an empty list" in refused(emulator, snowflake, variable)
 
 
 def test_a_string_that_cannot_be_a_variable_name_says_so(
