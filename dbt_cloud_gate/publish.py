@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import datetime
 
 from prefect.artifacts import (
     acreate_link_artifact,
@@ -14,7 +15,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from dbt_cloud_gate.dbtcloud_api import Run
+from dbt_cloud_gate.dbtcloud_api import ModelResult, Run
 from dbt_cloud_gate.models import DbtCloudRunSummary, EtlSummary, LoadReport
 from dbt_cloud_gate.outcomes import Outcome
 
@@ -108,15 +109,23 @@ def artifact_slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "pipeline"
 
 
-def publish_etl_report(summary: EtlSummary, failures: list[str]) -> None:
-    """The ETL cycle's markdown artifact ``dbt-cloud-etl-<pipeline>``: the dbt run, one row per load, the rows
-    skipped and the loads that failed."""
+def publish_etl_report(summary: EtlSummary, failures: list[str], models: list[ModelResult] | None = None) -> None:
+    """The ETL cycle's markdown artifact ``dbt-cloud-etl-<pipeline>``, on the ETL flow run (the page a user opens):
+    the dbt run (link, outcome, its models at a glance), one row per load, the rows skipped and the loads that failed.
+    Four narrow columns, so that the table fits the artifact page of a 1,280 px window (about 700 px between the
+    UI's side panels); each load's tables and window as a list below it."""
+
+    def at(moment: datetime | None, default: str) -> str:
+        return moment.isoformat(timespec="seconds") if moment else default
+
     rows = "\n".join(
-        f"| {r.target} | {r.target_table} | {r.rows_loaded}{' (already loaded)' if r.already_loaded else ''} | "
-        f"{r.rows_updated} | {r.rows_null_key} | "
-        f"{r.rows_null_watermark} | {r.rows_future_watermark} | "
-        f"{r.watermark_from.isoformat() if r.watermark_from else 'start'} | "
-        f"{r.watermark_to.isoformat() if r.watermark_to else ''} |"
+        f"| {r.target} | {r.rows_loaded}{' (already loaded)' if r.already_loaded else ''} ({r.rows_updated}) | "
+        f"{r.rows_null_key} / {r.rows_null_watermark} / {r.rows_future_watermark} | {at(r.watermark_to, '')} |"
+        for r in summary.loads
+    )
+    tables = "\n".join(
+        f"- {r.target}: {r.source_table or 'source'} → {r.target_table}, window {at(r.watermark_from, 'start')} → "
+        f"{at(r.watermark_to, '')}"
         for r in summary.loads
     )
     skipped = [r for r in summary.loads if r.rows_skipped]
@@ -126,9 +135,11 @@ def publish_etl_report(summary: EtlSummary, failures: list[str]) -> None:
         markdown=(
             f"## {summary.pipeline}: dbt Cloud run [{summary.dbt_run_id}]({summary.url}) — {summary.dbt_status}\n\n"
             f"finished_at (watermark): **{finished}**\n\n"
-            "| target | table | rows written | of which changed | skipped: NULL key | skipped: NULL watermark | "
-            "skipped: watermark after the run | window from | to |\n|---|---|---|---|---|---|---|---|---|\n"
+            + (f"dbt models: {models_at_a_glance(models)}\n\n" if models is not None else "")
+            + "| target | written (changed) | skipped | up to |\n|---|---|---|---|\n"
             + rows
+            + "\n\nskipped: rows with a NULL key / a NULL watermark / a watermark after the run (in no window)\n\n"
+            + tables
             + (
                 "\n\n**Rows skipped** (in no window, not loaded): "
                 + ", ".join(f"{r.target}: {r.rows_skipped}" for r in skipped)
@@ -139,6 +150,19 @@ def publish_etl_report(summary: EtlSummary, failures: list[str]) -> None:
         ),
         description=f"ETL cycle of {summary.pipeline}",
     )
+
+
+def models_at_a_glance(models: list[ModelResult], named: int = 10) -> str:
+    """ "4: success 4 (stg_orders, stg_customers, orders, customers)": the count by status, and the first ``named``
+    names, those not in success first (the whole table is the job run's ``-models`` artifact)."""
+    if not models:
+        return "none in the run's results"
+    counts: dict[str, int] = {}
+    for model in models:
+        counts[model.status] = counts.get(model.status, 0) + 1
+    ordered = sorted(models, key=lambda m: m.status == "success")  # problems first; stable otherwise
+    names = ", ".join(m.label for m in ordered[:named]) + (", ..." if len(models) > named else "")
+    return f"{len(models)}: " + ", ".join(f"{status} {n}" for status, n in counts.items()) + f" ({names})"
 
 
 def publish_reconcile_report(pipeline: str, reports: list[LoadReport], failures: list[str], *, dry_run: bool) -> None:

@@ -102,7 +102,7 @@ def dbt_cloud_etl(
         log,
     )
     summary = EtlSummary.of_run(name, dbt, reports)
-    publish_etl_report(summary, failures)
+    publish_etl_report(summary, failures, dbt.models if wait.model_results else None)
     if failures:
         raise EtlFailed(
             f"{len(failures)} of {len(targets)} load(s) of {name} refused or failed: " + "; ".join(failures)

@@ -221,6 +221,30 @@ def test_completed_etl_run_renders_link_summary_and_model_table(browser: Any, st
         wait_for(browser, f"artifacts {expected}", lambda d, e=expected: all(key in page_text(d) for key in e))
         screenshot(browser, name)
 
+    # The ETL report, on the run the user opens: the dbt run's link and models, a table that fits 1,280 px.
+    browser.set_window_size(1280, 1000)
+    try:
+        browser.get(f"{ui}/artifacts/artifact/{artifacts['dbt-cloud-etl-nightly-etl'].id}")
+        header = wait_for(
+            browser,
+            "the ETL report's table",
+            lambda d: [th.text for th in d.find_elements(By.CSS_SELECTOR, "table th")],
+        )
+        assert header == ["target", "written (changed)", "skipped", "up to"], header
+        assert any(a.get_attribute("href") == run_url for a in browser.find_elements(By.TAG_NAME, "a"))
+        assert "dbt models: 4: success 4" in flat(page_text(browser))
+        overflow = browser.execute_script(
+            "const t = document.querySelector('table'); let e = t;"
+            "while (e) { if (e.scrollWidth > e.clientWidth + 1) return e.scrollWidth - e.clientWidth; e = e.parentElement }"
+            "return t.getBoundingClientRect().right > window.innerWidth ? 1 : 0"
+        )
+        browser.save_screenshot(str(SCREENSHOTS / "artifact-etl-report-1280.png"))
+        assert overflow == 0, (
+            f"the ETL report's table is cut at 1,280 px (see {SCREENSHOTS}/artifact-etl-report-1280.png)"
+        )
+    finally:
+        browser.set_window_size(1400, 1000)
+
     # Each artifact's own page, rendered: a link to the dbt Cloud run, the summary's heading and table, the models.
     browser.get(f"{ui}/artifacts/artifact/{artifacts[keys['link']].id}")
     links = wait_for(

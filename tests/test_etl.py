@@ -74,7 +74,13 @@ def test_etl_success_loads_and_audits_the_dbt_run(emulator: EmulatorServer, snow
     assert finished_at == datetime.fromtimestamp(internal.finished, UTC).replace(tzinfo=None)
     assert flow_run_id  # the Prefect flow run that loaded it
     with get_client(sync_client=True) as client:
-        assert client.read_artifacts(artifact_filter=by_key("dbt-cloud-etl-nightly"))
+        (report,) = client.read_artifacts(artifact_filter=by_key("dbt-cloud-etl-nightly"))
+    # On the ETL run's page: the dbt run and its models at a glance, a narrow table (fits 1,280 px), the tables.
+    markdown = str(report.data)
+    assert f"dbt Cloud run [{summary.dbt_run_id}]" in markdown and "— Success" in markdown
+    assert "dbt models: 2: success 2 (stg_orders, orders)" in markdown
+    assert "|---|---|---|---|\n| orders | 4 (0) | 0 / 0 / 0 | " in markdown
+    assert "- orders: ANALYTICS.DBT_PROD.ORDERS → ANALYTICS.MARTS.ORDERS, window " in markdown
     # The next cycle takes only what changed since.
     seed_demo_tables(snowflake, new_rows=2)
     again = dbt_cloud_etl(11, [ORDERS], snowflake, creds(emulator), pipeline="nightly", **FAST)
@@ -266,3 +272,14 @@ def test_cancelling_the_etl_flow_run_cancels_the_dbt_cloud_run(
 def by_key(*keys: str) -> ArtifactFilter:
     """Artifacts with these keys (the server answers 200 at most per read, and the session makes many)."""
     return ArtifactFilter(key=ArtifactFilterKey(any_=list(keys)))
+
+
+def test_models_at_a_glance_puts_problems_first_and_stays_short() -> None:
+    from dbt_cloud_gate.dbtcloud_api import ModelResult
+    from dbt_cloud_gate.publish import models_at_a_glance
+
+    models = [ModelResult(unique_id=f"model.p.m{i}", name=f"m{i}", status="success") for i in range(12)]
+    models.insert(5, ModelResult(unique_id="model.p.bad", name="bad", status="error"))
+    line = models_at_a_glance(models, named=3)
+    assert line == "13: success 12, error 1 (bad, m0, m1, ...)"
+    assert models_at_a_glance([]) == "none in the run's results"
