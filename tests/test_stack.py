@@ -97,6 +97,48 @@ def wait_state(client: SyncPrefectClient, flow_run_id: Any, accept: set[str], ti
         time.sleep(0.3)
 
 
+def child(stack: RunningStack, marker: bytes) -> tuple[int, int]:
+    """The stack's child process whose command line holds ``marker`` (b"worker\\x00start", b"server\\x00start")."""
+    (found,) = [p for p in descendants(stack.process.pid)[1:] if marker in Path(f"/proc/{p[0]}/cmdline").read_bytes()]
+    return found
+
+
+def wait_console(stack: RunningStack, text: str, count: int = 1, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.console().count(text) < count:
+        assert stack.process.poll() is None and time.monotonic() < deadline, stack.console()
+        time.sleep(0.3)
+
+
+def check_children_are_restarted(stack: RunningStack) -> None:
+    """A worker killed under a running flow run, then the server killed: each is restarted, the flow run ends, and a
+    new ETL run loads (the emulator and fakesnow, in the stack's own process, keep their state)."""
+    deployments = stack.info["deployments"]
+    with stack.client() as client:
+        job = client.create_flow_run_from_deployment(
+            deployments["dbt-cloud-job/dbt-cloud-job"], parameters={"wait": {"poll_interval_seconds": 0.2}}
+        )
+        wait_state(client, job.id, {"RUNNING"})
+        worker = child(stack, b"worker\x00start")
+        os.kill(worker[0], signal.SIGKILL)  # the worker alone: its flow run's process is orphaned
+        wait_console(stack, "The worker runs again.")
+        assert child(stack, b"worker\x00start") != worker
+        # Its flow run ends, never left Running (Prefect's worker marks the runs of its crashed predecessor Crashed,
+        # or the run finishes on its own).
+        assert wait_state(client, job.id, {"COMPLETED", "FAILED", "CRASHED"}).state.type.value in {
+            "COMPLETED",
+            "CRASHED",
+        }
+    os.kill(child(stack, b"server\x00start")[0], signal.SIGKILL)
+    wait_console(stack, "The Prefect server runs again.")
+    with stack.client() as client:
+        etl = client.create_flow_run_from_deployment(
+            deployments["dbt-cloud-etl/nightly-etl"], parameters={"wait": {"poll_interval_seconds": 0.2}}
+        )
+        done = wait_state(client, etl.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+        assert done.state.type.value == "COMPLETED", stack.console()
+
+
 def rows(info: dict[str, Any], statement: str) -> list[tuple[Any, ...]]:
     with fakesnow_connector(info["snowflake"]).get_connection() as connection:
         cursor = connection.cursor()
@@ -208,6 +250,7 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
             assert names.count(CREDENTIALS_BLOCK) == 1 and names.count(SNOWFLAKE_BLOCK) == 1
             assert client.read_flow_run(etl.id).state.type.value == "COMPLETED"  # the server's database was kept
         assert rows(second.info, "SELECT COUNT(*) FROM ANALYTICS.MARTS.ORDERS") == loaded  # fakesnow's data too
+        check_children_are_restarted(second)
         # Closing the terminal (SIGHUP) stops everything, as Ctrl-C does (SIGTERM takes the same path).
         assert second.stop(signal.SIGHUP) == []
     finally:

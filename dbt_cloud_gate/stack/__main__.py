@@ -34,10 +34,13 @@ from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
 from dbt_cloud_gate.stack.services import (
     WORK_POOL,
     PrefectServer,
+    ProcessId,
     WebhookReceiver,
     Worker,
+    become_subreaper,
     dbt_cloud_emulator,
     deploy_all,
+    descendants,
     ensure_emulator_webhook,
     ensure_work_pool,
     fakesnow_connector,
@@ -47,6 +50,8 @@ from dbt_cloud_gate.stack.services import (
     save_blocks,
     seed_demo_tables,
     set_variables,
+    stop_orphans,
+    stop_processes,
 )
 from dbt_cloud_gate.stack.tls import LocalTls, local_tls
 from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
@@ -60,6 +65,8 @@ DEMO_JOB_ID = 101  # the emulator's demo job that succeeds
 DEPLOYMENTS = ("dbt-cloud-etl/nightly-etl", "dbt-cloud-job/dbt-cloud-job", "dbt-cloud-reconcile/weekly-reconcile")
 
 
+# A child (server, worker, receiver) that exits is restarted, unless it exited more often than this within a minute.
+RESTARTS_PER_MINUTE = 3
 # Ctrl-C, a kill, and the terminal closing: each stops every service and process the stack started.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for stop in STOP_SIGNALS:
             signal.signal(stop, _stop_on_signal)
+        become_subreaper()  # a dead worker's flow runs stay below the stack, to be stopped with it
         try:
             return _run(state, args)
         except KeyboardInterrupt:
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"The stack stopped: {exc}")
             return 1
         finally:
+            stop_orphans()
             (state / "stack.json").unlink(missing_ok=True)
 
 
@@ -223,16 +232,43 @@ def _run(state: Path, args: argparse.Namespace) -> int:
         # For scripts and tests: where everything is; removed when the stack stops.
         (state / "stack.json").write_text(json.dumps(info, indent=2))
         _say(_instructions(state, server, info))
-        while True:
-            for name, process, log in (
-                ("Prefect server", server.process, server.log_path),
-                ("worker", worker.process, worker.log_path),
-                ("webhook receiver", receiver.process, receiver.log_path),
-            ):
-                if process is None or process.poll() is not None:
-                    _say(f"The {name} exited; its log ends:\n{log_tail(log)}")
-                    return 1
-            time.sleep(0.5)
+        return _supervise({"Prefect server": server, "worker": worker, "webhook receiver": receiver})
+
+
+def _supervise(children: dict[str, PrefectServer | Worker | WebhookReceiver]) -> int:
+    """Until a stop signal: restart a child that exits (the emulator and fakesnow live in this process and keep
+    their state); a child that keeps exiting (RESTARTS_PER_MINUTE) ends the stack, its log's end shown.
+
+    What a dead server or receiver leaves behind (``prefect server start`` serves from a uvicorn process of its own,
+    which would keep the port) is stopped before the restart; a dead worker's flow runs go on (they talk to the
+    server) and are stopped with the stack at the latest."""
+    restarts: dict[str, list[float]] = {name: [] for name in children}
+    trees: dict[str, set[ProcessId]] = {name: set() for name in children}
+    while True:
+        for name, child in children.items():
+            process = child.process
+            if process is not None and process.poll() is None:
+                trees[name] = set(descendants(process.pid))
+                continue
+            now = time.monotonic()
+            recent = restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
+            code = process.returncode if process is not None else None
+            if len(recent) > RESTARTS_PER_MINUTE:
+                _say(
+                    f"The {name} exited {len(recent)} times within a minute; its log ends:\n{log_tail(child.log_path)}"
+                )
+                return 1
+            _say(f"The {name} exited (code {code}); restarting it (its log: {child.log_path}).")
+            if not isinstance(child, Worker):
+                stop_processes(trees[name])
+            child.process = None
+            try:
+                child.start()
+            except RuntimeError as exc:
+                _say(f"The {name} did not start again: {exc}")
+                return 1
+            _say(f"The {name} runs again.")
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

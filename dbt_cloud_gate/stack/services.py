@@ -8,6 +8,7 @@ command that started them, which then stops them in order, each with every proce
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -38,8 +39,10 @@ __all__ = [
     "ROOT",
     "WORK_POOL",
     "PrefectServer",
+    "ProcessId",
     "WebhookReceiver",
     "Worker",
+    "become_subreaper",
     "dbt_cloud_emulator",
     "deploy_all",
     "descendants",
@@ -55,7 +58,9 @@ __all__ = [
     "save_blocks",
     "seed_demo_tables",
     "set_variables",
+    "stop_orphans",
     "stop_process_tree",
+    "stop_processes",
 ]
 
 # The checkout whose prefect.yaml the stack deploys (this package inside it), else the working directory.
@@ -83,6 +88,9 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
             return False
         return True
 
+
+# prctl's option that makes a process adopt its descendants' orphans (linux/prctl.h).
+PR_SET_CHILD_SUBREAPER = 36
 
 # A process is named by its PID and its start time (field 22 of /proc/PID/stat), so that a PID reused after
 # the process ended is never taken for it.
@@ -157,6 +165,35 @@ def stop_process_tree(process: subprocess.Popen[Any], timeout: float = 30.0, sig
     if process.poll() is None:
         process.kill()
     process.wait(timeout=30)
+
+
+def become_subreaper() -> bool:
+    """Make this process the one that adopts its descendants' orphans (Linux's PR_SET_CHILD_SUBREAPER), so that the
+    flow-run processes of a worker that died stay below it and :func:`stop_orphans` can stop them; False where the
+    system has no such call."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def stop_processes(processes: set[ProcessId], timeout: float = 5.0) -> None:
+    """SIGTERM each of ``processes`` still alive, SIGKILL what is left after ``timeout``."""
+    _signal_all(processes, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_all(processes, signal.SIGKILL)
+
+
+def stop_orphans(timeout: float = 5.0) -> None:
+    """Stop every process still below this one and reap them: what the services' own stop could not reach, such as
+    the flow runs of a worker that died."""
+    stop_processes({p for p in descendants(os.getpid()) if p[0] != os.getpid()}, timeout)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def kill_process_tree(process: subprocess.Popen[Any]) -> None:
