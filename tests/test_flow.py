@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -105,6 +106,8 @@ def wait_for_status(emulator: EmulatorServer, run_filter: Any, status: RunStatus
 
 
 def test_success_returns_exact_finished_at_models_artifacts_and_event(emulator: EmulatorServer) -> None:
+    # A run of 1.5 s, so that 0.05 s polls see it several times even on a loaded machine (4 test workers, 2 cores).
+    emulator.emulator.add_job(dataclasses.replace(emulator.emulator.jobs[11], run_seconds=1.5))
     result = run_dbt_cloud_job(11, creds(emulator), cause="nightly", **FAST)
     assert isinstance(result, DbtCloudRunResult)
     internal = emulator.emulator.runs[result.run_id]
@@ -116,7 +119,7 @@ def test_success_returns_exact_finished_at_models_artifacts_and_event(emulator: 
     assert result.cause is not None and result.cause.startswith("nightly [dcg:")
     assert [(m.name, m.status) for m in result.models] == [("stg_orders", "success"), ("orders", "success")]
     assert emulator.emulator.trigger_count[11] == 1
-    # One task run for the whole wait, however many polls it made.
+    # The wait polled while the run ran (a run of 1.5 s at 0.05 s polls), and the result is the last poll's.
     polls = [r for r in emulator.emulator.requests if r.path.endswith(f"/runs/{result.run_id}/")]
     assert len(polls) >= 3
     with get_client(sync_client=True) as client:
