@@ -255,7 +255,7 @@ def test_unknown_run_is_404_without_retry(client: DbtCloudClient, emulator: Emul
 
 
 def test_404_grace_window_for_a_fresh_run(client: DbtCloudClient, emulator: EmulatorServer) -> None:
-    emulator.emulator.add_fault(Fault(kind="not_found_fresh", fresh_seconds=0.15))
+    emulator.emulator.add_fault(Fault(kind="not_found_fresh", fresh_seconds=1.0))
     run = client.trigger_job_run(11, "fresh")
     read = client.get_run(run.id)
     assert read.id == run.id
