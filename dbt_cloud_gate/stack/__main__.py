@@ -243,12 +243,16 @@ def _supervise(children: dict[str, PrefectServer | Worker | WebhookReceiver]) ->
     which would keep the port) is stopped before the restart; a dead worker's flow runs go on (they talk to the
     server) and are stopped with the stack at the latest."""
     restarts: dict[str, list[float]] = {name: [] for name in children}
-    trees: dict[str, set[ProcessId]] = {name: set() for name in children}
+
+    def tree(child: PrefectServer | Worker | WebhookReceiver) -> set[ProcessId]:
+        # Read once a child is up (a server's uvicorn process is there once it answers its health check).
+        return set(descendants(child.process.pid)) if child.process is not None else set()
+
+    trees = {name: tree(child) for name, child in children.items() if not isinstance(child, Worker)}
     while True:
         for name, child in children.items():
             process = child.process
             if process is not None and process.poll() is None:
-                trees[name] = set(descendants(process.pid))
                 continue
             now = time.monotonic()
             recent = restarts[name] = [t for t in restarts[name] if now - t < 60] + [now]
@@ -259,7 +263,7 @@ def _supervise(children: dict[str, PrefectServer | Worker | WebhookReceiver]) ->
                 )
                 return 1
             _say(f"The {name} exited (code {code}); restarting it (its log: {child.log_path}).")
-            if not isinstance(child, Worker):
+            if name in trees:
                 stop_processes(trees[name])
             child.process = None
             try:
@@ -267,6 +271,8 @@ def _supervise(children: dict[str, PrefectServer | Worker | WebhookReceiver]) ->
             except RuntimeError as exc:
                 _say(f"The {name} did not start again: {exc}")
                 return 1
+            if name in trees:
+                trees[name] = tree(child)
             _say(f"The {name} runs again.")
         time.sleep(0.5)
 

@@ -156,12 +156,7 @@ def stop_process_tree(process: subprocess.Popen[Any], timeout: float = 30.0, sig
         while process.poll() is None and time.monotonic() < deadline:
             tracked.update(p for own in list(tracked) if alive(own) for p in descendants(own[0]))
             time.sleep(0.1)
-    rest = {p for p in tracked if p[0] != process.pid}
-    _signal_all(rest, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while any(alive(p) for p in rest) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    _signal_all(rest, signal.SIGKILL)
+    stop_processes({p for p in tracked if p[0] != process.pid})
     if process.poll() is None:
         process.kill()
     process.wait(timeout=30)
