@@ -143,7 +143,10 @@ def test_an_async_parent_awaits_and_gathers_without_blocking_its_loop() -> None:
     assert asyncio.run(parent()) == [5.0] * 4
     wall = time.monotonic() - started
     assert most_at_once(SPANS) >= 3, f"the naps ran one after another: {SPANS}"
-    assert wall < 3 * 5.0, f"four 5 s naps took {wall:.1f} s"
+    # From the first nap's start to the last one's end: the parent flow's own start-up is not what is measured (on
+    # Prefect 3.1, with the suite's other workers busy, it alone took several seconds).
+    span = max(end for _, end in SPANS) - min(start for start, _ in SPANS)
+    assert span < 3 * 5.0, f"four 5 s naps spanned {span:.1f} s (the whole call {wall:.1f} s)"
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) >= 20 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"
 
