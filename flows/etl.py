@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait as futures_wait
 from prefect_snowflake import SnowflakeConnector
 
+from dbt_cloud_gate.automations import watched_subflows
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.cancellation import cancel_runs_below
@@ -92,9 +93,10 @@ def dbt_cloud_etl(
     if load.check_model_built and not wait.model_results:  # the guard is a consumer of the per-model results
         log.info("wait.model_results is off, but load.check_model_built needs the per-model results: reading them.")
         wait = wait.model_copy(update={"model_results": True})
-    dbt = run_dbt_cloud_job(
-        job_id, credentials, cause=cause, trigger=trigger, wait=wait, start=start, alert_blocks=alert_blocks
-    )
+    with watched_subflows():  # a crash of this process ends the subflow too (dbt_cloud_gate.automations)
+        dbt = run_dbt_cloud_job(
+            job_id, credentials, cause=cause, trigger=trigger, wait=wait, start=start, alert_blocks=alert_blocks
+        )
     # Every target is attempted: one failing (refused, or a database error) does not stop the others.
     reports, failures = attempt_each(
         targets,
@@ -168,7 +170,8 @@ def dbt_cloud_etl_many(
         "load": load.model_copy(update={"preflight": False}),  # checked above
         "alert_blocks": alert_blocks,
     }
-    futures = [etl_pipeline.submit(item, snowflake, options) for item in pipelines]
+    with watched_subflows():
+        futures = [etl_pipeline.submit(item, snowflake, options) for item in pipelines]
     futures_wait(futures)
     summaries: list[EtlSummary] = []
     failures: list[str] = []

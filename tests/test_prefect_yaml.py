@@ -3,6 +3,7 @@ every cron and time zone parses."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 from pydantic import TypeAdapter
 
+from dbt_cloud_gate.automations import HEARTBEAT_SECONDS, WATCH_TAG, install_crash_automation
 from dbt_cloud_gate.models import LoadTarget
 from dbt_cloud_gate.settings import LEGACY_PARAMETERS, RECONCILE, ReconcileSettings
 from dbt_cloud_gate.stack.__main__ import TARGETS_VARIABLE
@@ -102,7 +104,8 @@ def test_no_unknown_keys() -> None:
     assert PREFECT_YAML_MODELS is not None
     PrefectYamlModel, DeploymentConfig, WorkPoolConfig = PREFECT_YAML_MODELS
     data = raw()
-    assert set(data) <= _keys(PrefectYamlModel), set(data) - _keys(PrefectYamlModel)
+    # `definitions` holds YAML anchors (Prefect's docs show it); Prefect's model leaves it out and ignores it.
+    assert set(data) <= _keys(PrefectYamlModel) | {"definitions"}, set(data) - _keys(PrefectYamlModel)
     for deployment in data["deployments"]:
         unknown = set(deployment) - _keys(DeploymentConfig)
         assert not unknown, f"{deployment['name']}: unknown keys {unknown}"
@@ -300,3 +303,17 @@ def test_the_parameter_schema_carries_the_rules_the_code_enforces(deployment: di
     for wrong in bad:
         with pytest.raises(SchemaError):
             validate(wrong, schema, raise_on_error=True)
+
+
+def test_every_deployment_is_watched_for_lost_processes_and_the_build_step_installs_the_automation() -> None:
+    # Heartbeats at the interval the automation's window assumes, and its tag on every deployment (through the
+    # YAML anchor, as the CLI reads it); a deployment without them would stay Running for good after a crash.
+    for deployment in deployments():
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS), deployment["name"]
+        assert WATCH_TAG in deployment["tags"], deployment["name"]
+    _, actions = load_deploy_configs_and_actions(PREFECT_YAML)
+    [step] = actions["build"]
+    [(name, inputs)] = step.items()
+    module, _, function = name.rpartition(".")
+    assert getattr(importlib.import_module(module), function) is install_crash_automation and not inputs

@@ -1,0 +1,169 @@
+"""Flow runs whose process is gone end ``Crashed``, and free their concurrency slots.
+
+A flow run whose process dies together with the Prefect server (a machine lost, a kill of both) has nobody left to
+report its end: without help it stays Running for good, and with a deployment's ``concurrency_limit: 1`` it holds
+the only slot, so every later run of the deployment waits in AwaitingConcurrencySlot. Prefect's documented answer
+(docs.prefect.io, "Detect zombie flows") is flow-run heartbeats plus an automation: a flow run that sent a heartbeat
+and then, within a window, neither another one nor a final state, is set ``Crashed``, which releases its slot. A
+later attempt of the same flow run (Prefect's Retry) finds the dbt Cloud run it had started through its idempotency
+key (:mod:`dbt_cloud_gate.keys`) instead of triggering a second.
+
+Scope: the automation watches only flow runs tagged :data:`WATCH_TAG`. Prefect's own heartbeat interval is 180 s by
+default, and a narrower window on every flow run of the workspace would crash healthy ones; the deployments of
+``prefect.yaml`` carry the tag and set ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` to :data:`HEARTBEAT_SECONDS`, and our
+flows pass the tag on to the subflows they call (:func:`watched_subflows`), which share their process. Flow runs emit
+heartbeats from Prefect 3.6 on (before it, only ``flow.serve`` runners did): on an older server or worker the
+automation is installed but never fires.
+
+Installed by ``prefect deploy`` (a build step of ``prefect.yaml``: :func:`install_crash_automation`), by the local
+stack, and checked by the doctor (:func:`automation_problem`). Prefect-side; it never touches dbt Cloud.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from prefect import tags
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import Automation, AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+__all__ = [
+    "AUTOMATION_NAME",
+    "HEARTBEAT_SECONDS",
+    "SILENCE_SECONDS",
+    "WATCH_TAG",
+    "automation_problem",
+    "crash_automation",
+    "ensure_crash_automation",
+    "install_crash_automation",
+    "watched_subflows",
+]
+
+# The tag that puts a flow run under the automation's watch: its process sends a heartbeat every HEARTBEAT_SECONDS.
+WATCH_TAG = "heartbeat-watched"
+# What prefect.yaml's deployments set as PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect's minimum is 30).
+HEARTBEAT_SECONDS = 30
+# Three heartbeats missed: the process is gone (a busy process still beats: heartbeats come from their own thread).
+SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
+AUTOMATION_NAME = "dbt-cloud-gate: crash flow runs whose heartbeats stopped"
+
+_FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
+_CRASH_MESSAGE = (
+    f"No heartbeat for {SILENCE_SECONDS} s: the flow run's process is gone (its machine, its worker or a kill ended "
+    f"it while nothing could report it). Set Crashed by the automation {AUTOMATION_NAME!r}, which frees its "
+    "concurrency slot. A dbt Cloud run it started goes on in dbt Cloud; a retry of this flow run finds that run "
+    "through its idempotency key instead of triggering another."
+)
+
+
+def crash_automation(silence_seconds: float = SILENCE_SECONDS) -> AutomationCore:
+    """The automation: a flow run tagged :data:`WATCH_TAG` that sent a heartbeat, then neither another heartbeat nor
+    a final state within ``silence_seconds``, is set Crashed."""
+    return AutomationCore(
+        name=AUTOMATION_NAME,
+        description=(
+            f"Installed by dbt-cloud-gate (prefect deploy, the local stack). Flow runs tagged {WATCH_TAG!r} send "
+            f"a heartbeat every {HEARTBEAT_SECONDS} s; one silent for {silence_seconds:g} s has lost its process "
+            "and is set Crashed, which releases its concurrency slot. Untagged flow runs are never touched."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{WATCH_TAG}"}
+            ),
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *_FINAL_EVENTS},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=silence_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=_CRASH_MESSAGE)],
+    )
+
+
+def _same(found: Automation, wanted: AutomationCore) -> bool:
+    """Whether a saved automation already is ``wanted`` (compared as the API stores them)."""
+    fields = {"description", "enabled", "trigger", "actions"}  # python mode: the sets of event names stay sets
+    return found.model_dump(include=fields) == wanted.model_dump(include=fields)
+
+
+async def ensure_crash_automation(client: PrefectClient, silence_seconds: float = SILENCE_SECONDS) -> str:
+    """Create the automation, or bring the one saved under :data:`AUTOMATION_NAME` up to date; returns what was done
+    (``created``, ``updated``, ``unchanged``). Copies of it under the same name (two deploys at once) are removed:
+    that name is ours. Nothing else is touched."""
+    wanted = crash_automation(silence_seconds)
+    found = await client.read_automations_by_name(AUTOMATION_NAME)
+    if not found:
+        await client.create_automation(wanted)
+        return "created"
+    keep = next((automation for automation in found if _same(automation, wanted)), found[0])
+    for copy in found:
+        if copy.id == keep.id:
+            continue
+        await client.delete_automation(copy.id)
+    if _same(keep, wanted):
+        return "unchanged"
+    await client.update_automation(keep.id, wanted)
+    return "updated"
+
+
+def install_crash_automation(**_: Any) -> dict[str, str]:
+    """A ``prefect.yaml`` build step: make sure the automation exists on the server ``prefect deploy`` talks to.
+
+    Returns ``{"automation": "created" | "updated" | "unchanged"}`` (a step's outputs are a dict).
+    """
+
+    async def ensure() -> str:
+        async with get_client() as client:
+            return await ensure_crash_automation(client)
+
+    done = run_coro_as_sync(ensure())
+    assert done is not None
+    return {"automation": done}
+
+
+async def automation_problem(client: PrefectClient) -> str | None:
+    """What is wrong with the automation on this server (missing, disabled, changed), with the fix; None when it
+    is as :func:`crash_automation` builds it."""
+    found = await client.read_automations_by_name(AUTOMATION_NAME)
+    fix = "run `prefect deploy --all` (its build step installs it) or `python -m dbt_cloud_gate.automations`"
+    if not found:
+        return f"the automation {AUTOMATION_NAME!r} is missing: a flow run whose process dies stays Running; {fix}."
+    if not found[0].enabled:
+        return f"the automation {AUTOMATION_NAME!r} is disabled: enable it in the UI (Automations) or {fix}."
+    if not _same(found[0], crash_automation()):
+        return f"the automation {AUTOMATION_NAME!r} differs from dbt-cloud-gate's: {fix}."
+    return None
+
+
+@contextlib.contextmanager
+def watched_subflows() -> Iterator[None]:
+    """Inside a flow run tagged :data:`WATCH_TAG`: subflows called here carry the tag too, so that they are watched
+    like their parent (they run in its process, at its heartbeat interval). Prefect does not pass a deployment's
+    tags on to subflows. Elsewhere: nothing."""
+    if WATCH_TAG in (runtime_flow_run.tags or []):
+        with tags(WATCH_TAG):
+            yield
+    else:
+        yield
+
+
+def main() -> int:
+    """``python -m dbt_cloud_gate.automations``: install the automation on the server of PREFECT_API_URL."""
+    done = install_crash_automation()["automation"]
+    print(f"{AUTOMATION_NAME!r}: {done}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The crashed-run automation on a real Prefect server: installed once whatever the number of deploys, repaired
+when changed or disabled, its copies removed, nothing else touched; and the watch tag passed on to subflows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.events.actions import DoNothing
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.flow_engine import run_flow
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from dbt_cloud_gate.automations import (
+    AUTOMATION_NAME,
+    SILENCE_SECONDS,
+    WATCH_TAG,
+    automation_problem,
+    crash_automation,
+    ensure_crash_automation,
+    install_crash_automation,
+    watched_subflows,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+async def _ours() -> list[AutomationCore]:
+    async with get_client() as client:
+        return list(await client.read_automations_by_name(AUTOMATION_NAME))
+
+
+async def _remove(name: str) -> None:
+    async with get_client() as client:
+        for found in await client.read_automations_by_name(name):
+            await client.delete_automation(found.id)
+
+
+async def _problem() -> str | None:
+    async with get_client() as client:
+        return await automation_problem(client)
+
+
+@pytest.fixture
+def clean() -> Iterator[None]:
+    run_coro_as_sync(_remove(AUTOMATION_NAME))
+    yield
+    run_coro_as_sync(_remove(AUTOMATION_NAME))
+
+
+@pytest.mark.usefixtures("clean")
+def test_the_build_step_installs_it_once_and_the_doctor_check_agrees() -> None:
+    problem = run_coro_as_sync(_problem())
+    assert problem is not None and "is missing" in problem and "prefect deploy --all" in problem
+    assert install_crash_automation() == {"automation": "created"}
+    assert install_crash_automation(any_step_input="ignored") == {"automation": "unchanged"}
+    [saved] = run_coro_as_sync(_ours())
+    assert saved.enabled
+    trigger = saved.trigger
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
+    assert trigger.within == timedelta(seconds=SILENCE_SECONDS) and trigger.after == {"prefect.flow-run.heartbeat"}
+    assert "prefect.flow-run.Completed" in trigger.expect and "prefect.flow-run.heartbeat" in trigger.expect
+    related = trigger.match_related if isinstance(trigger.match_related, list) else [trigger.match_related]
+    tag = {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{WATCH_TAG}"}
+    assert [spec.model_dump() for spec in related] == [tag]
+    assert run_coro_as_sync(_problem()) is None
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_changed_or_disabled_automation_is_repaired_and_copies_go_but_other_automations_stay() -> None:
+    async def scenario() -> tuple[list[str], str | None, str | None]:
+        async with get_client() as client:
+            # Someone's own automation, and two copies of ours, one of them loosened by hand.
+            theirs = await client.create_automation(
+                AutomationCore(
+                    name="their own",
+                    trigger=EventTrigger(expect={"x.y"}, posture=Posture.Reactive, threshold=1),
+                    actions=[DoNothing()],
+                )
+            )
+            await client.create_automation(crash_automation(silence_seconds=600))
+            changed = await automation_problem(client)
+            await client.create_automation(crash_automation(silence_seconds=900))
+            done = [await ensure_crash_automation(client)]
+            [first] = await client.read_automations_by_name(AUTOMATION_NAME)
+            await client.pause_automation(first.id)
+            disabled = await automation_problem(client)
+            done.append(await ensure_crash_automation(client))
+            [kept] = await client.read_automations_by_name(AUTOMATION_NAME)
+            assert kept.id == first.id and kept.enabled
+            assert kept.trigger.within == timedelta(seconds=SILENCE_SECONDS)  # type: ignore[union-attr]
+            assert [a.id for a in await client.read_automations_by_name("their own")] == [theirs]
+            await client.delete_automation(theirs)
+            return done, changed, disabled
+
+    done, changed, disabled = run_coro_as_sync(scenario())
+    assert done == ["updated", "updated"]
+    assert changed is not None and "differs" in changed
+    assert disabled is not None and "disabled" in disabled
+    assert run_coro_as_sync(_problem()) is None
+
+
+@flow
+def _child() -> list[str]:
+    return list(runtime_flow_run.tags)
+
+
+@flow
+def _parent() -> list[str]:
+    with watched_subflows():
+        return _child()
+
+
+def test_a_watched_flow_run_passes_the_tag_to_its_subflows_and_an_unwatched_one_does_not() -> None:
+    with get_client(sync_client=True) as client:
+        watched = client.create_flow_run(_parent, tags=[WATCH_TAG, "nightly"])
+        plain = client.create_flow_run(_parent, tags=["nightly"])
+    # A deployment's tags reach the flow run, not its subflows: only the watch tag is passed on.
+    assert run_flow(_parent, flow_run=watched) == [WATCH_TAG]
+    assert run_flow(_parent, flow_run=plain) == []
