@@ -50,7 +50,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 # The longest files (1.5-2 min each under load), started first, one per worker: any of them started last would
 # finish alone, long after the rest.
-LONGEST_FILES = ("tests/test_stack.py", "tests/test_e2e_deploy.py", "tests/test_browser.py", "tests/test_demo.py")
+LONGEST_FILES = (
+    "tests/test_stack.py",
+    "tests/test_e2e_deploy.py",
+    "tests/test_stack_crash.py",
+    "tests/test_browser.py",
+    "tests/test_demo.py",
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's scheduler reads the order
