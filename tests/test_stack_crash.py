@@ -21,7 +21,7 @@ from prefect.states import AwaitingRetry
 
 from dbt_cloud_gate.automations import AUTOMATION_NAME, SILENCE_SECONDS, WATCH_TAG
 from dbt_cloud_gate.stack.services import descendants
-from tests.test_stack import RunningStack, child, rows, wait_console, wait_state
+from tests.test_stack import RunningStack, child, processes_using, rows, wait_console, wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +61,16 @@ def engine_of(stack: RunningStack) -> tuple[int, int]:
         p for p in descendants(stack.process.pid) if b"prefect.engine" in Path(f"/proc/{p[0]}/cmdline").read_bytes()
     ]
     return found
+
+
+def client_run_in_flight(stack: RunningStack) -> Any:
+    """A dbt-cloud-job flow run, Running under the worker (its process must go with the stack)."""
+    set_run_seconds(stack, 60)
+    with stack.client() as client:
+        job = client.create_flow_run_from_deployment(stack.info["deployments"]["dbt-cloud-job/dbt-cloud-job"])
+        wait_state(client, job.id, {"RUNNING"})
+    engine_of(stack)
+    return job
 
 
 def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_reuses_the_dbt_run(
@@ -122,7 +132,17 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
             assert done.state.type.value == "COMPLETED", stack.console()
             assert len(emulator_runs(stack, before)) == 2
         print(f"crashed {silent_for:.0f} s after the kill (window {SILENCE_SECONDS} s)")
-        assert stack.stop(signal.SIGINT) == []
+
+        # The stack process itself killed: its guardian stops every process it started (each in a session of its
+        # own, so nothing else would), the worker's flow runs included, and removes its stack.json.
+        job = client_run_in_flight(stack)
+        os.kill(stack.process.pid, signal.SIGKILL)
+        stack.process.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while processes_using(stack.state) or (stack.state / "stack.json").exists():
+            assert time.monotonic() < deadline, f"left running: {processes_using(stack.state)}"
+            time.sleep(0.2)
+        assert job
     finally:
         if stack.process.poll() is None:
             stack.process.kill()

@@ -5,7 +5,8 @@ on https with a certificate made on the first start in STATE_DIR/tls, for client
 fakesnow server (data in STATE_DIR/fakesnow), saves the blocks and the variables prefect.yaml reads, adds a
 few rows to the source tables, creates the process work pool, runs ``prefect deploy --all``, starts the dbt
 Cloud webhook receiver (with an emulator subscription pointed at it, its secret in a Secret block) and a
-worker. Ctrl-C (or SIGTERM) stops everything it started. Each step is idempotent: a second start reuses the
+worker. Ctrl-C (or SIGTERM, SIGHUP) stops everything it started; after a SIGKILL of the stack its guardian does
+(:mod:`.guardian`). Each step is idempotent: a second start reuses the
 server's database and fakesnow's data, overwrites the blocks and variables, keeps the pool, updates the
 deployments and replaces the (fresh emulator's) subscription's secret in the block.
 """
@@ -31,6 +32,7 @@ from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, demo_emulator
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
+from dbt_cloud_gate.stack.guardian import Guardian
 from dbt_cloud_gate.stack.services import (
     WORK_POOL,
     PrefectServer,
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for stop in STOP_SIGNALS:
             signal.signal(stop, _stop_on_signal)
         become_subreaper()  # a dead worker's flow runs stay below the stack, to be stopped with it
+        guardian = Guardian(state).start()  # and should the stack itself be killed, the guardian stops them
         try:
             return _run(state, args)
         except KeyboardInterrupt:
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"The stack stopped: {exc}")
             return 1
         finally:
+            guardian.stop()
             stop_orphans()
             (state / "stack.json").unlink(missing_ok=True)
 

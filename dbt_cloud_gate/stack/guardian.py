@@ -1,0 +1,138 @@
+"""The stack's guardian: when the stack process dies without stopping its services (SIGKILL, the OOM killer), a
+small process of its own stops every process the stack started, so that nothing is left running.
+
+The stack cannot do it itself once killed, and its children live in sessions of their own (a terminal's Ctrl-C
+must not reach them), so nothing else would: a Prefect server and receiver holding their ports, a worker still
+starting flow runs. Every process the stack starts, and every process those start (the server's uvicorn, the
+worker's flow runs), inherits :data:`MARKER` in its environment, unique to one start of the stack. The guardian
+holds the read end of a pipe whose only write end is the stack's: end of file without a ``stop`` line means the
+stack is gone; it then stops (SIGTERM, then SIGKILL after 5 s) every process whose environment carries the marker,
+until none is left, and removes the stack's ``stack.json``. A stack that stops normally writes ``stop`` first
+(its own shutdown stopped everything) and waits for the guardian to exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from dbt_cloud_gate.stack.processes import ProcessId, alive, stop_processes
+
+__all__ = ["MARKER", "Guardian", "marked_processes"]
+
+# The environment variable every process of one stack start carries: "<state folder>#<stack PID>".
+MARKER = "DBT_CLOUD_GATE_STACK"
+# How long the guardian keeps sweeping for processes started while it stopped the others (a worker's last run).
+SWEEP_SECONDS = 20.0
+
+
+def marked_processes(marker: str) -> set[ProcessId]:
+    """Live processes (other than this one) whose environment holds ``MARKER=marker``."""
+    entry = f"{MARKER}={marker}".encode()
+    found: set[ProcessId] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        try:
+            marked = pid != os.getpid() and entry in (proc / "environ").read_bytes().split(b"\0")
+            process = (pid, int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19]))
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+        if marked and alive(process):
+            found.add(process)
+    return found
+
+
+def sweep(marker: str, timeout: float = SWEEP_SECONDS) -> int:
+    """Stop every process carrying ``marker`` until none is left or ``timeout`` passes; returns how many were
+    stopped."""
+    stopped: set[ProcessId] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = marked_processes(marker)
+        if not found:
+            break
+        stopped |= found
+        stop_processes(found)
+        time.sleep(0.2)
+    return len(stopped)
+
+
+class Guardian:
+    """The stack's side: starts the guardian process and, on a normal stop, tells it to quit."""
+
+    def __init__(self, state: Path) -> None:
+        self.marker = f"{state}#{os.getpid()}"
+        self.state = state
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Guardian:
+        """Mark this process's environment (children inherit it) and start the guardian in a session of its own."""
+        os.environ[MARKER] = self.marker
+        env = {key: value for key, value in os.environ.items() if key != MARKER}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dbt_cloud_gate.stack.guardian"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(f"{self.marker}\n{self.state / 'stack.json'}\n".encode())
+        stdin.flush()
+        return self
+
+    def stop(self) -> None:
+        """The stack stopped its services itself: the guardian quits without a sweep."""
+        if self.process is None or self.process.stdin is None:
+            return
+        try:
+            self.process.stdin.write(b"stop\n")
+            self.process.stdin.close()
+        except OSError:  # it died: nothing to tell
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def __enter__(self) -> Guardian:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def watch(source: IO[bytes]) -> int:
+    """The guardian's side: read the marker and the stack's info file, wait for ``stop`` or end of file."""
+    marker = source.readline().decode().strip()
+    info_file = Path(source.readline().decode().strip())
+    if not marker:
+        return 2
+    while True:
+        line = source.readline()
+        if line.strip() == b"stop":
+            return 0
+        if not line:  # end of file without a stop: the stack died
+            sweep(marker)
+            info_file.unlink(missing_ok=True)
+            return 0
+
+
+def main() -> int:
+    """Entry point of the guardian process (started by :class:`Guardian`; not for users)."""
+    for stop in (signal.SIGINT, signal.SIGHUP):  # only the stack's end decides
+        signal.signal(stop, signal.SIG_IGN)
+    return watch(sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
