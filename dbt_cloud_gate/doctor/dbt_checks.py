@@ -36,7 +36,14 @@ __all__ = [
     "dbt_cloud_client",
 ]
 
-_ENSURE = "python -m flows.webhooks ensure --receiver-url URL --credentials BLOCK"
+
+def _ensure(doctor: Doctor, url: str | None, block: str) -> str:
+    """The command that makes the subscription right, with what the doctor knows filled in."""
+    credentials = doctor.facts.credentials_block or "BLOCK"
+    return (
+        f"`python -m flows.webhooks ensure --receiver-url {url or 'URL'} --credentials {credentials} "
+        f"--secret-block {block}`"
+    )
 
 
 def dbt_cloud_client(doctor: Doctor) -> DbtCloudClient:
@@ -156,15 +163,15 @@ def check_webhook_subscription(doctor: Doctor) -> Verdict:
         where = f"whose secret block {block!r} holds" if ids is not None else f"pointing at {wanted}"
         return fail(
             f"dbt Cloud has no webhook subscription {where}: webhook waits would wait for their fallback polls.",
-            f"create it: `{_ENSURE} --secret-block {block}` (it keeps the secret in the block).",
+            f"create it: {_ensure(doctor, wanted, block)} (it keeps the secret in the block).",
         )
     doctor.facts.receiver_urls = [wanted] if wanted else list(dict.fromkeys(s.client_url for s in ours))
     problems = [f"{s.id} {p}" for s in ours for p in _subscription_problems(doctor, s)]
     if problems:
         return fail(
             "webhook subscription " + "; ".join(problems) + ".",
-            f"make it right (it reactivates, updates or recreates it): `{_ENSURE} --secret-block {block}`, or in "
-            "dbt Cloud's Account settings > Webhooks.",
+            f"make it right (it reactivates, updates or recreates it): "
+            f"{_ensure(doctor, wanted or ours[0].client_url, block)}, or in dbt Cloud's Account settings > Webhooks.",
         )
     failing = [s for s in ours if s.http_status_code not in (None, "", "0") and not s.http_status_code.startswith("2")]
     if failing:

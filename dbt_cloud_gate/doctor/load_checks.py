@@ -21,8 +21,10 @@ def check_load_targets(doctor: Doctor) -> Verdict:
     value, source = configured(doctor, doctor.options.targets, "--targets", "targets")
     if value is None:
         return skip(f"no load targets to check: {source}.")
-    if isinstance(value, str) and doctor.options.targets is None and read_variable(doctor, value) is MISSING:
-        return skip(f"the variable {value} ({source}) that holds the targets is not set (see variables).")
+    if isinstance(value, str):
+        source = f"variable {value} ({source})"
+        if doctor.options.targets is None and read_variable(doctor, value) is MISSING:
+            return skip(f"the {source} that holds the targets is not set (see variables).")
     try:
         targets = from_variable(value, LoadTarget, "targets")
     except ValueError as exc:
@@ -43,7 +45,9 @@ def check_load_targets(doctor: Doctor) -> Verdict:
             f"{where}: " + " ".join(f"{p.parameter}: {p.message}" for p in found.problems),
             " ".join(f"{p.parameter}: {p.fix}" for p in found.problems),
         )
-    notes = found.warnings + [f"not checked: {item}" for item in found.unchecked]
+    notes = [w.rstrip(".") for w in found.warnings] + [f"not checked: {item}" for item in found.unchecked]
     if found.warnings:
-        return warn(f"{where} pass; " + " ".join(notes), "see the warning(s); the loads still guard at run time.")
+        return warn(
+            f"{where} pass; " + "; ".join(notes) + ".", "see the warning(s); the loads still guard at run time."
+        )
     return ok(f"{where} pass ({found.statements} statement(s)){'; ' + '; '.join(notes) if notes else ''}.")

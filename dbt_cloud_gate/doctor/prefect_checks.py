@@ -49,10 +49,10 @@ MISSING: Any = object()
 _WHOLE_TEMPLATE = re.compile(r"^\s*\{\{\s*prefect\.variables\.([A-Za-z0-9_-]+)\s*\}\}\s*$")
 # What each parameter's variable holds, for the fix that sets it.
 _EXAMPLES = {
-    "job_id": "12345  # the dbt Cloud job's ID, a number",
-    "credentials": "prod  # a saved dbt Cloud Gate Credentials block's name",
-    "snowflake": "prod-snowflake  # a saved SnowflakeConnector block's name",
-    "targets": '\'[{"name": ..., "source_model": ..., ...}]\'  # the load targets as JSON',
+    "job_id": "12345` (the dbt Cloud job's ID, a number)",
+    "credentials": "prod` (a saved dbt Cloud Gate Credentials block's name)",
+    "snowflake": "prod-snowflake` (a saved SnowflakeConnector block's name)",
+    "targets": '\'[{"name": ..., "source_model": ..., ...}]\'` (the load targets as JSON, docs/deploying.md)',
 }
 
 
@@ -146,8 +146,8 @@ def _variable_problem(name: str, value: Any, uses: list[VariableUse]) -> str | N
 
 def _set_command(name: str, uses: list[VariableUse]) -> str:
     parameter = next((use.parameter for use in uses if use.parameter in _EXAMPLES), None)
-    example = _EXAMPLES.get(parameter or "", "VALUE")
-    return f"prefect variable set {name} {example}"
+    example = _EXAMPLES.get(parameter or "", "VALUE`")
+    return f"`prefect variable set {name} {example}"
 
 
 def check_variables(doctor: Doctor) -> Verdict:
@@ -166,7 +166,7 @@ def check_variables(doctor: Doctor) -> Verdict:
             continue
         when = "each flow run" if all(u.when == "run" for u in uses) else "`prefect deploy --all`"
         problems.append(f"{name} {problem} (read by {when}, for {uses[0].where})")
-        fixes.append(f"`{_set_command(name, uses)}`")
+        fixes.append(_set_command(name, uses))
     if problems:
         return fail(
             "; ".join(problems) + ". Until then `prefect deploy --all` dies with a schema error such as "
