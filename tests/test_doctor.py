@@ -26,6 +26,8 @@ from prefect_snowflake import SnowflakeConnector
 from dbt_cloud_gate.__main__ import main
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.doctor import CheckSpec, Doctor, DoctorOptions, Status, Verdict, render_text
+from dbt_cloud_gate.doctor.core import ok, run_checks
 from dbt_cloud_gate.receiver import ReceiverConfig, create_app
 from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
 from dbt_cloud_gate.stack.services import ROOT
@@ -434,3 +436,26 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: A
         "does not exist: run the doctor from the repository root, or pass --prefect-yaml PATH"
         in (checks["prefect-yaml"]["detail"])
     )
+
+
+def test_a_check_that_raises_fails_alone_and_its_dependents_say_why() -> None:
+    def broken(doctor: Doctor) -> Verdict:
+        doctor.facts.secrets.add("s3cr3t-value")
+        raise RuntimeError("boom with s3cr3t-value inside")
+
+    checks = run_checks(
+        DoctorOptions(),
+        [
+            CheckSpec("broken", broken),
+            CheckSpec("after", lambda doctor: ok("ran"), ("broken",)),
+            CheckSpec("independent", lambda doctor: ok("ran too")),
+        ],
+    )
+    assert [(c.name, c.status) for c in checks] == [
+        ("broken", Status.FAIL),
+        ("after", Status.SKIP),
+        ("independent", Status.OK),
+    ]
+    assert checks[0].detail == "the check itself failed: RuntimeError: boom with *** inside"
+    assert checks[1].detail == "not checked: broken failed."
+    assert "something failed: 1 failed, 1 ok, 1 skipped." in render_text(checks)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter, ValidationError
+
 from dbt_cloud_gate.doctor.core import Doctor, Verdict, fail, ok, skip, warn
 from dbt_cloud_gate.doctor.dbt_checks import dbt_cloud_client
 from dbt_cloud_gate.doctor.prefect_checks import MISSING, configured, read_variable
@@ -12,6 +14,8 @@ from dbt_cloud_gate.settings import LoadSettings
 from dbt_cloud_gate.variables import from_variable
 
 __all__ = ["check_load_targets"]
+
+_TARGETS = TypeAdapter(list[LoadTarget])
 
 
 def check_load_targets(doctor: Doctor) -> Verdict:
@@ -26,7 +30,12 @@ def check_load_targets(doctor: Doctor) -> Verdict:
         if doctor.options.targets is None and read_variable(doctor, value) is MISSING:
             return skip(f"the {source} that holds the targets is not set (see variables).")
     try:
-        targets = from_variable(value, LoadTarget, "targets")
+        targets = (
+            from_variable(value, LoadTarget, "targets") if isinstance(value, str) else _TARGETS.validate_python(value)
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        return fail(f"the targets of {source} are not a list of LoadTarget: {problems}.", f"correct {source}.")
     except ValueError as exc:
         return fail(
             str(exc), f"set the variable: `prefect variable set {value} '[...]' --overwrite` (docs/deploying.md)."
