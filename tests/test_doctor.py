@@ -274,6 +274,13 @@ def test_a_wrong_job(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     assert f"dbt Cloud job 99 (variable dbt_cloud_job_id) does not exist in account {ACCOUNT} (404)" in job["detail"]
     assert "prefect variable set dbt_cloud_job_id ID --overwrite" in job["fix"]
     assert checks["job-schedule"]["status"] == "skip"
+    # In the text, the fix stands on the line under the failure.
+    code, out = setup.doctor(capsys)
+    lines = out.splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.startswith("FAIL  dbt-cloud-job")]
+    assert code == 1 and lines[at + 1].strip() == f"fix: {job['fix']}"
+    assert out.rstrip().endswith("something failed: 1 failed, 9 ok, 4 skipped.")
+    assert "not checked: whether dbt Cloud job builds each source_model" in checks["load-targets"]["detail"]
 
 
 def test_a_job_with_its_own_schedule_on(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
@@ -440,7 +447,7 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str], tmp_path: A
 
 def test_a_check_that_raises_fails_alone_and_its_dependents_say_why() -> None:
     def broken(doctor: Doctor) -> Verdict:
-        doctor.facts.secrets.add("s3cr3t-value")
+        doctor.facts.add_secret("s3cr3t-value")
         raise RuntimeError("boom with s3cr3t-value inside")
 
     checks = run_checks(

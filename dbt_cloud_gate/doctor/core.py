@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 
+MIN_SECRET_LENGTH = 8
+
+
 class Status(enum.StrEnum):
     """How a check ended: ``ok``, ``warn`` (works, but look), ``fail`` (will break), ``skip`` (could not check)."""
 
@@ -121,6 +124,12 @@ class Facts:
     job: Job | None = None
     receiver_urls: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set)
+
+    def add_secret(self, value: str | None) -> None:
+        """Scrub ``value`` from every text of the checks. Below 8 characters it is not kept: replacing a value that
+        short (fakesnow's password ``snow``) would mangle ordinary words, and no real token or password is that short."""
+        if value and len(value) >= MIN_SECRET_LENGTH:
+            self.secrets.add(value)
 
 
 @dataclass

@@ -55,6 +55,8 @@ def check_load_targets(doctor: Doctor) -> Verdict:
             " ".join(f"{p.parameter}: {p.fix}" for p in found.problems),
         )
     notes = [w.rstrip(".") for w in found.warnings] + [f"not checked: {item}" for item in found.unchecked]
+    if not settings.check_model_built:
+        notes.append("not checked: whether dbt Cloud job builds each source_model (the job was not read)")
     if found.warnings:
         return warn(
             f"{where} pass; " + "; ".join(notes) + ".", "see the warning(s); the loads still guard at run time."

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+from pydantic import SecretStr
 
 from dbt_cloud_gate.alerts import load_notification_block
 from dbt_cloud_gate.blocks.dbt_cloud import resolve_credentials
@@ -212,7 +213,7 @@ def check_credentials_block(doctor: Doctor) -> Verdict:
         )
         return _missing_block("dbt Cloud credentials", str(name), source, create)
     doctor.facts.credentials = credentials
-    doctor.facts.secrets.add(credentials.api_token.get_secret_value())
+    doctor.facts.add_secret(credentials.api_token.get_secret_value())
     return ok(f"{name!r} ({source}): account {credentials.account_id} on {credentials.access_url}.")
 
 
@@ -230,6 +231,9 @@ def check_snowflake_block(doctor: Doctor) -> Verdict:
         )
         return _missing_block("SnowflakeConnector", str(name), source, create)
     doctor.facts.connector = connector
+    for secret in ("password", "token", "private_key_passphrase"):
+        value = getattr(connector.credentials, secret, None)
+        doctor.facts.add_secret(value.get_secret_value() if isinstance(value, SecretStr) else None)
     return ok(f"{name!r} ({source}): database {connector.database}, schema {connector.schema_}.")
 
 
