@@ -159,6 +159,7 @@ def test_a_correct_setup_passes(setup: Setup, receiver: Served, capsys: pytest.C
         "credentials-block": "ok",
         "snowflake-block": "ok",
         "alert-blocks": "skip",  # prefect.yaml's deployments name none
+        "yaml-blocks": "skip",  # nor does any template of it
         "work-pool": "ok",
         "worker": "ok",
         "worker-environment": "ok",
@@ -177,7 +178,7 @@ def test_a_correct_setup_passes(setup: Setup, receiver: Served, capsys: pytest.C
     code, out = setup.doctor(capsys)
     labels = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
     assert code == 0 and text_lines(out) == {name: labels[s] for name, s in status.items()}
-    assert "nothing failed: 1 warning(s), 12 ok, 1 skipped." in out
+    assert "nothing failed: 1 warning(s), 12 ok, 2 skipped." in out
 
 
 def test_no_secret_is_printed(setup: Setup, receiver: Served, capsys: pytest.CaptureFixture[str]) -> None:
@@ -279,7 +280,7 @@ def test_a_wrong_job(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     [at] = [i for i, line in enumerate(lines) if line.startswith("FAIL  dbt-cloud-job")]
     assert code == 1 and lines[at + 1].strip() == f"fix: {job['fix']}"
-    assert out.rstrip().endswith("something failed: 1 failed, 9 ok, 4 skipped.")
+    assert out.rstrip().endswith("something failed: 1 failed, 9 ok, 5 skipped.")
     assert "not checked: whether dbt Cloud job builds each source_model" in checks["load-targets"]["detail"]
 
 
@@ -466,3 +467,23 @@ def test_a_check_that_raises_fails_alone_and_its_dependents_say_why() -> None:
     assert checks[0].detail == "the check itself failed: RuntimeError: boom with *** inside"
     assert checks[1].detail == "not checked: broken failed."
     assert "something failed: 1 failed, 1 ok, 1 skipped." in render_text(checks)
+
+
+def test_a_block_a_template_of_prefect_yaml_names_is_missing(
+    setup: Setup, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    # The git-clone variant of docs/deploying.md: its access token in a Secret block.
+    clone = (
+        "pull:\n  - prefect.deployments.steps.git_clone:\n      repository: https://example.com/dbt-cloud-gate.git\n"
+        '      access_token: "{{ prefect.blocks.secret.doctor-git-token }}"\n'
+    )
+    text = (ROOT / "prefect.yaml").read_text()
+    (tmp_path / "prefect.yaml").write_text(text.replace("pull:\n", clone, 1))
+    code, checks = setup.checks(capsys, "--prefect-yaml", str(tmp_path / "prefect.yaml"))
+    assert code == 1
+    blocks = checks["yaml-blocks"]
+    assert blocks["status"] == "fail" and "do not exist: secret/doctor-git-token" in blocks["detail"]
+    assert "Secret(value=...).save('NAME')" in blocks["fix"]
+    Secret(value="a-git-token-value").save("doctor-git-token", overwrite=True)
+    code, checks = setup.checks(capsys, "--prefect-yaml", str(tmp_path / "prefect.yaml"))
+    assert code == 0 and checks["yaml-blocks"]["detail"] == "1 block(s) exist: secret/doctor-git-token."

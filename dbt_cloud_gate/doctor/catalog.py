@@ -30,6 +30,7 @@ CHECKS: list[CheckSpec] = [
     CheckSpec(CREDENTIALS, pf.check_credentials_block, (API,), "the dbt Cloud credentials block loads"),
     CheckSpec("snowflake-block", pf.check_snowflake_block, (API,), "the SnowflakeConnector block loads"),
     CheckSpec("alert-blocks", pf.check_alert_blocks, (API, YAML), "the alert blocks load"),
+    CheckSpec("yaml-blocks", pf.check_yaml_blocks, (API, YAML), "the blocks prefect.yaml's templates name exist"),
     CheckSpec("work-pool", pf.check_work_pool, (API,), "the work pool exists, not paused"),
     CheckSpec("worker", pf.check_worker, ("work-pool",), "a worker polls the pool"),
     CheckSpec("worker-environment", pf.check_worker_environment, (API, YAML), "DBT_CLOUD_GATE_HOME for the pull"),

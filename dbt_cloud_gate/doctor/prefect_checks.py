@@ -41,6 +41,7 @@ __all__ = [
     "check_work_pool",
     "check_worker",
     "check_worker_environment",
+    "check_yaml_blocks",
     "configured",
     "read_variable",
 ]
@@ -256,6 +257,28 @@ def check_alert_blocks(doctor: Doctor) -> Verdict:
             "alert_blocks (written as 'block-type-slug/name').",
         )
     return ok(f"{len(project.alert_blocks)} alert block(s) load: {', '.join(project.alert_blocks)}.")
+
+
+def check_yaml_blocks(doctor: Doctor) -> Verdict:
+    """Every block prefect.yaml names in a template (``{{ prefect.blocks.secret.git-token }}``) exists."""
+    project = doctor.facts.project
+    assert project is not None  # needs prefect-yaml
+    if not project.blocks:
+        return skip("prefect.yaml names no block in a template ({{ prefect.blocks.TYPE.NAME }}).")
+    missing = []
+    with get_client(sync_client=True) as client:
+        for slug, name in project.blocks:
+            try:
+                client.read_block_document_by_name(name, slug, include_secrets=False)
+            except ObjectNotFound:
+                missing.append(f"{slug}/{name}")
+    if missing:
+        return fail(
+            f"prefect.yaml names block(s) that do not exist: {', '.join(missing)} (its steps fail resolving them).",
+            "save each with that type and name (Prefect UI > Blocks; a Secret: `Secret(value=...).save('NAME')`), "
+            "or fix the template in prefect.yaml.",
+        )
+    return ok(f"{len(project.blocks)} block(s) exist: {', '.join(f'{s}/{n}' for s, n in project.blocks)}.")
 
 
 def _pools(doctor: Doctor) -> list[str]:

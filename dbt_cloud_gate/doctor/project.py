@@ -6,7 +6,7 @@ its deployments read at each run (``targets: nightly_etl_targets``), and whether
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ HOME_VARIABLE = "DBT_CLOUD_GATE_HOME"
 # A deployment parameter that, given as a string, names a Prefect variable read at each run.
 _RUN_TIME_VARIABLE_PARAMETERS = ("targets", "pipelines")
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.([A-Za-z0-9_-]+)\s*\}\}")
+# ``{{ prefect.blocks.secret.git-token }}``: a block by type slug and name (a field may follow the name).
+_BLOCK_TEMPLATE = re.compile(r"\{\{\s*prefect\.blocks\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)[^}]*\}\}")
 
 
 class ProjectError(ValueError):
@@ -53,6 +55,7 @@ class ProjectConfig:
     deployments: list[Deployment]
     uses: list[VariableUse]
     pull_reads_home: bool
+    blocks: list[tuple[str, str]] = field(default_factory=list)
 
     def parameter(self, name: str) -> tuple[Any, str] | None:
         """The first deployment's value of parameter ``name`` and where it is (``None``: no deployment sets it)."""
@@ -146,4 +149,5 @@ def read_project(path: Path) -> ProjectConfig:
     for section in ("build", "push", "pull"):
         uses += _templates(data.get(section), section, "deploy", None)
     pull_reads_home = HOME_VARIABLE in yaml.safe_dump(data.get("pull"))
-    return ProjectConfig(path, deployments, uses, pull_reads_home)
+    blocks = list(dict.fromkeys(_BLOCK_TEMPLATE.findall(yaml.safe_dump(data))))
+    return ProjectConfig(path, deployments, uses, pull_reads_home, blocks)
