@@ -59,7 +59,7 @@ def dbt_cloud_client(doctor: Doctor) -> DbtCloudClient:
     )
 
 
-def _job_error(doctor: Doctor, client: DbtCloudClient, job_id: int, source: str, exc: DbtCloudError) -> Verdict:
+def _job_error(doctor: Doctor, job_id: int, source: str, exc: DbtCloudError) -> Verdict:
     credentials = doctor.facts.credentials
     assert credentials is not None
     block = f"block {doctor.facts.credentials_block!r}"
@@ -101,7 +101,7 @@ def check_dbt_cloud_job(doctor: Doctor) -> Verdict:
         try:
             job = client.get_job(job_id)
         except DbtCloudError as exc:
-            return _job_error(doctor, client, job_id, source, exc)
+            return _job_error(doctor, job_id, source, exc)
     doctor.facts.job_id, doctor.facts.job = job_id, job
     return ok(
         f"job {job_id} ({job.name!r}, {source}) of account {job.account_id} reads with the token. The right to "
