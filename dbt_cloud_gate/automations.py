@@ -132,17 +132,17 @@ def install_crash_automation(**_: Any) -> dict[str, str]:
     return {"automation": done}
 
 
-async def automation_problem(client: PrefectClient) -> str | None:
-    """What is wrong with the automation on this server (missing, disabled, changed), with the fix; None when it
-    is as :func:`crash_automation` builds it."""
+async def automation_problem(client: PrefectClient) -> tuple[str, str] | None:
+    """What is wrong with the automation on this server (missing, disabled, changed) and the fix, or None when it is
+    as :func:`crash_automation` builds it."""
     found = await client.read_automations_by_name(AUTOMATION_NAME)
-    fix = "run `prefect deploy --all` (its build step installs it) or `python -m dbt_cloud_gate.automations`"
+    fix = "run `prefect deploy --all` (its build step installs it) or `python -m dbt_cloud_gate.automations`."
     if not found:
-        return f"the automation {AUTOMATION_NAME!r} is missing: a flow run whose process dies stays Running; {fix}."
+        return f"the automation {AUTOMATION_NAME!r} is missing: a flow run whose process dies stays Running.", fix
     if not found[0].enabled:
-        return f"the automation {AUTOMATION_NAME!r} is disabled: enable it in the UI (Automations) or {fix}."
+        return f"the automation {AUTOMATION_NAME!r} is disabled.", "enable it in the UI (Automations), or " + fix
     if not _same(found[0], crash_automation()):
-        return f"the automation {AUTOMATION_NAME!r} differs from dbt-cloud-gate's: {fix}."
+        return f"the automation {AUTOMATION_NAME!r} differs from dbt-cloud-gate's.", fix
     return None
 
 

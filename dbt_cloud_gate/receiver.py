@@ -55,6 +55,9 @@ logger = logging.getLogger("dbt_cloud_gate.receiver")
 SECRETS_ENV = "DBT_CLOUD_WEBHOOK_SECRETS"
 SECRET_ENV = "DBT_CLOUD_WEBHOOK_SECRET"
 DEFAULT_PATH = "/dbt-cloud/webhooks"
+# The Secret block holding the subscriptions' hmac secrets (subscription ID to secret) that the
+# ensure-dbt-cloud-webhook task writes and the receiver, the stack and the doctor read.
+DEFAULT_SECRET_BLOCK = "dbt-cloud-webhook-secrets"
 SecretsLoader = Callable[[], Awaitable[dict[str, str]]]
 
 

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient, DbtCloudNotFoundError
 from dbt_cloud_gate.dbtcloud_api.webhooks import EVENT_TYPES, WebhookSubscription, check_client_url
+from dbt_cloud_gate.receiver import DEFAULT_SECRET_BLOCK
 
-DEFAULT_SECRET_BLOCK = "dbt-cloud-webhook-secrets"
 DEFAULT_SUBSCRIPTION_NAME = "dbt-cloud-gate"
 Action = Literal["created", "reactivated", "updated", "unchanged", "recreated"]
 

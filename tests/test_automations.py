@@ -40,7 +40,7 @@ async def _remove(name: str) -> None:
             await client.delete_automation(found.id)
 
 
-async def _problem() -> str | None:
+async def _problem() -> tuple[str, str] | None:
     async with get_client() as client:
         return await automation_problem(client)
 
@@ -55,7 +55,7 @@ def clean() -> Iterator[None]:
 @pytest.mark.usefixtures("clean")
 def test_the_build_step_installs_it_once_and_the_doctor_check_agrees() -> None:
     problem = run_coro_as_sync(_problem())
-    assert problem is not None and "is missing" in problem and "prefect deploy --all" in problem
+    assert problem is not None and "is missing" in problem[0] and "prefect deploy --all" in problem[1]
     assert install_crash_automation() == {"automation": "created"}
     assert install_crash_automation(any_step_input="ignored") == {"automation": "unchanged"}
     [saved] = run_coro_as_sync(_ours())
@@ -72,7 +72,7 @@ def test_the_build_step_installs_it_once_and_the_doctor_check_agrees() -> None:
 
 @pytest.mark.usefixtures("clean")
 def test_a_changed_or_disabled_automation_is_repaired_and_copies_go_but_other_automations_stay() -> None:
-    async def scenario() -> tuple[list[str], str | None, str | None]:
+    async def scenario() -> tuple[list[str], tuple[str, str] | None, tuple[str, str] | None]:
         async with get_client() as client:
             # Someone's own automation, and two copies of ours, one of them loosened by hand.
             theirs = await client.create_automation(
@@ -99,8 +99,8 @@ def test_a_changed_or_disabled_automation_is_repaired_and_copies_go_but_other_au
 
     done, changed, disabled = run_coro_as_sync(scenario())
     assert done == ["updated", "updated"]
-    assert changed is not None and "differs" in changed
-    assert disabled is not None and "disabled" in disabled
+    assert changed is not None and "differs" in changed[0]
+    assert disabled is not None and "disabled" in disabled[0] and "enable it" in disabled[1]
     assert run_coro_as_sync(_problem()) is None
 
 

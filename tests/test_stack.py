@@ -159,6 +159,22 @@ def check_webhooks(stack: RunningStack) -> None:
     assert list(kept["value"]) == [subscription.id]
 
 
+def check_doctor(stack: RunningStack) -> None:
+    """``python -m dbt_cloud_gate doctor`` against the running stack, on this machine (the worker's): nothing fails,
+    the worker's heartbeat, the subscription and the receiver included."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=stack.info["api_url"], DBT_CLOUD_GATE_HOME=str(ROOT))
+    doctor = [sys.executable, "-m", "dbt_cloud_gate", "doctor", "--json"]
+    done = subprocess.run(
+        doctor, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    status = {check["name"]: check["status"] for check in json.loads(done.stdout)["checks"]}
+    for name in ("variables", "credentials-block", "snowflake-block", "worker", "job-schedule", "webhook-receiver"):
+        assert status[name] == "ok", done.stdout
+    assert status["webhook-subscription"] == "ok" and DEMO_TOKEN not in done.stdout
+
+
 def check_https(stack: RunningStack) -> bytes:
     """The emulator also answers on https, to clients given the CA file the stack printed: dbt-cloud-cli with the
     environment docs/deploying.md shows, and a plain HTTP call. Returns the CA certificate."""
@@ -196,6 +212,7 @@ def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: P
         )
         assert twin.returncode == 1 and "already runs" in twin.stdout
         check_webhooks(first)
+        check_doctor(first)
         authority = check_https(first)
 
         with first.client() as client:
