@@ -12,8 +12,9 @@ Scope: the automation watches only flow runs tagged :data:`WATCH_TAG`. Prefect's
 default, and a narrower window on every flow run of the workspace would crash healthy ones; the deployments of
 ``prefect.yaml`` carry the tag and set ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` to :data:`HEARTBEAT_SECONDS`, and our
 flows pass the tag on to the subflows they call (:func:`watched_subflows`), which share their process. Flow runs emit
-heartbeats from Prefect 3.6 on (before it, only ``flow.serve`` runners did): on an older server or worker the
-automation is installed but never fires.
+heartbeats from their own process from Prefect 3.6 on (before it, only ``flow.serve`` runners did), and an async
+flow's from a thread of their own from 3.6.24 (before it, a busy event loop starved them): on an older worker the
+automation is installed but never fires, or could fire on a busy async flow.
 
 Installed by ``prefect deploy`` (a build step of ``prefect.yaml``: :func:`install_crash_automation`), by the local
 stack, and checked by the doctor (:func:`automation_problem`). Prefect-side; it never touches dbt Cloud.
@@ -22,6 +23,7 @@ stack, and checked by the doctor (:func:`automation_problem`). Prefect-side; it 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -32,6 +34,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import Automation, AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -51,11 +54,17 @@ __all__ = [
 WATCH_TAG = "heartbeat-watched"
 # What prefect.yaml's deployments set as PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect's minimum is 30).
 HEARTBEAT_SECONDS = 30
-# Three heartbeats missed: the process is gone (a busy process still beats: heartbeats come from their own thread).
-SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
+# Eight heartbeats missed: the process is gone. Not tighter: a false Crashed frees the slot of a run that goes on
+# (two loads could then overlap), while a late one only delays the next run; a server restart or an events
+# connection that reconnects within this window costs nothing. A busy process still beats (its own thread).
+SILENCE_SECONDS = 8 * HEARTBEAT_SECONDS
 AUTOMATION_NAME = "dbt-cloud-gate: crash flow runs whose heartbeats stopped"
 
-_FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
+# Any event of the flow run closes the window, not only a heartbeat or a final state: between the attempts of a
+# flow-level retry (AwaitingRetry), or while it is Paused, a flow run sends no heartbeat; its next heartbeat opens
+# a new window.
+_ANY_FLOW_RUN_EVENT = "prefect.flow-run.*"
+_LOG = logging.getLogger(__name__)
 _CRASH_MESSAGE = (
     f"No heartbeat for {SILENCE_SECONDS} s: the flow run's process is gone (its machine, its worker or a kill ended "
     f"it while nothing could report it). Set Crashed by the automation {AUTOMATION_NAME!r}, which frees its "
@@ -81,7 +90,7 @@ def crash_automation(silence_seconds: float = SILENCE_SECONDS) -> AutomationCore
                 {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{WATCH_TAG}"}
             ),
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *_FINAL_EVENTS},
+            expect={_ANY_FLOW_RUN_EVENT},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
@@ -92,15 +101,16 @@ def crash_automation(silence_seconds: float = SILENCE_SECONDS) -> AutomationCore
 
 
 def _same(found: Automation, wanted: AutomationCore) -> bool:
-    """Whether a saved automation already is ``wanted`` (compared as the API stores them)."""
-    fields = {"description", "enabled", "trigger", "actions"}  # python mode: the sets of event names stay sets
+    """Whether a saved automation already is ``wanted`` (compared as the API stores them; ``enabled`` apart)."""
+    fields = {"description", "trigger", "actions"}  # python mode: the sets of event names stay sets
     return found.model_dump(include=fields) == wanted.model_dump(include=fields)
 
 
 async def ensure_crash_automation(client: PrefectClient, silence_seconds: float = SILENCE_SECONDS) -> str:
     """Create the automation, or bring the one saved under :data:`AUTOMATION_NAME` up to date; returns what was done
-    (``created``, ``updated``, ``unchanged``). Copies of it under the same name (two deploys at once) are removed:
-    that name is ours. Nothing else is touched."""
+    (``created``, ``updated``, ``unchanged``, or ``disabled`` when someone disabled it: it is left disabled, its
+    definition brought up to date, and the doctor reports it). Copies of it under the same name (two deploys at
+    once) are removed: that name is ours. Nothing else is touched."""
     wanted = crash_automation(silence_seconds)
     found = await client.read_automations_by_name(AUTOMATION_NAME)
     if not found:
@@ -108,26 +118,35 @@ async def ensure_crash_automation(client: PrefectClient, silence_seconds: float 
         return "created"
     keep = next((automation for automation in found if _same(automation, wanted)), found[0])
     for copy in found:
-        if copy.id == keep.id:
-            continue
-        await client.delete_automation(copy.id)
-    if _same(keep, wanted):
-        return "unchanged"
-    await client.update_automation(keep.id, wanted)
-    return "updated"
+        if copy.id != keep.id:
+            await client.delete_automation(copy.id)
+    if not keep.enabled:  # an operator's choice (an incident, a migration): a deploy does not overrule it
+        wanted = wanted.model_copy(update={"enabled": False})
+    if not _same(keep, wanted):
+        await client.update_automation(keep.id, wanted)
+        return "updated" if keep.enabled else "disabled"
+    return "unchanged" if keep.enabled else "disabled"
 
 
 def install_crash_automation(**_: Any) -> dict[str, str]:
     """A ``prefect.yaml`` build step: make sure the automation exists on the server ``prefect deploy`` talks to.
 
-    Returns ``{"automation": "created" | "updated" | "unchanged"}`` (a step's outputs are a dict).
+    Returns ``{"automation": what was done}`` (a step's outputs are a dict). A server that refuses (a deploy
+    token without the right to manage automations) does not fail the deploy: it is reported, and the doctor's
+    ``crash-automation`` check fails until someone allowed installs it (``python -m dbt_cloud_gate.automations``).
     """
 
     async def ensure() -> str:
         async with get_client() as client:
             return await ensure_crash_automation(client)
 
-    done = run_coro_as_sync(ensure())
+    try:
+        done = run_coro_as_sync(ensure())
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code not in (401, 403):
+            raise
+        done = f"not installed (the server answered {exc.response.status_code})"
+        _LOG.warning("The automation %r was %s: runs whose process dies stay Running.", AUTOMATION_NAME, done)
     assert done is not None
     return {"automation": done}
 

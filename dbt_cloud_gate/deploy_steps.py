@@ -15,20 +15,21 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
-__all__ = ["HOME_VARIABLE", "checkout_directory", "checkout_problem"]
+__all__ = ["HOME_VARIABLE", "WORKER_FIX", "checkout_directory", "checkout_problem"]
 
 HOME_VARIABLE = "DBT_CLOUD_GATE_HOME"
+# How a worker gets it, for every message that names the fix.
+WORKER_FIX = (
+    f"`{HOME_VARIABLE}=/path/to/dbt-cloud-gate prefect worker start --pool dbt-cloud-gate` (the checkout holding "
+    "prefect.yaml and flows/, with `pip install -e .` done there)"
+)
 
 _LOG = logging.getLogger(__name__)
 
 
 def checkout_problem(value: str | None) -> str | None:
     """What is wrong with ``value`` as the checkout a flow run needs (the folder with ``flows/``), or None."""
-    how = (
-        f"set it in the worker's environment to the dbt-cloud-gate checkout (the folder holding prefect.yaml and "
-        f"flows/), e.g. `{HOME_VARIABLE}=/srv/dbt-cloud-gate prefect worker start --pool dbt-cloud-gate`, and start "
-        "the worker again (docs/deploying.md)"
-    )
+    how = f"set it in the worker's environment and start the worker again: {WORKER_FIX} (docs/deploying.md)"
     if not value or not value.strip():
         return f"{HOME_VARIABLE} is not set in the worker environment: {how}."
     home = Path(value.strip())

@@ -41,7 +41,7 @@ from tests.conftest import ACCOUNT, TOKEN, Served
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 POOL = "dbt-cloud-gate"  # the pool prefect.yaml's deployments name
-HEARTBEATS = tuple(int(part) for part in prefect.__version__.split(".")[:2]) >= HEARTBEATS_FROM
+HEARTBEATS = tuple(int(part) for part in prefect.__version__.split(".")[:3] if part.isdigit()) >= HEARTBEATS_FROM
 VARIABLES = ("dbt_cloud_job_id", "dbt_cloud_credentials_block", "snowflake_connector_block", "nightly_etl_targets")
 ORDERS = DEMO_TARGETS[0]  # job 11 builds it
 DEAD_RECEIVER = "http://127.0.0.1:9/dbt-cloud/webhooks"  # nothing listens on port 9
@@ -348,7 +348,7 @@ def test_no_checkout_variable_where_the_doctor_runs(
     assert code == 0  # a warning: the worker's own environment cannot be seen from here
     home = checks["worker-environment"]
     assert home["status"] == "warn" and "cannot be read through Prefect's API" in home["detail"]
-    assert "DBT_CLOUD_GATE_HOME=/path/to/dbt-cloud-gate prefect worker start --pool POOL" in home["fix"]
+    assert "DBT_CLOUD_GATE_HOME=/path/to/dbt-cloud-gate prefect worker start --pool dbt-cloud-gate" in home["fix"]
 
 
 async def _crashed_at_the_pull_step() -> tuple[Any, Any]:
@@ -382,9 +382,9 @@ def test_a_worker_without_the_checkout_variable(setup: Setup, capsys: pytest.Cap
     assert code == 1
     home = checks["worker-environment"]
     assert home["status"] == "fail"
-    assert "failed at the pull step, DBT_CLOUD_GATE_HOME unset in the worker's environment" in home["detail"]
-    assert "(crashed)" in home["detail"]
-    assert "restart the worker with `DBT_CLOUD_GATE_HOME=" in home["fix"]
+    assert "failed at the pull step, for want of a checkout in DBT_CLOUD_GATE_HOME" in home["detail"]
+    assert "(crashed: DBT_CLOUD_GATE_HOME is not set in the worker environment)" in home["detail"]
+    assert "restart the worker with `DBT_CLOUD_GATE_HOME=" in home["fix"] and "run one deployment" in home["fix"]
 
 
 def test_an_inactive_subscription(setup: Setup, receiver: Served, capsys: pytest.CaptureFixture[str]) -> None:
@@ -513,7 +513,7 @@ def test_no_crash_automation_or_an_unwatched_deployment(
     code, checks = setup.checks(capsys, "--prefect-yaml", str(edited))
     assert code == 1
     crash = checks["crash-automation"]
-    assert crash["status"] == "fail" and "dbt-cloud-job lack the tag" in crash["detail"]
+    assert crash["status"] == "fail" and "dbt-cloud-job (prefect.yaml) lack the tag" in crash["detail"]
     assert WATCH_TAG in crash["fix"] and "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in crash["fix"]
 
 
@@ -527,3 +527,26 @@ def test_an_alert_block_that_does_not_load(setup: Setup, tmp_path: Path, capsys:
     alerts = checks["alert-blocks"]
     assert alerts["status"] == "fail" and "'slack-webhook/doctor-nope'" in alerts["detail"]
     assert alerts["detail"].startswith("Alert blocks that cannot be loaded") and "SlackWebhook" in alerts["fix"]
+
+
+async def _deploy_unwatched() -> Any:
+    async with get_client() as client:
+        flow_id = await client.create_flow_from_name("dbt-cloud-etl")
+        return await client.create_deployment(flow_id=flow_id, name="nightly-etl", work_pool_name=POOL, tags=["etl"])
+
+
+def test_a_deployment_on_the_server_without_heartbeats(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    # prefect.yaml is right, but what was deployed from an older copy of it is not: the server's deployment counts.
+    deployment_id = asyncio.run(_deploy_unwatched())
+    try:
+        code, checks = setup.checks(capsys)
+    finally:
+        asyncio.run(_forget_deployment(deployment_id))
+    assert code == 1
+    crash = checks["crash-automation"]
+    assert crash["status"] == "fail" and "nightly-etl (the server) lack the tag" in crash["detail"]
+
+
+async def _forget_deployment(deployment_id: Any) -> None:
+    async with get_client() as client:
+        await client.delete_deployment(deployment_id)

@@ -9,105 +9,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
 from dbt_cloud_gate.dbtcloud_api.emulator.jobs import DEMO_ACCOUNT_ID, DEMO_TOKEN
 from dbt_cloud_gate.stack.__main__ import CREDENTIALS_BLOCK, DEPLOYMENTS, SNOWFLAKE_BLOCK, TARGETS_VARIABLE
 from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
-from dbt_cloud_gate.stack.services import ROOT, WORK_POOL, alive, descendants, fakesnow_connector
+from dbt_cloud_gate.stack.services import ROOT, WORK_POOL, descendants
 from dbt_cloud_gate.tasks.webhooks import DEFAULT_SECRET_BLOCK
+from tests.stack_helpers import RunningStack, child, rows, wait_console, wait_state
 
 pytestmark = pytest.mark.slow
-
-START_TIMEOUT = 240.0
-
-
-class RunningStack:
-    """A ``python -m dbt_cloud_gate.stack`` process and what it wrote to STATE/stack.json once ready."""
-
-    def __init__(self, state: Path, port: int = 0) -> None:
-        self.state = state
-        self.output = state.parent / f"{state.name}-console.log"
-        with self.output.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "dbt_cloud_gate.stack", "--state-dir", str(state), "--port", str(port)],
-                cwd=ROOT,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (state / "stack.json").exists():
-            assert self.process.poll() is None, self.console()
-            assert time.monotonic() < deadline, f"the stack did not start in {START_TIMEOUT} s:\n{self.console()}"
-            time.sleep(0.5)
-        self.info: dict[str, Any] = json.loads((state / "stack.json").read_text())
-
-    def console(self) -> str:
-        return self.output.read_text(errors="replace")[-6000:]
-
-    @contextmanager
-    def client(self) -> Iterator[SyncPrefectClient]:
-        with temporary_settings({PREFECT_API_URL: self.info["api_url"]}), get_client(sync_client=True) as client:
-            yield client
-
-    def stop(self, signum: int) -> list[tuple[int, int]]:
-        """Send ``signum``, wait for the exit; returns the processes of the stack that still run (none expected)."""
-        tree = descendants(self.process.pid)
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=90)
-        assert code == 0, self.console()
-        assert "Stopped" in self.console()
-        assert not (self.state / "stack.json").exists()
-        return [p for p in tree if alive(p)] + processes_using(self.state)
-
-
-def processes_using(state: Path) -> list[tuple[int, int]]:
-    """Live processes whose environment or command line names the state folder (started after any snapshot)."""
-    needle = str(state).encode()
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        if int(proc.name) == os.getpid():
-            continue
-        try:
-            if needle in (proc / "environ").read_bytes() or needle in (proc / "cmdline").read_bytes():
-                found.append((int(proc.name), 0))
-        except OSError:
-            continue
-    return found
-
-
-def wait_state(client: SyncPrefectClient, flow_run_id: Any, accept: set[str], timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        flow_run = client.read_flow_run(flow_run_id)
-        if flow_run.state is not None and flow_run.state.type.value in accept:
-            return flow_run
-        assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
-        time.sleep(0.3)
-
-
-def child(stack: RunningStack, marker: bytes) -> tuple[int, int]:
-    """The stack's child process whose command line holds ``marker`` (b"worker\\x00start", b"server\\x00start")."""
-    (found,) = [p for p in descendants(stack.process.pid)[1:] if marker in Path(f"/proc/{p[0]}/cmdline").read_bytes()]
-    return found
-
-
-def wait_console(stack: RunningStack, text: str, count: int = 1, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while stack.console().count(text) < count:
-        assert stack.process.poll() is None and time.monotonic() < deadline, stack.console()
-        time.sleep(0.3)
 
 
 def check_children_are_restarted(stack: RunningStack) -> None:
@@ -137,13 +52,6 @@ def check_children_are_restarted(stack: RunningStack) -> None:
         )
         done = wait_state(client, etl.id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
         assert done.state.type.value == "COMPLETED", stack.console()
-
-
-def rows(info: dict[str, Any], statement: str) -> list[tuple[Any, ...]]:
-    with fakesnow_connector(info["snowflake"]).get_connection() as connection:
-        cursor = connection.cursor()
-        cursor.execute(statement)
-        return list(cursor.fetchall())
 
 
 def check_webhooks(stack: RunningStack) -> None:

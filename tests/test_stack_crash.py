@@ -1,5 +1,7 @@
 """A flow run that loses its process while nothing can report it ends Crashed, frees the deployment's only
-concurrency slot, and its retry finds the dbt Cloud run it had started instead of triggering a second.
+concurrency slot, and its retry finds the dbt Cloud run it had started instead of triggering a second; a healthy
+watched run that outlives the automation's window and the server's restart is left alone; and a SIGKILL of the
+stack itself leaves nothing running.
 
 On the local stack as a user runs it (``prefect deploy --all`` installs the automation through prefect.yaml's build
 step): the nightly-etl flow run, its dbt run in flight, loses its process, its worker and the Prefect server at
@@ -20,8 +22,8 @@ import pytest
 from prefect.states import AwaitingRetry
 
 from dbt_cloud_gate.automations import AUTOMATION_NAME, SILENCE_SECONDS, WATCH_TAG
-from dbt_cloud_gate.stack.services import descendants
-from tests.test_stack import RunningStack, child, processes_using, rows, wait_console, wait_state
+from dbt_cloud_gate.stack.services import alive, descendants
+from tests.stack_helpers import RunningStack, child, processes_using, rows, wait_console, wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +38,9 @@ def emulator_runs(stack: RunningStack, before: set[int] | None = None) -> list[d
     return [run for run in runs if run["id"] not in (before or set())]
 
 
-def set_run_seconds(stack: RunningStack, seconds: float) -> None:
-    answer = httpx.post(f"{stack.info['emulator_url']}/_emulator/jobs/101", json={"run_seconds": seconds}, timeout=10)
+def set_run_seconds(stack: RunningStack, seconds: float, job_id: int = 101) -> None:
+    url = f"{stack.info['emulator_url']}/_emulator/jobs/{job_id}"
+    answer = httpx.post(url, json={"run_seconds": seconds}, timeout=10)
     assert answer.status_code == 200, answer.text
 
 
@@ -55,22 +58,26 @@ def wait_heartbeat(stack: RunningStack, flow_run_id: Any, timeout: float = 60) -
         time.sleep(0.5)
 
 
-def engine_of(stack: RunningStack) -> tuple[int, int]:
-    """The one flow-run process under the stack's worker."""
-    (found,) = [
-        p for p in descendants(stack.process.pid) if b"prefect.engine" in Path(f"/proc/{p[0]}/cmdline").read_bytes()
-    ]
+def processes_of(stack: RunningStack, flow_run_id: Any) -> list[tuple[int, int]]:
+    """The processes below the stack that run flow run ``flow_run_id`` (Prefect's workspace supervisor, if any,
+    and the engine): the worker gives each its ID in PREFECT__FLOW_RUN_ID."""
+    entry = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for pid, started in descendants(stack.process.pid):
+        try:
+            if entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append((pid, started))
+        except OSError:
+            continue
+    assert found, f"no process of flow run {flow_run_id} below the stack"
     return found
 
 
-def client_run_in_flight(stack: RunningStack) -> Any:
-    """A dbt-cloud-job flow run, Running under the worker (its process must go with the stack)."""
-    set_run_seconds(stack, 60)
-    with stack.client() as client:
-        job = client.create_flow_run_from_deployment(stack.info["deployments"]["dbt-cloud-job/dbt-cloud-job"])
-        wait_state(client, job.id, {"RUNNING"})
-    engine_of(stack)
-    return job
+def subflow_of(client: Any, flow_run_id: Any) -> Any:
+    """The one subflow run of flow run ``flow_run_id``."""
+    runs = [run for run in client.read_flow_runs() if run.parent_task_run_id is not None]
+    (found,) = [run for run in runs if client.read_task_run(run.parent_task_run_id).flow_run_id == flow_run_id]
+    return found
 
 
 def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_reuses_the_dbt_run(
@@ -79,6 +86,13 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
     stack = RunningStack(tmp_path / "stack")
     try:
         with stack.client() as client:
+            # A healthy watched run that lasts longer than the automation's window, through the server's restart.
+            set_run_seconds(stack, 3 * SILENCE_SECONDS, job_id=103)
+            healthy = client.create_flow_run_from_deployment(
+                stack.info["deployments"]["dbt-cloud-job/dbt-cloud-job"],
+                parameters={"job_id": 103, "start": {"if_running": "reuse"}},
+            )
+            wait_state(client, healthy.id, {"RUNNING"})
             [automation] = client.read_automations_by_name(AUTOMATION_NAME)  # installed by prefect deploy
             assert automation.enabled
             deployment = client.read_deployment_by_name(ETL)
@@ -97,8 +111,8 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
             wait_heartbeat(stack, etl.id)
         [dbt_run] = emulator_runs(stack, before)
 
-        # A machine lost: the flow run's process, its worker and the server at once.
-        lost = [engine_of(stack), child(stack, b"worker\x00start"), child(stack, b"server\x00start")]
+        # A machine lost: the flow run's processes, its worker and the server at once.
+        lost = [*processes_of(stack, etl.id), child(stack, b"worker\x00start"), child(stack, b"server\x00start")]
         for pid, _ in lost:
             os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -111,7 +125,7 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
             assert crashed.state.type.value == "CRASHED", crashed.state
             assert AUTOMATION_NAME in (crashed.state.message or ""), crashed.state.message  # not another path
             # Its subflow (the dbt Cloud job) shared the process: it is watched too, and ends as well.
-            [subflow] = [run for run in client.read_flow_runs() if run.parent_task_run_id is not None]
+            subflow = subflow_of(client, etl.id)
             assert WATCH_TAG in subflow.tags
             assert wait_state(client, subflow.id, FINAL, timeout=60).state.type.value == "CRASHED"
 
@@ -131,18 +145,24 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
             done = wait_state(client, following.id, FINAL, timeout=180)
             assert done.state.type.value == "COMPLETED", stack.console()
             assert len(emulator_runs(stack, before)) == 2
+
+            # The healthy run sent heartbeats all along (its process went on when the worker above it was killed):
+            # still Running, never Crashed, though it outlived the window and the server's restart.
+            states = [state.type.value for state in client.read_flow_run_states(healthy.id)]
+            assert states[-1] == "RUNNING" and "CRASHED" not in states, states
         print(f"crashed {silent_for:.0f} s after the kill (window {SILENCE_SECONDS} s)")
+        in_flight = processes_of(stack, healthy.id)
 
         # The stack process itself killed: its guardian stops every process it started (each in a session of its
-        # own, so nothing else would), the worker's flow runs included, and removes its stack.json.
-        job = client_run_in_flight(stack)
+        # own, so nothing else would), the healthy run's included, and removes its stack.json.
         os.kill(stack.process.pid, signal.SIGKILL)
         stack.process.wait(timeout=10)
         deadline = time.monotonic() + 60
         while processes_using(stack.state) or (stack.state / "stack.json").exists():
             assert time.monotonic() < deadline, f"left running: {processes_using(stack.state)}"
             time.sleep(0.2)
-        assert job
+        assert not any(alive(p) for p in in_flight)
+        assert "nothing of that stack runs any more" in (stack.state / "guardian.log").read_text()
     finally:
         if stack.process.poll() is None:
             stack.process.kill()

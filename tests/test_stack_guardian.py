@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from dbt_cloud_gate.stack.guardian import MARKER, marked_processes
+from dbt_cloud_gate.stack.guardian import MARKER, _unlink_if_ours, marked_processes
 from dbt_cloud_gate.stack.services import ROOT, alive, descendants
 
 # A stand-in for the stack: a guardian, then a child in a session of its own that starts a grandchild (a server
@@ -88,3 +88,12 @@ def test_a_normal_stop_tells_the_guardian_which_quits_and_touches_nothing(tmp_pa
             os.kill(pid, signal.SIGKILL)
         stack.kill()
         stack.wait(timeout=10)
+
+
+def test_the_sweep_removes_the_dead_stacks_info_file_but_not_a_newer_stacks(tmp_path: Path) -> None:
+    info = tmp_path / "stack.json"
+    info.write_text('{"pid": 4242}')
+    _unlink_if_ours(info, "1234")  # a stack started meanwhile on the same state wrote it
+    assert info.exists()
+    _unlink_if_ours(info, "4242")
+    assert not info.exists()

@@ -8,7 +8,8 @@ with the fix of each failure (issue 17).
 - :mod:`.load_checks`: every load target, through the ETL flows' own preflight;
 - :mod:`.catalog`: the checks in order (add one there), :mod:`.render`: text and JSON, :mod:`.cli`: the command.
 
-Nothing is triggered and no secret is printed; every network call has a finite timeout.
+Nothing is triggered and no secret is printed; every network call has a finite timeout (``--timeout`` for
+Prefect, dbt Cloud and the receiver; the connector's and the preflight's own for Snowflake).
 """
 
 from dbt_cloud_gate.doctor.catalog import CHECKS, run_doctor

@@ -25,7 +25,7 @@ from dbt_cloud_gate.alerts import check_alert_blocks as check_alert_blocks_load
 from dbt_cloud_gate.blocks.dbt_cloud import resolve_credentials
 from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.dbtcloud_api import DbtCloudConfigError
-from dbt_cloud_gate.deploy_steps import checkout_problem
+from dbt_cloud_gate.deploy_steps import WORKER_FIX, checkout_problem
 from dbt_cloud_gate.doctor.core import Doctor, Verdict, fail, ok, skip, warn
 from dbt_cloud_gate.doctor.project import HOME_VARIABLE, ProjectError, VariableUse, read_project
 from dbt_cloud_gate.doctor.workers import pull_step_failures
@@ -361,10 +361,7 @@ def check_worker(doctor: Doctor) -> Verdict:
 
 def _home_here() -> Verdict:
     home = os.environ.get(HOME_VARIABLE, "").strip()
-    fix = (
-        f"start the worker as `{HOME_VARIABLE}=/path/to/dbt-cloud-gate prefect worker start --pool POOL` (the "
-        "checkout, with `pip install -e .` done)."
-    )
+    fix = f"start the worker as {WORKER_FIX}."
     if not home:
         return warn(
             f"{HOME_VARIABLE} is not set where the doctor runs. A worker's environment cannot be read through "
@@ -386,9 +383,8 @@ def check_worker_environment(doctor: Doctor) -> Verdict:
     failed = run_async(pull_step_failures(_pools(doctor), HOME_VARIABLE))
     if failed:
         return fail(
-            f"the latest finished flow run(s) of the pool failed at the pull step, {HOME_VARIABLE} unset in the "
-            f"worker's environment: {', '.join(failed)}.",
-            f"restart the worker with `{HOME_VARIABLE}=/path/to/dbt-cloud-gate prefect worker start --pool POOL` "
-            "(the checkout, with `pip install -e .` done).",
+            f"the latest finished flow run(s) of the pool failed at the pull step, for want of a checkout in "
+            f"{HOME_VARIABLE}: {'; '.join(failed)}.",
+            f"restart the worker with {WORKER_FIX}; then run one deployment: this check looks at the latest runs.",
         )
     return _home_here()

@@ -48,6 +48,7 @@ async def pull_step_failures(pools: list[str], variable: str) -> list[str]:
             if not (variable in said and "worker" in said):  # not our pull step's verdict: an older one's log?
                 logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=LOG_LINES)
                 said = next((log.message for log in logs if variable in log.message and "not set" in log.message), "")
-            if said:
-                found.append(f"{run.name} ({run.state.type.value.lower()})")
+            if said:  # quoted as it is: unset, not a folder, not a checkout
+                reason = said.split(": set it")[0].strip().splitlines()[-1][:200]
+                found.append(f"{run.name} ({run.state.type.value.lower()}: {reason})")
     return found

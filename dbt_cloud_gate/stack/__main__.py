@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for stop in STOP_SIGNALS:
             signal.signal(stop, _stop_on_signal)
         become_subreaper()  # a dead worker's flow runs stay below the stack, to be stopped with it
-        guardian = Guardian(state).start()  # and should the stack itself be killed, the guardian stops them
+        guardian = Guardian(state, lock.fileno()).start()  # should the stack itself be killed, it stops them
         try:
             return _run(state, args)
         except KeyboardInterrupt:
@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"The stack stopped: {exc}")
             return 1
         finally:
-            guardian.stop()
-            stop_orphans()
+            stop_orphans(keep=guardian.process)  # a kill meanwhile leaves the rest to the guardian
             (state / "stack.json").unlink(missing_ok=True)
+            guardian.stop()
 
 
 def _emulators(

@@ -7,12 +7,15 @@ starting flow runs. Every process the stack starts, and every process those star
 worker's flow runs), inherits :data:`MARKER` in its environment, unique to one start of the stack. The guardian
 holds the read end of a pipe whose only write end is the stack's: end of file without a ``stop`` line means the
 stack is gone; it then stops (SIGTERM, then SIGKILL after 5 s) every process whose environment carries the marker,
-until none is left, and removes the stack's ``stack.json``. A stack that stops normally writes ``stop`` first
-(its own shutdown stopped everything) and waits for the guardian to exit.
+until none is left, and removes the stack's ``stack.json`` (if it still names the dead stack). It also holds the
+stack's lock file open until then, so that no new stack starts on the same state while it sweeps. A stack that
+stops normally writes ``stop`` last (its own shutdown stopped everything) and waits for the guardian to exit. What
+it does goes to ``STATE/guardian.log``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from dbt_cloud_gate.stack.processes import ProcessId, alive, stop_processes
+from dbt_cloud_gate.stack.processes import ProcessId, alive, start_time, stop_processes
 
 __all__ = ["MARKER", "Guardian", "marked_processes"]
 
@@ -39,11 +42,11 @@ def marked_processes(marker: str) -> set[ProcessId]:
         pid = int(proc.name)
         try:
             marked = pid != os.getpid() and entry in (proc / "environ").read_bytes().split(b"\0")
-            process = (pid, int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19]))
-        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours to read
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        if marked and alive(process):
-            found.add(process)
+        started = start_time(pid) if marked else None
+        if started is not None and alive((pid, started)):
+            found.add((pid, started))
     return found
 
 
@@ -65,23 +68,26 @@ def sweep(marker: str, timeout: float = SWEEP_SECONDS) -> int:
 class Guardian:
     """The stack's side: starts the guardian process and, on a normal stop, tells it to quit."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, lock_fd: int | None = None) -> None:
         self.marker = f"{state}#{os.getpid()}"
         self.state = state
+        self.lock_fd = lock_fd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Guardian:
         """Mark this process's environment (children inherit it) and start the guardian in a session of its own."""
         os.environ[MARKER] = self.marker
         env = {key: value for key, value in os.environ.items() if key != MARKER}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dbt_cloud_gate.stack.guardian"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+        with (self.state / "guardian.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dbt_cloud_gate.stack.guardian"],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                pass_fds=() if self.lock_fd is None else (self.lock_fd,),  # the stack's lock, held until its sweep ends
+            )
         stdin = self.process.stdin
         assert stdin is not None
         stdin.write(f"{self.marker}\n{self.state / 'stack.json'}\n".encode())
@@ -90,6 +96,8 @@ class Guardian:
 
     def stop(self) -> None:
         """The stack stopped its services itself: the guardian quits without a sweep."""
+        if os.environ.get(MARKER) == self.marker:
+            del os.environ[MARKER]
         if self.process is None or self.process.stdin is None:
             return
         try:
@@ -111,6 +119,20 @@ class Guardian:
         self.stop()
 
 
+def _say(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+def _unlink_if_ours(info_file: Path, stack_pid: str) -> None:
+    """Remove the stack's info file, unless it names another stack (one started meanwhile)."""
+    try:
+        pid = json.loads(info_file.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        pid = None
+    if pid is None or str(pid) == stack_pid:
+        info_file.unlink(missing_ok=True)
+
+
 def watch(source: IO[bytes]) -> int:
     """The guardian's side: read the marker and the stack's info file, wait for ``stop`` or end of file."""
     marker = source.readline().decode().strip()
@@ -122,8 +144,10 @@ def watch(source: IO[bytes]) -> int:
         if line.strip() == b"stop":
             return 0
         if not line:  # end of file without a stop: the stack died
-            sweep(marker)
-            info_file.unlink(missing_ok=True)
+            _say(f"The stack {marker} ended without stopping its processes: stopping them.")
+            stopped = sweep(marker)
+            _unlink_if_ours(info_file, marker.rsplit("#", 1)[-1])
+            _say(f"Stopped {stopped} process(es); nothing of that stack runs any more.")
             return 0
 
 

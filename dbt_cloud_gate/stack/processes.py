@@ -21,6 +21,7 @@ __all__ = [
     "become_subreaper",
     "descendants",
     "kill_process_tree",
+    "start_time",
     "stop_orphans",
     "stop_process_tree",
     "stop_processes",
@@ -41,6 +42,12 @@ def _stat(pid: int) -> tuple[int, int] | None:
     except (OSError, IndexError):
         return None
     return int(fields[1]), int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (in clock ticks since boot), or None when there is no such process."""
+    found = _stat(pid)
+    return None if found is None else found[1]
 
 
 def descendants(pid: int) -> list[ProcessId]:
@@ -119,12 +126,13 @@ def stop_processes(processes: set[ProcessId], timeout: float = 5.0) -> None:
     _signal_all(processes, signal.SIGKILL)
 
 
-def stop_orphans(timeout: float = 5.0) -> None:
-    """Stop every process still below this one and reap them: what the services' own stop could not reach, such as
-    the flow runs of a worker that died."""
-    stop_processes({p for p in descendants(os.getpid()) if p[0] != os.getpid()}, timeout)
+def stop_orphans(timeout: float = 5.0, keep: subprocess.Popen[Any] | None = None) -> None:
+    """Stop every process still below this one (but ``keep``) and reap them: what the services' own stop could not
+    reach, such as the flow runs of a worker that died."""
+    kept = {keep.pid} if keep is not None else set()
+    stop_processes({p for p in descendants(os.getpid()) if p[0] != os.getpid() and p[0] not in kept}, timeout)
     with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+        while (pid := os.waitpid(-1, os.WNOHANG)[0]) > 0 and pid not in kept:
             pass
 
 
