@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "ensure_dbt_cloud_webhooks": "dbt_cloud_gate.flows.webhooks",
     # Blocks.
     "DbtCloudCredentials": "dbt_cloud_gate.blocks.dbt_cloud",
+    "DbtCloudJob": "dbt_cloud_gate.blocks.job",
     # Settings.
     "WaitSettings": "dbt_cloud_gate.settings",
     "StartSettings": "dbt_cloud_gate.settings",
@@ -68,6 +69,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials
+    from dbt_cloud_gate.blocks.job import DbtCloudJob
     from dbt_cloud_gate.dbtcloud_api import AsyncDbtCloudClient, DbtCloudClient, DbtCloudError, RunStatus
     from dbt_cloud_gate.errors import (
         DbtCloudGateError,

@@ -16,6 +16,7 @@ from prefect.context import FlowRunContext
 
 from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
+from dbt_cloud_gate.blocks.job import DbtCloudJob, JobParameters
 from dbt_cloud_gate.cancellation import cancel_own_runs, remember_for_cancellation
 from dbt_cloud_gate.dbtcloud_api import ModelResult, Run, run_url
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudResponseError, scrub
@@ -28,7 +29,7 @@ from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope
 from dbt_cloud_gate.models import DbtCloudRunResult, DbtCloudRunSummary
 from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge, summarize, where_it_failed
 from dbt_cloud_gate.publish import publish_run
-from dbt_cloud_gate.settings import NO_OVERRIDES, START, WAIT, DbtCloudId, StartSettings, TriggerOverrides, WaitSettings
+from dbt_cloud_gate.settings import START, WAIT, DbtCloudId, StartSettings, TriggerOverrides, WaitSettings
 from dbt_cloud_gate.starting import StartedRun, warn_if_scheduled
 from dbt_cloud_gate.sync_flow import flow_deadline, sync_callable_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
@@ -43,9 +44,10 @@ __all__ = ["run_dbt_cloud_job"]
 # callable from sync code all the same (see dbt_cloud_gate.sync_flow).
 @sync_callable_flow(name="dbt-cloud-job", on_cancellation=[cancel_own_runs])
 async def run_dbt_cloud_job(
-    job_id: DbtCloudId,
+    job_id: DbtCloudId | None = None,
     credentials: DbtCloudCredentials | str | None = None,
     *,
+    job: DbtCloudJob | str | None = None,
     cause: str | None = None,
     trigger: TriggerOverrides | None = None,
     wait: WaitSettings | None = None,
@@ -58,10 +60,12 @@ async def run_dbt_cloud_job(
     In an async caller, ``await`` it; elsewhere call it plainly.
 
     Args:
-        job_id: The dbt Cloud job to trigger.
+        job_id: The dbt Cloud job to trigger (or give a saved job block as job).
         credentials: A dbt Cloud Gate Credentials block (or prefect-dbt's DbtCloudCredentials) or its name; empty:
-            DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_ACCOUNT_ID, DBT_CLOUD_API_TOKEN (and
+            the job block's, else DBT_CLOUD_CREDENTIALS_BLOCK or the DBT_CLOUD_ACCOUNT_ID, DBT_CLOUD_API_TOKEN (and
             DBT_CLOUD_ACCESS_URL) environment variables.
+        job: A saved dbt Cloud Gate Job block (or its name): the job, its credentials, trigger overrides and wait
+            settings, each used where this call leaves it out.
         cause: Why the run was started, shown in dbt Cloud (an idempotency key is appended).
         trigger: Overrides of the job's settings for this run (steps, git branch or commit, schema, threads...);
             empty: none.
@@ -73,10 +77,11 @@ async def run_dbt_cloud_job(
             (slack-webhook/data-team).
     """
     log = get_run_logger()
-    trigger, wait, start = trigger or NO_OVERRIDES, wait or WAIT, start or START
+    given = JobParameters(job, job_id, credentials, trigger, wait)  # the job block supplies what is left out
+    job_id, trigger, wait, start = given.job_id, given.trigger, given.wait, start or START
     # Everything else was validated as a type where it entered; these need Prefect's API.
     check_alert_blocks(alert_blocks)
-    creds = resolve_credentials(credentials)
+    creds = resolve_credentials(given.credentials)
     token = creds.api_token.get_secret_value()
 
     tree = run_tree_scope()
