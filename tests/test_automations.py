@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import respx
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.events.actions import DoNothing
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.flow_engine import run_flow
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from dbt_cloud_gate.automations import (
@@ -128,3 +131,19 @@ def test_a_watched_flow_run_passes_the_tag_to_its_subflows_and_an_unwatched_one_
     # A deployment's tags reach the flow run, not its subflows: only the watch tag is passed on.
     assert run_flow(_parent, flow_run=watched) == [WATCH_TAG]
     assert run_flow(_parent, flow_run=plain) == []
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+def test_a_server_that_refuses_automations_warns_and_the_deploy_goes_on_but_other_errors_raise(status: int) -> None:
+    # A deploy token without the right to manage automations: a real Prefect server cannot answer so (no auth in
+    # Prefect's open-source server), hence respx. 404 on the CSRF token: a server without CSRF protection.
+    api = "http://prefect.invalid/api"
+    with temporary_settings({PREFECT_API_URL: api}), respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{api}/csrf-token").respond(404, json={})
+        mock.post(f"{api}/automations/filter").respond(status, json={"detail": "no"})
+        if status == 500:
+            with pytest.raises(PrefectHTTPStatusError):
+                install_crash_automation()
+        else:
+            assert install_crash_automation() == {"automation": f"not installed (the server answered {status})"}
+        assert [call.request.url.path for call in mock.calls][-1] == "/api/automations/filter"
