@@ -137,7 +137,13 @@ def stop_orphans(timeout: float = 5.0, keep: subprocess.Popen[Any] | None = None
 
 
 def kill_process_tree(process: subprocess.Popen[Any]) -> None:
-    """SIGKILL ``process`` and every descendant at once: a crash, as when the machine dies."""
+    """SIGKILL ``process`` and every descendant at once: a crash, as when the machine dies.
+
+    Each is frozen (SIGSTOP) before any is killed: else a process that outlives its child by a moment (Prefect's
+    runner, a worker) could still report that child's death, which a machine that dies never does."""
     tree = set(descendants(process.pid))
+    _signal_all(tree, signal.SIGSTOP)
+    tree |= set(descendants(process.pid))  # started while the first ones were being frozen
+    _signal_all(tree, signal.SIGSTOP)
     _signal_all(tree, signal.SIGKILL)
     process.wait(timeout=30)
