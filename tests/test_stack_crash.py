@@ -159,11 +159,16 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
         os.kill(stack.process.pid, signal.SIGKILL)
         stack.process.wait(timeout=10)
         deadline = time.monotonic() + 60
-        while processes_using(stack.state) or (stack.state / "stack.json").exists():
+        log = stack.state / "guardian.log"
+        while processes_using(stack.state) or "runs any more" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, f"left running: {processes_using(stack.state)}"
             time.sleep(0.2)
         assert not any(alive(p) for p in in_flight)
-        assert "nothing of that stack runs any more" in (stack.state / "guardian.log").read_text()
+        assert "nothing of that stack runs any more" in log.read_text()
+        deadline = time.monotonic() + 10
+        while (stack.state / "stack.json").exists():  # removed right after that line
+            assert time.monotonic() < deadline, "the killed stack's stack.json is left"
+            time.sleep(0.1)
     finally:
         if stack.process.poll() is None:
             stack.process.kill()

@@ -146,8 +146,8 @@ def watch(source: IO[bytes]) -> int:
         if not line:  # end of file without a stop: the stack died
             _say(f"The stack {marker} ended without stopping its processes: stopping them.")
             stopped = sweep(marker)
-            _unlink_if_ours(info_file, marker.rsplit("#", 1)[-1])
             _say(f"Stopped {stopped} process(es); nothing of that stack runs any more.")
+            _unlink_if_ours(info_file, marker.rsplit("#", 1)[-1])  # last: its absence says the guardian is done
             return 0
 
 
