@@ -22,15 +22,21 @@ def load_notification_block(reference: str | NotificationBlock) -> NotificationB
     return block
 
 
-def check_alert_blocks(references: list[str] | None) -> None:
-    """Load every alert block before anything is triggered: a misspelt name found only when a run fails would
-    lose that alert. Raises ``ValueError`` naming each block that cannot be loaded and how to create it."""
+def alert_block_problems(references: list[str] | None) -> list[str]:
+    """Each of ``references`` that cannot be loaded as a notification block, as ``'name': why`` (none: all load)."""
     problems: list[str] = []
     for reference in references or []:
         try:
             load_notification_block(reference)
         except Exception as exc:
             problems.append(f"{reference!r}: {str(exc).rstrip('. ')}")
+    return problems
+
+
+def check_alert_blocks(references: list[str] | None) -> None:
+    """Load every alert block before anything is triggered: a misspelt name found only when a run fails would
+    lose that alert. Raises ``ValueError`` naming each block that cannot be loaded and how to create it."""
+    problems = alert_block_problems(references)
     if problems:
         raise ValueError(
             "Alert blocks that cannot be loaded: "

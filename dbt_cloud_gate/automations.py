@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -41,12 +43,15 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 __all__ = [
     "AUTOMATION_NAME",
     "HEARTBEAT_SECONDS",
+    "MIN_SILENCE_SECONDS",
     "SILENCE_SECONDS",
     "WATCH_TAG",
+    "WINDOW_VARIABLE",
     "automation_problem",
     "crash_automation",
     "ensure_crash_automation",
     "install_crash_automation",
+    "silence_seconds_setting",
     "watched_subflows",
 ]
 
@@ -58,6 +63,10 @@ HEARTBEAT_SECONDS = 30
 # (two loads could then overlap), while a late one only delays the next run; a server restart or an events
 # connection that reconnects within this window costs nothing. A busy process still beats (its own thread).
 SILENCE_SECONDS = 8 * HEARTBEAT_SECONDS
+# A workspace may choose its own window (a setting of where the automation is installed): not under three
+# heartbeats, so that one late or lost heartbeat never crashes a healthy run.
+MIN_SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
+WINDOW_VARIABLE = "DBT_CLOUD_GATE_CRASH_WINDOW_SECONDS"
 AUTOMATION_NAME = "dbt-cloud-gate: crash flow runs whose heartbeats stopped"
 
 # Any event of the flow run closes the window, not only a heartbeat or a final state: between the attempts of a
@@ -65,17 +74,36 @@ AUTOMATION_NAME = "dbt-cloud-gate: crash flow runs whose heartbeats stopped"
 # a new window.
 _ANY_FLOW_RUN_EVENT = "prefect.flow-run.*"
 _LOG = logging.getLogger(__name__)
-_CRASH_MESSAGE = (
-    f"No heartbeat for {SILENCE_SECONDS} s: the flow run's process is gone (its machine, its worker or a kill ended "
-    f"it while nothing could report it). Set Crashed by the automation {AUTOMATION_NAME!r}, which frees its "
-    "concurrency slot. A dbt Cloud run it started goes on in dbt Cloud; a retry of this flow run finds that run "
-    "through its idempotency key instead of triggering another."
-)
+
+
+def silence_seconds_setting() -> float:
+    """The window the automation is installed (and checked) with: :data:`WINDOW_VARIABLE` where it is set, else
+    :data:`SILENCE_SECONDS`. Raises ``ValueError`` naming the variable when it is not a number of seconds of at least
+    :data:`MIN_SILENCE_SECONDS`."""
+    raw = os.environ.get(WINDOW_VARIABLE, "").strip()
+    if not raw:
+        return float(SILENCE_SECONDS)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= MIN_SILENCE_SECONDS):
+        raise ValueError(
+            f"{WINDOW_VARIABLE}={raw!r} is not a window the automation can use: give a number of seconds of at "
+            f"least {MIN_SILENCE_SECONDS} (three heartbeats), or unset it for the default {SILENCE_SECONDS}."
+        )
+    return seconds
 
 
 def crash_automation(silence_seconds: float = SILENCE_SECONDS) -> AutomationCore:
     """The automation: a flow run tagged :data:`WATCH_TAG` that sent a heartbeat, then neither another heartbeat nor
     a final state within ``silence_seconds``, is set Crashed."""
+    message = (
+        f"No heartbeat for {silence_seconds:g} s: the flow run's process is gone (its machine, its worker or a kill "
+        f"ended it while nothing could report it). Set Crashed by the automation {AUTOMATION_NAME!r}, which frees "
+        "its concurrency slot. A dbt Cloud run it started goes on in dbt Cloud; a retry of this flow run finds that "
+        "run through its idempotency key instead of triggering another."
+    )
     return AutomationCore(
         name=AUTOMATION_NAME,
         description=(
@@ -96,7 +124,7 @@ def crash_automation(silence_seconds: float = SILENCE_SECONDS) -> AutomationCore
             threshold=1,
             within=timedelta(seconds=silence_seconds),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=_CRASH_MESSAGE)],
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, name="Crashed", message=message)],
     )
 
 
@@ -129,16 +157,19 @@ async def ensure_crash_automation(client: PrefectClient, silence_seconds: float 
 
 
 def install_crash_automation(**_: Any) -> dict[str, str]:
-    """A ``prefect.yaml`` build step: make sure the automation exists on the server ``prefect deploy`` talks to.
+    """A ``prefect.yaml`` build step: make sure the automation exists on the server ``prefect deploy`` talks to,
+    with the window of :func:`silence_seconds_setting` (checked before the server is called).
 
     Returns ``{"automation": what was done}`` (a step's outputs are a dict). A server that refuses (a deploy
     token without the right to manage automations) does not fail the deploy: it is reported, and the doctor's
     ``crash-automation`` check fails until someone allowed installs it (``python -m dbt_cloud_gate.automations``).
     """
 
+    silence_seconds = silence_seconds_setting()
+
     async def ensure() -> str:
         async with get_client() as client:
-            return await ensure_crash_automation(client)
+            return await ensure_crash_automation(client, silence_seconds)
 
     try:
         done = run_coro_as_sync(ensure())
@@ -154,13 +185,17 @@ def install_crash_automation(**_: Any) -> dict[str, str]:
 async def automation_problem(client: PrefectClient) -> tuple[str, str] | None:
     """What is wrong with the automation on this server (missing, disabled, changed) and the fix, or None when it is
     as :func:`crash_automation` builds it."""
+    try:
+        silence_seconds = silence_seconds_setting()
+    except ValueError as exc:
+        return str(exc), f"fix or unset {WINDOW_VARIABLE} where `prefect deploy` and the doctor run."
     found = await client.read_automations_by_name(AUTOMATION_NAME)
     fix = "run `prefect deploy --all` (its build step installs it) or `python -m dbt_cloud_gate.automations`."
     if not found:
         return f"the automation {AUTOMATION_NAME!r} is missing: a flow run whose process dies stays Running.", fix
     if not found[0].enabled:
         return f"the automation {AUTOMATION_NAME!r} is disabled.", "enable it in the UI (Automations), or " + fix
-    if not _same(found[0], crash_automation()):
+    if not _same(found[0], crash_automation(silence_seconds)):
         return f"the automation {AUTOMATION_NAME!r} differs from dbt-cloud-gate's.", fix
     return None
 

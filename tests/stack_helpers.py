@@ -23,7 +23,7 @@ START_TIMEOUT = 240.0
 class RunningStack:
     """A ``python -m dbt_cloud_gate.stack`` process and what it wrote to STATE/stack.json once ready."""
 
-    def __init__(self, state: Path, port: int = 0) -> None:
+    def __init__(self, state: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.state = state
         self.output = state.parent / f"{state.name}-console.log"
         with self.output.open("ab") as sink:
@@ -33,6 +33,7 @@ class RunningStack:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not (state / "stack.json").exists():

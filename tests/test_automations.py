@@ -22,6 +22,7 @@ from dbt_cloud_gate.automations import (
     AUTOMATION_NAME,
     SILENCE_SECONDS,
     WATCH_TAG,
+    WINDOW_VARIABLE,
     automation_problem,
     crash_automation,
     ensure_crash_automation,
@@ -71,6 +72,29 @@ def test_the_build_step_installs_it_once_and_the_doctor_check_agrees() -> None:
     tag = {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{WATCH_TAG}"}
     assert [spec.model_dump() for spec in related] == [tag]
     assert run_coro_as_sync(_problem()) is None
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_workspace_chooses_its_window_and_a_wrong_one_is_refused_before_the_server_is_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(WINDOW_VARIABLE, "120")
+    assert install_crash_automation() == {"automation": "created"}
+    [saved] = run_coro_as_sync(_ours())
+    assert saved.trigger.within == timedelta(seconds=120)  # type: ignore[union-attr]
+    assert "No heartbeat for 120 s" in (saved.actions[0].message or "")  # type: ignore[union-attr]
+    assert run_coro_as_sync(_problem()) is None  # the doctor reads the same setting
+    monkeypatch.delenv(WINDOW_VARIABLE)
+    problem = run_coro_as_sync(_problem())
+    assert problem is not None and "differs" in problem[0]  # the default is 240 s: the saved one is not it
+    for wrong in ("89", "soon", "nan", "inf", "-300"):
+        monkeypatch.setenv(WINDOW_VARIABLE, wrong)
+        with pytest.raises(ValueError, match=f"{WINDOW_VARIABLE}=.* at least 90 .*or unset it"):
+            install_crash_automation()
+        problem = run_coro_as_sync(_problem())
+        assert problem is not None and WINDOW_VARIABLE in problem[0] and "unset" in problem[1]
+    [unchanged] = run_coro_as_sync(_ours())
+    assert unchanged.trigger.within == timedelta(seconds=120)  # type: ignore[union-attr]
 
 
 @pytest.mark.usefixtures("clean")

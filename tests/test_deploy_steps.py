@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.steps.core import StepExecutionError, run_steps
 from prefect.states import Pending
 
-from dbt_cloud_gate.deploy_steps import HOME_VARIABLE
+from dbt_cloud_gate.deploy_steps import HOME_VARIABLE, checkout_reason
 from dbt_cloud_gate.stack.services import ROOT
 from tests.prefect_compat import load_deploy_configs_and_actions
 
@@ -68,4 +68,12 @@ def test_a_missing_or_wrong_checkout_crashes_the_flow_run_with_its_reason_and_fi
         state = client.read_flow_run(flow_run.id).state
     assert state is not None and state.type.value == "CRASHED"
     assert state.message == str(failed.value.__cause__) and "docs/deploying.md" in state.message
+    # What the doctor reads back from that message (its check of the worker's environment): the reason alone.
+    reason = checkout_reason(state.message)
+    assert reason is not None and says in reason and "prefect worker start" not in reason
     assert Path.cwd() == ROOT  # nothing half-done: the working directory was not changed
+
+
+def test_a_message_that_is_not_the_pull_steps_has_no_checkout_reason() -> None:
+    assert checkout_reason("Flow run crashed: exited with non-zero status code 1") is None
+    assert checkout_reason("") is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,24 @@ import httpx
 import pytest
 from prefect.states import AwaitingRetry
 
-from dbt_cloud_gate.automations import AUTOMATION_NAME, SILENCE_SECONDS, WATCH_TAG
+from dbt_cloud_gate.automations import (
+    AUTOMATION_NAME,
+    HEARTBEAT_SECONDS,
+    MIN_SILENCE_SECONDS,
+    SILENCE_SECONDS,
+    WATCH_TAG,
+    WINDOW_VARIABLE,
+)
 from dbt_cloud_gate.stack.services import alive, descendants
 from tests.stack_helpers import RunningStack, child, processes_using, rows, wait_console, wait_state
 
 pytestmark = pytest.mark.slow
 
 ETL = "dbt-cloud-etl/nightly-etl"
+# The narrowest window a workspace may choose (three heartbeats) rather than the default SILENCE_SECONDS: the same
+# automation and the same tolerance of a lost heartbeat, 150 s sooner. The test's healthy run outlives it all the same.
+WINDOW = MIN_SILENCE_SECONDS
+assert WINDOW < SILENCE_SECONDS
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -83,18 +95,18 @@ def subflow_of(client: Any, flow_run_id: Any) -> Any:
 def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_reuses_the_dbt_run(
     tmp_path: Path,
 ) -> None:
-    stack = RunningStack(tmp_path / "stack")
+    stack = RunningStack(tmp_path / "stack", env={WINDOW_VARIABLE: str(WINDOW)})
     try:
         with stack.client() as client:
             # A healthy watched run that lasts longer than the automation's window, through the server's restart.
-            set_run_seconds(stack, 3 * SILENCE_SECONDS, job_id=103)
+            set_run_seconds(stack, 6 * WINDOW, job_id=103)  # still in flight at the test's end
             healthy = client.create_flow_run_from_deployment(
                 stack.info["deployments"]["dbt-cloud-job/dbt-cloud-job"],
                 parameters={"job_id": 103, "start": {"if_running": "reuse"}},
             )
             wait_state(client, healthy.id, {"RUNNING"})
             [automation] = client.read_automations_by_name(AUTOMATION_NAME)  # installed by prefect deploy
-            assert automation.enabled
+            assert automation.enabled and automation.trigger.within == timedelta(seconds=WINDOW)
             deployment = client.read_deployment_by_name(ETL)
             limit = deployment.global_concurrency_limit
             assert WATCH_TAG in deployment.tags and limit is not None and limit.limit == 1
@@ -121,9 +133,11 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
         wait_console(stack, "The worker runs again.")
 
         with stack.client() as client:
-            crashed = wait_state(client, etl.id, FINAL, timeout=SILENCE_SECONDS + 150)
+            crashed = wait_state(client, etl.id, FINAL, timeout=WINDOW + 150)
             silent_for = time.monotonic() - killed_at
             assert crashed.state.type.value == "CRASHED", crashed.state
+            # Not before the window: the last heartbeat came at most one interval before the kill.
+            assert silent_for >= WINDOW - HEARTBEAT_SECONDS, silent_for
             assert AUTOMATION_NAME in (crashed.state.message or ""), crashed.state.message  # not another path
             # Its subflow (the dbt Cloud job) shared the process: it is watched too, and ends as well.
             subflow = subflow_of(client, etl.id)
@@ -151,7 +165,7 @@ def test_a_run_that_loses_its_process_ends_crashed_frees_its_slot_and_its_retry_
             # still Running, never Crashed, though it outlived the window and the server's restart.
             states = [state.type.value for state in client.read_flow_run_states(healthy.id)]
             assert states[-1] == "RUNNING" and "CRASHED" not in states, states
-        print(f"crashed {silent_for:.0f} s after the kill (window {SILENCE_SECONDS} s)")
+        print(f"crashed {silent_for:.0f} s after the kill (window {WINDOW} s)")
         in_flight = processes_of(stack, healthy.id)
 
         # The stack process itself killed: its guardian stops every process it started (each in a session of its

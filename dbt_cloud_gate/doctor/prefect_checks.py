@@ -21,7 +21,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
 
-from dbt_cloud_gate.alerts import check_alert_blocks as check_alert_blocks_load
+from dbt_cloud_gate.alerts import alert_block_problems
 from dbt_cloud_gate.blocks.dbt_cloud import resolve_credentials
 from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.dbtcloud_api import DbtCloudConfigError
@@ -244,11 +244,10 @@ def check_alert_blocks(doctor: Doctor) -> Verdict:
     assert project is not None  # needs prefect-yaml
     if not project.alert_blocks:
         return skip("no deployment of prefect.yaml names an alert block (alert_blocks).")
-    try:
-        check_alert_blocks_load(project.alert_blocks)  # what every flow checks before it triggers
-    except ValueError as exc:
+    problems = alert_block_problems(project.alert_blocks)  # what every flow checks before it triggers
+    if problems:
         return fail(
-            str(exc).split(" Nothing was triggered")[0],
+            f"alert blocks that cannot be loaded: {'; '.join(problems)}.",
             "save each (Prefect UI > Blocks, or SlackWebhook(url=...).save('name')), or fix prefect.yaml's "
             "alert_blocks (written as 'block-type-slug/name').",
         )
@@ -370,7 +369,7 @@ def _home_here() -> Verdict:
         )
     problem = checkout_problem(home)  # what the pull step itself would say
     if problem is not None:
-        return fail(problem.split(": set it")[0] + " where the doctor runs.", fix)
+        return fail(f"{problem} where the doctor runs.", fix)
     return ok(f"{HOME_VARIABLE}={home} (a checkout) where the doctor runs, and no recent run failed for want of it.")
 
 

@@ -20,6 +20,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
+from dbt_cloud_gate.deploy_steps import checkout_reason
+
 __all__ = ["pull_step_failures"]
 
 # How many of a pool's latest finished flow runs are read (and their first log lines).
@@ -48,7 +50,8 @@ async def pull_step_failures(pools: list[str], variable: str) -> list[str]:
             if not (variable in said and "worker" in said):  # not our pull step's verdict: an older one's log?
                 logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=LOG_LINES)
                 said = next((log.message for log in logs if variable in log.message and "not set" in log.message), "")
-            if said:  # quoted as it is: unset, not a folder, not a checkout
-                reason = said.split(": set it")[0].strip().splitlines()[-1][:200]
-                found.append(f"{run.name} ({run.state.type.value.lower()}: {reason})")
+            # Quoted as it is: unset, not a folder, not a checkout; an older shell step's log line whole.
+            reason = checkout_reason(said) or (said.strip().splitlines() or [""])[-1]
+            if reason:
+                found.append(f"{run.name} ({run.state.type.value.lower()}: {reason[:200]})")
     return found
