@@ -527,6 +527,7 @@ def test_an_alert_block_that_does_not_load(setup: Setup, tmp_path: Path, capsys:
     alerts = checks["alert-blocks"]
     assert alerts["status"] == "fail" and "'slack-webhook/doctor-nope'" in alerts["detail"]
     assert alerts["detail"].startswith("Alert blocks that cannot be loaded") and "SlackWebhook" in alerts["fix"]
+    assert "Nothing was triggered" not in alerts["detail"]  # the flows' wording, not the doctor's
 
 
 async def _deploy_unwatched() -> Any:

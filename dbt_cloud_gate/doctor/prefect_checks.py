@@ -247,7 +247,7 @@ def check_alert_blocks(doctor: Doctor) -> Verdict:
     problems = alert_block_problems(project.alert_blocks)  # what every flow checks before it triggers
     if problems:
         return fail(
-            f"alert blocks that cannot be loaded: {'; '.join(problems)}.",
+            f"Alert blocks that cannot be loaded: {'; '.join(problems)}.",
             "save each (Prefect UI > Blocks, or SlackWebhook(url=...).save('name')), or fix prefect.yaml's "
             "alert_blocks (written as 'block-type-slug/name').",
         )
