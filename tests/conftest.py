@@ -166,12 +166,14 @@ def client(emulator: EmulatorServer) -> Iterator[DbtCloudClient]:
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """One Prefect test server for the whole session, flow heartbeats off (each would cost ~1 s)."""
+    """One Prefect test server for the whole session (on a copy of a migrated database: tests/prefect_db.py), flow
+    heartbeats off (each would cost ~1 s)."""
     from prefect.testing.utilities import prefect_test_harness
 
     from tests.prefect_compat import flow_heartbeats_off
+    from tests.prefect_db import seeded_harness
 
-    with prefect_test_harness(server_startup_timeout=180), flow_heartbeats_off():
+    with seeded_harness(), prefect_test_harness(server_startup_timeout=180), flow_heartbeats_off():
         yield
 
 

@@ -16,15 +16,19 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from dbt_cloud_gate.stack.services import ROOT, alive, descendants, fakesnow_connector
+from tests.prefect_db import seed_prefect_home
 
 START_TIMEOUT = 240.0
 
 
 class RunningStack:
-    """A ``python -m dbt_cloud_gate.stack`` process and what it wrote to STATE/stack.json once ready."""
+    """A ``python -m dbt_cloud_gate.stack`` process (its environment: ours and ``env``) and what it wrote to
+    STATE/stack.json once ready. Its Prefect server starts on a copy of a migrated database unless ``fresh``."""
 
-    def __init__(self, state: Path, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(self, state: Path, port: int = 0, env: dict[str, str] | None = None, fresh: bool = False) -> None:
         self.state = state
+        if not fresh:  # the Prefect server's database: a copy of a migrated one (tests/prefect_db.py)
+            seed_prefect_home(state / "prefect")
         self.output = state.parent / f"{state.name}-console.log"
         with self.output.open("ab") as sink:
             self.process = subprocess.Popen(

@@ -24,6 +24,7 @@ from dbt_cloud_gate.stack.embedded import DEMO_TARGETS
 from dbt_cloud_gate.stack.services import ROOT
 from tests.conftest import ACCOUNT, TOKEN
 from tests.prefect_compat import load_deploy_configs_and_actions
+from tests.prefect_db import seed_prefect_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -38,7 +39,7 @@ def pull_steps() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.PrefectServer]:
-    with services.PrefectServer(tmp_path_factory.mktemp("prefect-server-home"), ui=False) as started:
+    with services.PrefectServer(seed_prefect_home(tmp_path_factory.mktemp("prefect-server-home")), ui=False) as started:
         yield started
 
 

@@ -41,6 +41,7 @@ from dbt_cloud_gate.receiver import (
 )
 from dbt_cloud_gate.stack.services import PrefectServer
 from tests.conftest import Served
+from tests.prefect_db import seed_prefect_home
 
 # The async tests run on anyio's pytest plugin (installed with httpx), on asyncio.
 pytestmark = pytest.mark.anyio
@@ -286,7 +287,7 @@ def test_the_emulator_delivers_to_the_receiver_over_loopback(
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API URL of a `prefect server start` of this module's own."""
-    with PrefectServer(tmp_path_factory.mktemp("receiver-prefect-home"), ui=False) as server:
+    with PrefectServer(seed_prefect_home(tmp_path_factory.mktemp("receiver-prefect-home")), ui=False) as server:
         yield server.api_url
 
 

@@ -25,6 +25,7 @@ from dbt_cloud_gate.forwarder import DurableEmitter, Forwarder, ForwarderSetting
 from dbt_cloud_gate.outbox import Outbox, OutboxError
 from dbt_cloud_gate.receiver import DEFAULT_PATH, ReceiverConfig, create_app
 from dbt_cloud_gate.stack.services import PrefectServer, free_port, kill_process_tree, stop_process_tree, wait_healthy
+from tests.prefect_db import seed_prefect_home
 
 pytestmark = pytest.mark.anyio
 
@@ -249,7 +250,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_sigkill_of_prefect_and_of_the_receiver_after_the_200s_loses_no_event(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    home, outbox = tmp_path / "prefect", tmp_path / "outbox.sqlite3"
+    home, outbox = seed_prefect_home(tmp_path / "prefect"), tmp_path / "outbox.sqlite3"
     # The first server never flushes its queue on its own (as if killed within Prefect's 5 s flush interval).
     first = PrefectServer(home, ui=False, extra_env={"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "3600"})
     processes.append(first.start().process)  # type: ignore[arg-type]

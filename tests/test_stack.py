@@ -107,7 +107,7 @@ def check_https(stack: RunningStack) -> bytes:
 
 def test_stack_deploys_runs_stops_and_starts_again_on_the_same_state(tmp_path: Path) -> None:
     state = tmp_path / "stack"
-    first = RunningStack(state)
+    first = RunningStack(state, fresh=True)  # a new database, migrated at start, as a user's first start
     try:
         # A second stack on the same state refuses at once (one server per database).
         twin = subprocess.run(

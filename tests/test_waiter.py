@@ -31,6 +31,7 @@ from dbt_cloud_gate.settings import WaitSettings
 from dbt_cloud_gate.stack.services import PrefectServer
 from dbt_cloud_gate.waiter import RunEventWaiter, stop_webhook_waiters, webhook_waiter, webhook_waits_unavailable
 from tests.conftest import ACCOUNT, TOKEN, Served
+from tests.prefect_db import seed_prefect_home
 
 # -- the hand-off rules (no server: notify() is what an event does) ---------------------------------------------
 
@@ -175,7 +176,7 @@ def creds(emulator: EmulatorServer) -> DbtCloudCredentials:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with PrefectServer(tmp_path_factory.mktemp("waiter-prefect-home"), ui=False) as server:
+    with PrefectServer(seed_prefect_home(tmp_path_factory.mktemp("waiter-prefect-home")), ui=False) as server:
         yield server.api_url
 
 
