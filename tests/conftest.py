@@ -168,13 +168,33 @@ def client(emulator: EmulatorServer) -> Iterator[DbtCloudClient]:
 def prefect_harness() -> Iterator[None]:
     """One Prefect test server for the whole session (on a copy of a migrated database: tests/prefect_db.py), flow
     heartbeats off (each would cost ~1 s)."""
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     from tests.prefect_compat import flow_heartbeats_off
     from tests.prefect_db import seeded_harness
 
-    with seeded_harness(), prefect_test_harness(server_startup_timeout=180), flow_heartbeats_off():
+    # Every Prefect client loads its CA bundle into a new TLS context (20 ms of CPU each, a quarter of a test
+    # process's CPU), though the harness serves plain HTTP on loopback and no certificate is ever checked: a bundle
+    # of one certificate loads in 0.4 ms. In this process only (subprocesses keep their environment's bundle).
+    one_certificate = Path(tempfile.mkdtemp(prefix="dcg-ca-")) / "one.pem"
+    one_certificate.write_text(_first_certificate())
+    with (
+        seeded_harness(),
+        prefect_test_harness(server_startup_timeout=180),
+        flow_heartbeats_off(),
+        temporary_settings({PREFECT_API_SSL_CERT_FILE: str(one_certificate)}),
+    ):
         yield
+
+
+def _first_certificate() -> str:
+    """The first certificate of certifi's bundle, in PEM."""
+    import certifi
+
+    bundle = Path(certifi.where()).read_text()
+    end = "-----END CERTIFICATE-----"
+    return bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)] + "\n"
 
 
 @pytest.fixture

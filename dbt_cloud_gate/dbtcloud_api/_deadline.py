@@ -17,6 +17,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from dbt_cloud_gate.dbtcloud_api._tls import verification_context
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
 
 __all__ = ["ATTEMPT_DEADLINE", "CALL_DEADLINE", "check_deadline", "deadline_transport", "request_deadline"]
@@ -126,8 +127,9 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
 
 def deadline_transport(limits: httpx.Limits | None = None) -> httpx.HTTPTransport:
-    """httpx's transport, with every socket operation bounded by the attempt's deadline."""
-    transport = httpx.HTTPTransport(limits=limits or httpx.Limits())
+    """httpx's transport, with every socket operation bounded by the attempt's deadline (and the process's one
+    verification context: :mod:`._tls`)."""
+    transport = httpx.HTTPTransport(verify=verification_context(), limits=limits or httpx.Limits())
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if isinstance(backend, httpcore.NetworkBackend):

@@ -46,6 +46,7 @@ from dbt_cloud_gate.dbtcloud_api._core import SEND_FAILURES, Core, Pager, RunQue
 from dbt_cloud_gate.dbtcloud_api._deadline import ATTEMPT_DEADLINE, check_deadline, deadline_transport, request_deadline
 from dbt_cloud_gate.dbtcloud_api._payloads import TRIGGER_OVERRIDES, clip_cause, job_update_body
 from dbt_cloud_gate.dbtcloud_api._retry import RETRYABLE_STATUSES, Call, CallKind, parse_retry_after
+from dbt_cloud_gate.dbtcloud_api._tls import verification_context
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
 from dbt_cloud_gate.dbtcloud_api.models import Job, Run, RunPage
 from dbt_cloud_gate.dbtcloud_api.types import check_id
@@ -248,7 +249,9 @@ class AsyncDbtCloudClient(Core):
             raise DbtCloudConfigError("max_concurrency must be at least 1.")
         self._owns_http = http_client is None
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._http = http_client or httpx.AsyncClient(**self._http_kwargs(), limits=limits)
+        self._http = http_client or httpx.AsyncClient(
+            **self._http_kwargs(), limits=limits, verify=verification_context()
+        )
         self._slots = asyncio.Semaphore(max_concurrency)
 
     async def __aenter__(self) -> AsyncDbtCloudClient:
