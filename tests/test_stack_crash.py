@@ -30,6 +30,7 @@ from dbt_cloud_gate.automations import (
     WATCH_TAG,
     WINDOW_VARIABLE,
 )
+from dbt_cloud_gate.stack.processes import holds_environment
 from dbt_cloud_gate.stack.services import alive, descendants
 from tests.stack_helpers import RunningStack, child, processes_using, rows, wait_console, wait_state
 
@@ -73,14 +74,8 @@ def wait_heartbeat(stack: RunningStack, flow_run_id: Any, timeout: float = 60) -
 def processes_of(stack: RunningStack, flow_run_id: Any) -> list[tuple[int, int]]:
     """The processes below the stack that run flow run ``flow_run_id`` (Prefect's workspace supervisor, if any,
     and the engine): the worker gives each its ID in PREFECT__FLOW_RUN_ID."""
-    entry = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-    found = []
-    for pid, started in descendants(stack.process.pid):
-        try:
-            if entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append((pid, started))
-        except OSError:
-            continue
+    below = descendants(stack.process.pid)
+    found = [p for p in below if holds_environment(p[0], "PREFECT__FLOW_RUN_ID", str(flow_run_id))]
     assert found, f"no process of flow run {flow_run_id} below the stack"
     return found
 

@@ -3,8 +3,9 @@
 httpx builds a new ``ssl.SSLContext`` for each client, and loading the CA bundle into it costs 20-30 ms of CPU
 (measured: a quarter of the CPU of a test process that runs flows in-process). Our tasks build a client each (a
 client cannot cross a task boundary), so every start, wait and alert paid it: 21.8 ms per client, now 0.2 ms. One
-context, built as httpx builds its default one (``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's bundle) and shared, verifies the
-same certificates; an ``SSLContext`` may serve many connections and threads once configured.
+context, built as httpx builds its default one (``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's bundle)
+and shared, verifies the same certificates; an ``SSLContext`` may serve many connections and threads once
+configured.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from dbt_cloud_gate.stack.processes import ProcessId, alive, start_time, stop_processes
+from dbt_cloud_gate.stack.processes import ProcessId, alive, holds_environment, start_time, stop_processes
 
 __all__ = ["MARKER", "Guardian", "marked_processes"]
 
@@ -36,15 +36,12 @@ SWEEP_SECONDS = 20.0
 
 def marked_processes(marker: str) -> set[ProcessId]:
     """Live processes (other than this one) whose environment holds ``MARKER=marker``."""
-    entry = f"{MARKER}={marker}".encode()
     found: set[ProcessId] = set()
     for proc in Path("/proc").glob("[0-9]*"):
         pid = int(proc.name)
-        try:
-            marked = pid != os.getpid() and entry in (proc / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
+        if pid == os.getpid() or not holds_environment(pid, MARKER, marker):
             continue
-        started = start_time(pid) if marked else None
+        started = start_time(pid)
         if started is not None and alive((pid, started)):
             found.add((pid, started))
     return found

@@ -20,6 +20,7 @@ __all__ = [
     "alive",
     "become_subreaper",
     "descendants",
+    "holds_environment",
     "kill_process_tree",
     "start_time",
     "stop_orphans",
@@ -48,6 +49,15 @@ def start_time(pid: int) -> int | None:
     """When process ``pid`` started (in clock ticks since boot), or None when there is no such process."""
     found = _stat(pid)
     return None if found is None else found[1]
+
+
+def holds_environment(pid: int, name: str, value: str) -> bool:
+    """Whether process ``pid`` started with ``name=value`` in its environment (False when it is gone, or not ours
+    to read)."""
+    try:
+        return f"{name}={value}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def descendants(pid: int) -> list[ProcessId]:
