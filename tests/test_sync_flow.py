@@ -96,15 +96,26 @@ def test_only_async_functions_are_wrapped() -> None:
         sync_callable_flow(name="plain")(plain)
 
 
-SPANS: list[tuple[float, float]] = []
+ARRIVED: list[float] = []
+_ARRIVED_LOCK = threading.Lock()
 
 
-@sync_callable_flow(name="nap")
-async def nap(seconds: float) -> float:
-    started = time.monotonic()
-    await asyncio.sleep(seconds)
-    SPANS.append((started, time.monotonic()))
-    return seconds
+@sync_callable_flow(name="rendezvous")
+async def rendezvous(expected: int) -> int:
+    """Wait, without blocking the loop, until ``expected`` rendezvous calls are running at once; raise after 60 s.
+
+    Counted under a thread lock and polled, so that it proves overlap wherever the calls run (one loop or several).
+    Calls that ran one after another would never all be present: the first would time out."""
+    with _ARRIVED_LOCK:
+        ARRIVED.append(time.monotonic())
+    deadline = time.monotonic() + 60.0
+    while True:
+        with _ARRIVED_LOCK:
+            if len(ARRIVED) >= expected:
+                return len(ARRIVED)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(ARRIVED)} of {expected} calls were running after 60 s")
+        await asyncio.sleep(0.05)
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -128,27 +139,21 @@ async def gather_ticking(awaitables: Iterable[Awaitable[T]], ticks: list[float])
 
 
 def test_an_async_parent_awaits_and_gathers_without_blocking_its_loop() -> None:
-    """Four naps of 5 s gathered in one async parent overlap (at least three at once at some instant, so the wall
-    is about one nap plus Prefect's start-up of each subflow, not four naps; on a loaded machine each subflow's
-    start-up takes a second or more), and a ticker on the parent's loop keeps ticking meanwhile: the call never
-    blocks the caller's loop."""
+    """Four subflows gathered in one async parent all run at once (each waits until all four are running, which
+    calls awaited one after another never are), and a ticker on the parent's loop keeps ticking meanwhile: the call
+    never blocks the caller's loop. A rendezvous, not timed naps: on a loaded machine each subflow's start-up takes
+    seconds, which timed naps could not tell from waiting in turn."""
     ticks: list[float] = []
-    SPANS.clear()
+    ARRIVED.clear()
 
     @flow
-    async def parent() -> list[float]:
-        return await gather_ticking((nap(5.0) for _ in range(4)), ticks)
+    async def parent() -> list[int]:
+        return await gather_ticking((rendezvous(4) for _ in range(4)), ticks)
 
-    started = time.monotonic()
-    assert asyncio.run(parent()) == [5.0] * 4
-    wall = time.monotonic() - started
-    assert most_at_once(SPANS) >= 3, f"the naps ran one after another: {SPANS}"
-    # From the first nap's start to the last one's end: the parent flow's own start-up is not what is measured (on
-    # Prefect 3.1, with the suite's other workers busy, it alone took several seconds).
-    span = max(end for _, end in SPANS) - min(start for start, _ in SPANS)
-    assert span < 3 * 5.0, f"four 5 s naps spanned {span:.1f} s (the whole call {wall:.1f} s)"
+    counts = asyncio.run(parent())
+    assert len(ARRIVED) == 4 and all(count >= 4 for count in counts), counts
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert len(ticks) >= 20 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"
+    assert len(ticks) >= 5 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"
 
 
 def test_a_sync_caller_inside_an_async_program_still_gets_the_value() -> None:
@@ -156,7 +161,7 @@ def test_a_sync_caller_inside_an_async_program_still_gets_the_value() -> None:
 
     @task
     def sync_step() -> float:
-        return nap(0.01)
+        return held(0.01)
 
     @flow
     async def parent() -> float:
