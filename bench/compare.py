@@ -7,7 +7,8 @@ with identical job specs and the same seeded run durations for both tools, at ea
 
 Cases: ``60s`` (a ~60 s job with 20 past runs, CV 0.1), ``20min`` (the same at ~20 min, real time: the emulator
 has no time scale; full mode only, 1 cycle), ``no-history`` (~60 s, no past runs), ``cancel`` (cancelled from
-outside 15 s into the run), ``error`` (a job with a 60 s history whose run fails after 8 s). Queueing 2 s, starting
+outside 15 s into the run), ``error`` (a job with a 60 s history whose run fails after 8 s), ``before-band`` and
+``after-band`` (successes of 40 s and 90 s on that history). Queueing 2 s, starting
 3 s. The one setting changed from a default: prefect-dbt's ``max_wait_seconds`` (900 s) is raised to 1,800 s on
 the 20 min case, where its default would end the wait before the run ends.
 
@@ -75,6 +76,9 @@ CASES = [
     Case("no-history", 60.0, history=False, full_cycles=3),
     Case("cancel", 60.0, cancel_after=15.0, full_cycles=3),
     Case("error", 60.0, outcome="error", run_seconds=8.0, full_cycles=3),
+    # Successes outside the history's band: 40 s and 90 s runs of a job whose 20 past runs took ~60 s.
+    Case("before-band", 60.0, run_seconds=40.0, full_cycles=3),
+    Case("after-band", 60.0, run_seconds=90.0, full_cycles=3),
 ]
 
 

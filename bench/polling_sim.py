@@ -5,7 +5,8 @@ successful runs, then ``--runs`` runs are simulated: a queueing delay (exponenti
 then a run time drawn from the same log-normal as the history (mean 20 min). Each strategy polls each run until it
 sees the terminal status; a poll costs 0.15 s of request time. Printed per strategy, as the mean over the seeds
 with the range in brackets: requests per dbt run INCLUDING the trigger and each tool's fixed requests (ours: 2,
-the list of the job's newest runs and run_results.json; prefect-dbt: 1, the artifact list), detection lag (from
+run_results.json: the list of the job's newest runs, read when the first poll is due, is that poll; prefect-dbt: 1,
+the artifact list), detection lag (from
 the run's real end to the poll that saw it; what runs after that poll is not simulated: see bench/compare.py)
 median and p95, and, for ours, the ratio to prefect-dbt's requests and in how many seeds the issue's target held
 (requests at most 0.5x prefect-dbt's and a median lag no higher than its own).
@@ -14,7 +15,11 @@ median and p95, and, for ours, the ratio to prefect-dbt's requests and in how ma
 band is polled every 8.5 s), with the first poll one queued interval after the trigger, as the flow does.
 Then early ends (``EARLY_END_SCENARIOS``: a setup error in the first 30 s, an error in the first quarter, an error or
 cancel anywhere) on a ~60 s, a ~5 min and a ~20 min job: detection lag p50 / p95 for prefect-dbt and ours.
-``python -m bench.polling_sim [--runs 1000] [--seeds 1,2,3,5,7]``.
+``--search``: the search behind the defaults (``SEARCH``): the early part's window, the band's first quantile and
+whether the history is read with the first poll, on a ~60 s and a ~20 min job queued 2 s and starting 3 s as in
+``bench.compare``; requests and lag of steady runs, and the lag of early ends (a setup error in the first 30 s, an
+Error 8 s in, a cancel 15 s in), against prefect-dbt's fixed 10 s.
+``python -m bench.polling_sim [--runs 1000] [--seeds 1,2,3,5,7] [--search]``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from dbt_cloud_gate.dbtcloud_api.models import Run, RunStatus
-from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
+from dbt_cloud_gate.dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
 from dbt_cloud_gate.dbtcloud_api.wait import PollSchedule, RunWatcher, first_poll_delay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -110,8 +115,8 @@ def run_case(cv: float, runs: int, seed: int) -> dict[str, tuple[float, float, f
         Strategy("fixed 30 s", lambda clock: FixedInterval(30), True, 2),
         Strategy("fixed 60 s", lambda clock: FixedInterval(60), True, 2),
     ]
-    strategies += [Strategy(f"ours@{interval}", _ours(history, interval), True, 2) for interval in (10, 30, 60)]
-    strategies.append(Strategy("ours, no history", _ours([], 30), True, 2))
+    strategies += [Strategy(f"ours@{interval}", _ours(history, interval), True, 1) for interval in (10, 30, 60)]
+    strategies.append(Strategy("ours, no history", _ours([], 30), True, 1))
     rows = {}
     for strategy in strategies:
         polls, lags = zip(
@@ -142,8 +147,8 @@ def early_ends(mean: float, runs: int, seed: int) -> dict[str, dict[str, tuple[f
     history = [lognormal(rng, mean, 0.1) for _ in range(20)]
     strategies = [
         Strategy(PREFECT_DBT, lambda clock: FixedInterval(10), False, 1),
-        Strategy("ours@30", _ours(history, 30), True, 2),
-        Strategy("ours, no history", _ours([], 30), True, 2),
+        Strategy("ours@30", _ours(history, 30), True, 1),
+        Strategy("ours, no history", _ours([], 30), True, 1),
     ]
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for scenario, draw in EARLY_END_SCENARIOS.items():
@@ -164,6 +169,86 @@ def _ours(history: list[float], interval: float) -> Callable[[Callable[[], float
     return make
 
 
+# The search: (early window s, band's first quantile, history read with the first poll). The defaults:
+# (30, 0.1, True). A window of 40 s polls once more; a later band start saves a poll on a steady 60 s job but costs
+# lag p95 wherever history is scattered (CV 0.3); reading the history before the trigger costs one request a run.
+SEARCH = [(0.0, 0.1, False), (0.0, 0.1, True)] + [
+    (window, lo, folded) for window in (30.0, 40.0) for lo in (0.1, 0.2) for folded in (False, True)
+]
+SEARCH_QUEUE = 5.0  # queued 2 s, starting 3 s: bench.compare's jobs
+SETUP_ENDS: dict[str, Callable[[random.Random, float], float]] = {
+    "setup 0-30 s": lambda rng, duration: rng.uniform(0, min(30.0, duration)),
+    "Error at 8 s": lambda rng, duration: 8.0,
+    "cancel at 15 s": lambda rng, duration: 15.0,
+}
+
+
+def search_row(
+    make: Callable[[list[float]], Callable[[Callable[[], float]], PollSchedule]],
+    first_poll_at: bool,
+    fixed: int,
+    mean: float,
+    cv: float,
+    seed: int,
+    runs: int,
+) -> dict[str, float]:
+    """Requests per run, lag p50 / p95 of steady runs, and the median lag of each of ``SETUP_ENDS``."""
+    rng = random.Random(seed)
+    history = [lognormal(rng, mean, cv) for _ in range(20)]
+    schedule = make(history)
+    durations = [lognormal(rng, mean, cv) for _ in range(runs)]
+    steady = [simulate(schedule, SEARCH_QUEUE, d, first_poll_at=first_poll_at) for d in durations]
+    lags = [lag for _, lag in steady]
+    row = {
+        "requests": 1 + fixed + statistics.fmean(polls for polls, _ in steady),
+        "p50": statistics.median(lags),
+        "p95": percentile(lags, 95),
+    }
+    for name, draw in SETUP_ENDS.items():
+        ends = [simulate(schedule, SEARCH_QUEUE, draw(rng, d), first_poll_at=first_poll_at)[1] for d in durations]
+        row[name] = statistics.median(ends)
+    return row
+
+
+def _searched(window: float, lo: float) -> Callable[[list[float]], Callable[[Callable[[], float]], PollSchedule]]:
+    def make(history: list[float]) -> Callable[[Callable[[], float]], PollSchedule]:
+        def build(clock: Callable[[], float]) -> PollSchedule:
+            return AdaptiveSchedule(
+                history, fallback_interval=30, max_interval=30, band=(lo, 0.9), early_window=window, clock=clock
+            )
+
+        return build
+
+    return make
+
+
+def print_search(runs: int, seeds: list[int]) -> None:
+    """The search table: one block per job length and spread, mean over ``seeds``."""
+    candidates: list[tuple[str, Callable[[list[float]], Callable[[Callable[[], float]], PollSchedule]], bool, int]]
+    # prefect-dbt's first poll comes one interval after its trigger (bench.compare: 7.1 polls on a 65 s run).
+    candidates = [(PREFECT_DBT, lambda history: lambda clock: FixedInterval(10), True, 1)]
+    for window, lo, folded in SEARCH:
+        name = f"early {window:.0f} s, band from q{lo:g}, {'1 fixed' if folded else '2 fixed'}"
+        candidates.append((name, _searched(window, lo), True, 1 if folded else 2))
+    for mean, cv in ((60.0, 0.1), (60.0, 0.3), (1200.0, 0.1), (1200.0, 0.3)):
+        count = runs if mean < 300 else max(runs // 3, 100)  # a 20 min run is ~20x the simulated polls
+        print(f"\nSearch: ~{mean:.0f} s job, CV {cv}, queued {SEARCH_QUEUE:g} s; {count} runs x {len(seeds)} seeds")
+        print(
+            f"{'candidate':<40}{'req/run':>9}{'vs':>7}{'p50':>6}{'p95':>6}"
+            + "".join(f"{name:>16}" for name in SETUP_ENDS)
+        )
+        baseline = 0.0
+        for name, make, first_poll_at, fixed in candidates:
+            rows = [search_row(make, first_poll_at, fixed, mean, cv, seed, count) for seed in seeds]
+            mean_row = {key: statistics.fmean(row[key] for row in rows) for key in rows[0]}
+            baseline = baseline or mean_row["requests"]
+            print(
+                f"{name:<40}{mean_row['requests']:>9.1f}{mean_row['requests'] / baseline:>6.2f}x"
+                f"{mean_row['p50']:>6.1f}{mean_row['p95']:>6.1f}"
+                + "".join(f"{mean_row[name]:>16.1f}" for name in SETUP_ENDS)
+            )
+
+
 def _spread(values: list[float], digits: int = 1) -> str:
     mean = statistics.fmean(values)
     if len(values) == 1:
@@ -176,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.polling_sim", description=__doc__)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--seeds", default="1,2,3,5,7", help="comma-separated seeds; the table shows mean (range)")
+    parser.add_argument("--search", action="store_true", help="only the search behind the defaults")
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seeds.split(",")]
+    if args.search:
+        print_search(args.runs, seeds)
+        return 0
     print(
         f"{args.runs} runs per case and seed, seeds {seeds}, mean run time {MEAN_SECONDS:.0f} s, "
         f"queue ~20 s + 5 s, request {REQUEST_SECONDS} s"

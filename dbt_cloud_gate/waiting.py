@@ -33,6 +33,7 @@ from dbt_cloud_gate.dbtcloud_api.wait import (
 )
 from dbt_cloud_gate.keys import flow_runs_upwards
 from dbt_cloud_gate.settings import WaitSettings
+from dbt_cloud_gate.starting import read_recent_runs
 from dbt_cloud_gate.waiter import RunEventWaiter, webhook_waiter
 
 
@@ -51,6 +52,31 @@ def describe_run_at(run: Run | None, waited_seconds: float, now: datetime | None
         since = (now - run.created_at).total_seconds() if run.created_at else waited_seconds
         return f"still {run.status_label.lower()} after {since:.0f} s, never started"
     return f"running for {(now - run.started_at).total_seconds():.0f} s (started at {run.started_at.isoformat()})"
+
+
+def first_poll_with_history(
+    client: DbtCloudClient,
+    job_id: int,
+    run_id: int,
+    delay: float,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> tuple[list[float], Run | None]:
+    """After ``delay`` seconds, one read of the job's newest runs: the poll schedule's history (its newest
+    successes) and the first poll of ``run_id`` (moments after its trigger, the newest run of its job), in one
+    request where a history read and a poll took two. Returns the history and the run as that page showed it
+    (None when it is not in the page); a failed read is logged and leaves an empty history (fixed polling)."""
+    if delay > 0:
+        time.sleep(delay)
+    try:
+        with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+            recent = read_recent_runs(client, job_id)
+    except DbtCloudError as exc:
+        log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
+        return [], None
+    run = next((run for run in recent.runs if run.id == run_id), None)
+    if run is not None:
+        log.info("dbt Cloud run %s: %s (read with the job's recent runs).", run_id, run.status_label)
+    return recent.history_seconds(), run
 
 
 @dataclass(frozen=True)
@@ -75,7 +101,11 @@ def wait_in_task(
     with_job: bool = False,
 ) -> Run:
     """The body of the wait tasks: build the schedule, wait, and on the way out cancel as the settings say.
-    ``with_job``: every read carries the run's job (its own schedule, when nothing read it before the trigger)."""
+    ``with_job``: every read carries the run's job (its own schedule, when nothing read it before the trigger).
+
+    Polling around the job's history that nothing read before the trigger (``history_seconds`` None): the job's
+    newest runs are read once, when the first poll is due, and that one request is both the history and the first
+    poll (see :func:`first_poll_with_history`)."""
     waker = webhook_waker(wait, log)
     if schedule is None and waker is not None:
         # The run's event ends the wait; polling is the safety net (cancellations, lost deliveries).
@@ -85,26 +115,38 @@ def wait_in_task(
             run_id,
             wait.fallback_poll_seconds,
         )
-    if schedule is None:
-        history = list(history_seconds or [])
-        if history_seconds is None and wait.adaptive_polling and job_id is not None:
-            try:
-                with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
-                    history = client.job_history(job_id)
-            except DbtCloudError as exc:
-                log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
-        schedule = make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
-        log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
+    began = time.monotonic()
+    first_delay: float | None = None
     try:
+        if schedule is None:
+            history = list(history_seconds or [])
+            searched, seen = False, None
+            if history_seconds is None and wait.adaptive_polling and job_id is not None:
+                # Due when a schedule without history polls first (its early part's 10 s; only a job quicker
+                # than that would have polled sooner).
+                due = first_poll_delay(make_schedule([], wait.poll_interval_seconds)) if just_triggered else 0.0
+                history, seen = first_poll_with_history(client, job_id, run_id, min(due, wait.max_wait_seconds), log)
+                searched = True
+            schedule = make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
+            log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
+            if searched:
+                # The next poll as the schedule says after that read; at once when it did not show the run in
+                # flight (not in the page, or already finished: the watcher's read carries the steps).
+                first_delay = 0.0
+                if seen is not None and not seen.is_terminal:
+                    first_delay = schedule.next_interval(seen, time.monotonic() - began)
+        if first_delay is None:
+            first_delay = first_poll_delay(schedule) if just_triggered else 0.0
         return wait_for_run(
             client,
             run_id,
-            max_wait_seconds=wait.max_wait_seconds,
+            # The read above counts against the deadline.
+            max_wait_seconds=max(wait.max_wait_seconds - (time.monotonic() - began), 0.001),
             schedule=schedule,
             not_found_grace_seconds=client.retry.not_found_grace_seconds,
             log=log,
             job_id=job_id,
-            first_poll_delay_seconds=first_poll_delay(schedule) if just_triggered else 0.0,
+            first_poll_delay_seconds=first_delay,
             waker=waker,
             with_job=with_job,
         )

@@ -240,8 +240,8 @@ def _start_run(
         if_running=start.if_running,
         native_schedule=start.native_schedule,
         first_attempt=first_attempt,
-        # Polling around the job's history needs the read of its runs; a webhook wait polls at a fixed interval.
-        needs_history=wait.adaptive_polling and not wait.webhooks,
+        # The wait reads the job's history with its first poll (one request for both), not before the trigger.
+        needs_history=False,
     )
 
 

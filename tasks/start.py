@@ -119,7 +119,8 @@ def start_dbt_cloud_run(
     That read is skipped when it cannot find anything and nothing else needs it: the caller's run tree proved
     ``first_attempt`` (``keys.run_tree_scope``), this is the task's own first attempt, ``if_running`` is
     "trigger", ``native_schedule`` is "warn" (its warning then comes from the wait's reads, which carry the job:
-    ``StartedRun.schedule_checked`` is False), and the wait needs no history (``needs_history``).
+    ``StartedRun.schedule_checked`` is False), and the wait needs no history from it (``needs_history`` False: the
+    flows' wait reads the history with its first poll, ``waiting.first_poll_with_history``).
     """
     check_start_settings(if_running, native_schedule)
     log = get_run_logger()

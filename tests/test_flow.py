@@ -689,15 +689,20 @@ def _requests_since(emulator: EmulatorServer, start: int) -> dict[str, list[Any]
     return kinds
 
 
-def test_a_run_costs_two_requests_besides_the_trigger_and_the_polls(emulator: EmulatorServer) -> None:
-    """At default settings: one list of the job's newest runs serves the key search, the in-flight check, the
-    poll schedule's history and the schedule check; every poll carries steps and trigger, so no re-read; the
-    results come from one artifact read; and no poll is sent right after the trigger."""
+def test_a_run_costs_one_request_besides_the_trigger_and_the_reads_of_the_run(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At default settings, a first attempt reads nothing before its trigger: one list of the job's newest runs,
+    sent when the first poll is due, is that poll AND the schedule's history AND the schedule check; every later
+    poll carries steps and trigger, so no re-read; the results come from one artifact read. With
+    ``if_running="reuse"`` the list comes before the trigger (it must look for a run in flight) and serves the
+    history too: one request more."""
     history = [1.0, 1.05, 0.95, 1.02]
     emulator.emulator.add_job(
         JobSpec(id=21, name="steady", queue_seconds=0.05, start_seconds=0.05, run_seconds=1.0, history_seconds=history)
     )
-    for if_running in ("trigger", "reuse"):
+    caplog.set_level(logging.INFO)
+    for if_running, besides in (("trigger", 1), ("reuse", 2)):
         start = len(emulator.emulator.requests)
         result = run_dbt_cloud_job(21, creds(emulator), poll_interval_seconds=0.5, if_running=if_running)
         assert result.status == "Success" and [m.name for m in result.models] == ["stg_orders", "orders"]
@@ -709,32 +714,37 @@ def test_a_run_costs_two_requests_besides_the_trigger_and_the_polls(emulator: Em
         assert not sent["job"] and not sent["other"], "the schedule check, the history and the re-read are gone"
         assert len(sent["artifact"]) == 1
         assert all("run_steps" in ",".join(p.query["include_related"]) for p in sent["poll"])
-        first_poll_after = sent["poll"][0].at - sent["trigger"][0].at
-        assert first_poll_after >= 0.45, "the first poll waits the schedule's first interval"
-        fixed = sum(len(v) for v in sent.values()) - len(sent["trigger"]) - len(sent["poll"])
-        assert fixed == 2
+        first_read = sent["poll"][0] if if_running == "reuse" else listing
+        assert first_read.at - sent["trigger"][0].at >= 0.45, "the first read waits the schedule's first interval"
+        if if_running == "trigger":
+            assert listing.at > sent["trigger"][0].at and sent["poll"][0].at > listing.at
+        reads_of_the_run = len(sent["poll"]) + (if_running == "trigger")  # the list, when it is the first poll
+        assert sum(len(v) for v in sent.values()) - len(sent["trigger"]) - reads_of_the_run == besides
+        # The history that list carried shaped the schedule (a band, not the no-history fallback).
+        assert f"Polling dbt Cloud run {result.run_id}: AdaptiveSchedule(band" in caplog.text
+        caplog.clear()
 
 
 def test_the_schedule_check_reads_the_job_only_when_the_runs_do_not_say_it_is_off(
     emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Job 13 has its own dbt Cloud schedule on and no runs yet: the job is read, and a warning names it.
+    # Job 13 has its own dbt Cloud schedule on and no runs yet: under "fail" the job is read (its runs cannot
+    # say), and the flow refuses before anything is triggered.
     start = len(emulator.emulator.requests)
-    with caplog.at_level(logging.WARNING):
-        run_dbt_cloud_job(13, creds(emulator), **FAST)
-    assert len(_requests_since(emulator, start)["job"]) == 1
-    assert "has its own dbt Cloud schedule on" in caplog.text
-    # Now it has a run, served with the job (schedule on): read again for the message; still warned.
-    caplog.clear()
-    start = len(emulator.emulator.requests)
-    with caplog.at_level(logging.WARNING):
-        run_dbt_cloud_job(13, creds(emulator), **FAST)
-    assert len(_requests_since(emulator, start)["job"]) == 1 and "has its own dbt Cloud schedule on" in caplog.text
-    # Under "fail" it refuses before anything is triggered.
-    before = emulator.emulator.trigger_count[13]
     with pytest.raises(DbtCloudNativeScheduleOn):
         run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
-    assert emulator.emulator.trigger_count[13] == before
+    assert len(_requests_since(emulator, start)["job"]) == 1 and not emulator.emulator.trigger_count.get(13)
+    # Under "warn", a first attempt reads nothing before its trigger: the warning comes from the job the wait's
+    # reads carry, with no read of the job.
+    start = len(emulator.emulator.requests)
+    with caplog.at_level(logging.WARNING):
+        run_dbt_cloud_job(13, creds(emulator), **FAST)
+    assert not _requests_since(emulator, start)["job"] and "has its own dbt Cloud schedule on" in caplog.text
+    # Now it has a run, served with the job (schedule on): "fail" reads the job for the message, and refuses.
+    start = len(emulator.emulator.requests)
+    with pytest.raises(DbtCloudNativeScheduleOn, match="has its own dbt Cloud schedule on"):
+        run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
+    assert len(_requests_since(emulator, start)["job"]) == 1 and emulator.emulator.trigger_count[13] == 1
     # Turned off in dbt Cloud: the runs' job says so, and no job read follows.
     emulator.emulator.job_objects[13]["triggers"]["schedule"] = False
     start = len(emulator.emulator.requests)

@@ -43,8 +43,10 @@ def test_without_history_it_is_fixed_polling() -> None:
 def test_sleeps_until_the_likely_finish_band_then_polls_densely_then_backs_off() -> None:
     plan = schedule(target_lag_seconds=5, max_interval=120)
     assert 500 < plan.band_start < 600 < plan.band_end < 700
-    assert plan.early_until == 40  # the early part: the run's first 40 s, polled every 10 s
+    assert plan.early_until == 30  # the early part: the run's first 30 s, polled every 10 s
     assert plan.next_interval(run_at(RunStatus.RUNNING, 10), 10) == 10
+    assert plan.next_interval(run_at(RunStatus.RUNNING, 20), 20) == 10  # its last poll at 30, inside the window
+    assert plan.next_interval(run_at(RunStatus.RUNNING, 25), 30) == 120  # the next would fall outside it
     middle = plan.next_interval(run_at(RunStatus.RUNNING, 41), 46)
     assert middle == 120  # past the early part, far from the band: the cap
     near = plan.next_interval(run_at(RunStatus.RUNNING, plan.band_start - 30), 0)
@@ -71,12 +73,21 @@ def test_the_flows_schedule_never_waits_longer_than_the_poll_interval() -> None:
     assert max(delays) <= 30 and min(delays) >= 1
     # Queued past the early window: at the job's earliest plausible end, never later than the interval.
     assert plan.next_interval(run_at(RunStatus.QUEUED, None), 41) == pytest.approx(30)
-    # A short job has no early part (its budget is a few polls): the first poll at its earliest end, capped.
+    # A short job has an early part too, ending before its band (whose polls see its early ends).
     short = make_schedule([60.0, 62.0, 58.0, 61.0], 30)
     assert isinstance(short, AdaptiveSchedule) and 45 < short.earliest < 58
-    assert short.early_until == 0 and short.first_interval() == pytest.approx(30)
+    assert short.early_until == 30 and short.first_interval() == pytest.approx(10)
     short.clock = lambda: NOW.timestamp()
-    assert short.next_interval(run_at(RunStatus.RUNNING, 5), 10) == pytest.approx(30)
+    ages = [5.0]  # its first poll sees the run 5 s old (queued 2 s, starting 3 s)
+    while ages[-1] < 70:
+        ages.append(ages[-1] + short.next_interval(run_at(RunStatus.RUNNING, ages[-1]), ages[-1]))
+    assert ages[:3] == [5, 15, 25]  # the early part: errors in the first 30 s seen within 10 s
+    # Then straight to the band, never more than the interval (30 s) later; then the band's polls.
+    assert ages[3] == pytest.approx(min(short.band_start, 25 + 30))
+    assert ages[4] - ages[3] == pytest.approx(8.5)
+    # A job so short that its band starts within the early part's window: the band's polls alone.
+    brief = make_schedule([20.0, 21.0, 19.5, 20.5], 30)
+    assert isinstance(brief, AdaptiveSchedule) and brief.early_until == pytest.approx(brief.band_start - 8.5)
     quick = make_schedule([6.0, 6.5, 5.5], 30)
     assert isinstance(quick, AdaptiveSchedule) and quick.earliest < 10
     assert quick.first_interval() == pytest.approx(quick.earliest)
@@ -88,8 +99,8 @@ def test_the_flows_schedule_never_waits_longer_than_the_poll_interval() -> None:
     blind = make_schedule([], 30)
     assert isinstance(blind, AdaptiveSchedule) and blind.first_interval() == 10
     blind.clock = lambda: NOW.timestamp()
-    assert blind.next_interval(run_at(RunStatus.RUNNING, 39), 44) == 10
-    assert blind.next_interval(run_at(RunStatus.RUNNING, 41), 46) == 30
+    assert blind.next_interval(run_at(RunStatus.RUNNING, 19), 24) == 10
+    assert blind.next_interval(run_at(RunStatus.RUNNING, 21), 26) == 30
 
 
 def test_queueing_is_tracked_apart_from_running() -> None:

@@ -5,6 +5,7 @@ run, a Success without finished_at, pages that are not dbt Cloud's, answers that
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from dbt_cloud_gate.dbtcloud_api import (
     RunStatus,
     WaitTimedOut,
 )
-from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, JobSpec, StepSpec
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, Fault, JobSpec, StepSpec
 from dbt_cloud_gate.dbtcloud_api.polling import AdaptiveSchedule, FixedInterval, make_schedule
 from dbt_cloud_gate.dbtcloud_api.wait import RunWatcher, await_run, await_runs, first_poll_delay, wait_for_run
 from tests.conftest import ACCOUNT, FAST_RETRY, TOKEN
@@ -549,3 +550,39 @@ def test_await_runs_reads_the_results_of_every_step_that_builds(emulator: Emulat
     assert [m.name for m in outcome.models] == ["raw_orders", "stg_orders", "orders"]
     reads = [r.query.get("step") for r in emulator.emulator.requests if r.path.endswith("/run_results.json")]
     assert sorted(reads, key=str) == [["4"], ["5"]]
+
+
+def test_the_first_poll_after_a_trigger_reads_the_history_and_a_failed_read_means_fixed_polling(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``waiting.wait_in_task`` with no history read before the trigger: one list of the job's newest runs, when
+    the first poll is due, is both that poll and the history; when that list cannot be read, the wait polls at
+    the fixed interval and still ends."""
+    from dbt_cloud_gate.settings import WaitSettings
+    from dbt_cloud_gate.waiting import wait_in_task
+
+    emulator.emulator.add_job(
+        JobSpec(
+            id=31, name="steady", queue_seconds=0.05, start_seconds=0.05, run_seconds=1.2, history_seconds=[1.2] * 4
+        )
+    )
+    log = logging.getLogger("test.first-poll")
+    caplog.set_level(logging.INFO, logger="test.first-poll")
+    wait = WaitSettings(poll_interval_seconds=0.5, max_wait_seconds=30)
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
+        for failing in (False, True):
+            if failing:
+                emulator.emulator.add_fault(Fault(kind="status", status=500, method="GET", path=r"/runs/$", times=50))
+            run_id = client.trigger_job_run(31, "first poll").id
+            start = len(emulator.emulator.requests)
+            finished = wait_in_task(client, run_id, log, wait, job_id=31, just_triggered=True)
+            kinds = [r.kind for r in emulator.emulator.requests[start:]]
+            assert finished.status == RunStatus.SUCCESS and finished.id == run_id
+            # Failing, the list is retried (a 500 each time) and the polls come at the fixed interval.
+            assert kinds[0] == "list" and set(kinds[1:]) == ({"list", "run"} if failing else {"run"}), kinds
+            if not failing:  # one list, the first read of the run; a band from its history; no re-read of it
+                assert kinds.count("list") == 1
+                assert f"dbt Cloud run {run_id}: Running (read with the job's recent runs)" in caplog.text
+                assert f"Polling dbt Cloud run {run_id}: AdaptiveSchedule(band" in caplog.text
+    emulator.emulator.clear_faults()
+    assert "Could not read job 31's history" in caplog.text and "AdaptiveSchedule(no history" in caplog.text

@@ -2,10 +2,12 @@
 
 The schedule learns from the job's recent successful runs (their durations, start to finish), fits a
 log-normal to them, and polls:
-- in the early part, where failed runs cluster (clone, deps, a parse or compile error, a failing first model, a cancel right
-  after a wrong trigger): every ``early_interval`` (10 s, prefect-dbt's cadence) while the run is queued or
-  starting in the first ``early_window`` (40 s) after the trigger, and while its age is under it; not for a job
-  whose band starts within 3 minutes (its budget is a few polls);
+- in the early part, where failed runs cluster (clone, deps, a parse or compile error, a failing first model, a cancel
+  right after a wrong trigger): every ``early_interval`` (10 s, prefect-dbt's cadence) while the run is queued or
+  starting in the first ``early_window`` (30 s) after the trigger, and while its age is under it, the last early poll
+  inside the window; for every job (on a short one, the window ends before its band, whose polls take over). Chosen
+  in ``bench.schedule_candidates``: on a ~60 s job, setup errors (0-30 s) are seen 5.1 s after they happen (median;
+  prefect-dbt 5.0 s) where the schedule without it saw them after 14.6 s;
 - while the run is queued or starting after that: every ``q(0.02)`` of the run time (a run that starts right
   after a poll cannot finish sooner);
 - while running, past the early part and before the likely-finish band: straight at the band's start;
@@ -41,11 +43,6 @@ __all__ = [
 ]
 
 _NORMAL = statistics.NormalDist()
-
-# A job whose likely-finish band starts sooner has no early part: its whole budget is a few polls, and 10 s polls
-# in its first 40-60 s would cost ~1.3x its requests (bench.schedule_candidates: 0.69x of prefect-dbt's on a 60 s job
-# without them, 0.92x with them).
-EARLY_MIN_BAND_START = 180.0
 
 
 class FixedInterval:
@@ -105,7 +102,7 @@ class AdaptiveSchedule:
         fallback_interval: float = 30.0,
         min_history: int = 3,
         early_interval: float = 10.0,
-        early_window: float = 40.0,
+        early_window: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < band[0] < band[1] < 1:
@@ -128,12 +125,13 @@ class AdaptiveSchedule:
         self.clock = clock
         self.early_interval = early_interval
         self.early_until = early_window
+        self.band_interval = 1.7 * target_lag_seconds
         if self.model is not None:
             self.band_start = self.model.quantile(band[0])
             self.band_end = self.model.quantile(band[1])
             self.earliest = self.model.quantile(0.02)
-            self.early_until = early_window if self.band_start >= EARLY_MIN_BAND_START else 0.0
-        self.band_interval = 1.7 * target_lag_seconds
+            # The early part never reaches into the band: a short job's band polls see its early ends too.
+            self.early_until = min(early_window, max(0.0, self.band_start - self.band_interval))
 
     def __repr__(self) -> str:
         if self.model is None:
@@ -166,8 +164,9 @@ class AdaptiveSchedule:
             queued = self._queued_interval()
             return self._early(queued) if elapsed < self.early_until else queued
         age = max(0.0, self.clock() - run.started_at.timestamp())
-        if age < self.early_until:
-            return self._early(self.fallback_interval if self.model is None else self.max_interval)
+        early = self._early(self.fallback_interval if self.model is None else self.max_interval)
+        if age + early <= self.early_until:  # the early part ends with its last poll inside the window
+            return early
         if self.model is None:
             return self.fallback_interval
         if age < self.band_start:
