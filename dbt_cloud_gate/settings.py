@@ -63,7 +63,8 @@ class WaitSettings(_Settings):
     adaptive_polling: bool = Field(
         default=True,
         description="Poll around the durations of the job's recent successful runs (fewer calls at the same median "
-        "lag); without history, every poll_interval_seconds.",
+        "lag), every 10 s over a run's first 30 s (where failed runs end); without history, every "
+        "poll_interval_seconds past those.",
     )
     max_wait_seconds: Seconds = Field(
         default=7200,

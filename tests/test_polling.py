@@ -71,8 +71,11 @@ def test_the_flows_schedule_never_waits_longer_than_the_poll_interval() -> None:
     delays = [plan.next_interval(run_at(RunStatus.RUNNING, age), 0) for age in ages]
     delays += [plan.next_interval(run_at(status, None), 0) for status in (RunStatus.QUEUED, RunStatus.STARTING)]
     assert max(delays) <= 30 and min(delays) >= 1
-    # Queued past the early window: at the job's earliest plausible end, never later than the interval.
-    assert plan.next_interval(run_at(RunStatus.QUEUED, None), 41) == pytest.approx(30)
+    # Queued: every 10 s through the first 90 s of the wait (the run's start is caught within 10 s, and its first
+    # seconds get the early part); past that (run slots full), at the job's earliest plausible end, capped.
+    assert plan.next_interval(run_at(RunStatus.QUEUED, None), 41) == pytest.approx(10)
+    assert plan.next_interval(run_at(RunStatus.STARTING, None), 89) == pytest.approx(10)
+    assert plan.next_interval(run_at(RunStatus.QUEUED, None), 91) == pytest.approx(30)
     # A short job has an early part too, ending before its band (whose polls see its early ends).
     short = make_schedule([60.0, 62.0, 58.0, 61.0], 30)
     assert isinstance(short, AdaptiveSchedule) and 45 < short.earliest < 58

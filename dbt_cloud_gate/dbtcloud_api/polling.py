@@ -4,11 +4,12 @@ The schedule learns from the job's recent successful runs (their durations, star
 log-normal to them, and polls:
 - in the early part, where failed runs cluster (clone, deps, a parse or compile error, a failing first model, a cancel
   right after a wrong trigger): every ``early_interval`` (10 s, prefect-dbt's cadence) while the run is queued or
-  starting in the first ``early_window`` (30 s) after the trigger, and while its age is under it, the last early poll
-  inside the window; for every job (on a short one, the window ends before its band, whose polls take over). Chosen
-  in ``bench.schedule_candidates``: on a ~60 s job, setup errors (0-30 s) are seen 5.1 s after they happen (median;
-  prefect-dbt 5.0 s) where the schedule without it saw them after 14.6 s;
-- while the run is queued or starting after that: every ``q(0.02)`` of the run time (a run that starts right
+  starting in the first ``early_queue`` (90 s) after the trigger (so that its start is seen within 10 s), and while
+  its age is under ``early_window`` (30 s), the last early poll inside the window; for every job (on a short one,
+  the window ends before its band, whose polls take over). Chosen
+  in ``bench.polling_sim --search``: on a ~60 s job, setup errors (0-30 s) are seen 5.1 s after they happen (median;
+  prefect-dbt 5.0 s) where the schedule without it saw them after 14.9 s; a 40 s window costs a poll more;
+- while the run is still queued or starting after ``early_queue`` (run slots full): every ``q(0.02)`` of the run time (a run that starts right
   after a poll cannot finish sooner);
 - while running, past the early part and before the likely-finish band: straight at the band's start;
 - inside the band (the central ``band`` quantiles of the predicted duration): every ``1.7 * target_lag``
@@ -103,6 +104,7 @@ class AdaptiveSchedule:
         min_history: int = 3,
         early_interval: float = 10.0,
         early_window: float = 30.0,
+        early_queue: float = 90.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < band[0] < band[1] < 1:
@@ -112,8 +114,9 @@ class AdaptiveSchedule:
         check_seconds("target_lag_seconds", target_lag_seconds)
         check_seconds("fallback_interval", fallback_interval)
         check_seconds("early_interval", early_interval)
-        if not (math.isfinite(early_window) and early_window >= 0):
-            raise ValueError(f"early_window must be a number of seconds >= 0, got {early_window!r}")
+        for name, value in (("early_window", early_window), ("early_queue", early_queue)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if min_interval > max_interval:
             raise ValueError("min_interval must be at most max_interval")
         usable = [d for d in history_seconds if d and d > 0 and math.isfinite(d)]
@@ -125,6 +128,7 @@ class AdaptiveSchedule:
         self.clock = clock
         self.early_interval = early_interval
         self.early_until = early_window
+        self.early_queue = max(early_queue, early_window)
         self.band_interval = 1.7 * target_lag_seconds
         if self.model is not None:
             self.band_start = self.model.quantile(band[0])
@@ -162,7 +166,9 @@ class AdaptiveSchedule:
             return self.min_interval
         if run.started_at is None or run.status in (RunStatus.QUEUED, RunStatus.STARTING):
             queued = self._queued_interval()
-            return self._early(queued) if elapsed < self.early_until else queued
+            # Through a queue of up to ``early_queue`` the run's start is caught within early_interval, so that its
+            # first seconds get the early part; a longer queue (run slots full) is polled at the queued interval.
+            return self._early(queued) if self.early_until > 0 and elapsed < self.early_queue else queued
         age = max(0.0, self.clock() - run.started_at.timestamp())
         early = self._early(self.fallback_interval if self.model is None else self.max_interval)
         if age + early <= self.early_until:  # the early part ends with its last poll inside the window
