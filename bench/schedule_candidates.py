@@ -34,6 +34,7 @@ class _SimRun:
     started_at: datetime | None
     run_steps: list[Any] = field(default_factory=list)
     latest_step_failed: bool = False
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dbt_cloud_gate.dbtcloud_api.client import DbtCloudClient, request_deadline
 from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
 from dbt_cloud_gate.dbtcloud_api.wait import (
     AFTER_WAIT_SECONDS,
+    LATE_READ_SECONDS,
     PollSchedule,
     WaitTimedOut,
     first_poll_delay,
@@ -59,16 +60,18 @@ def first_poll_with_history(
     job_id: int,
     run_id: int,
     delay: float,
+    deadline: float,
     log: logging.Logger | logging.LoggerAdapter[Any],
 ) -> tuple[list[float], Run | None]:
     """After ``delay`` seconds, one read of the job's newest runs: the poll schedule's history (its newest
     successes) and the first poll of ``run_id`` (moments after its trigger, the newest run of its job), in one
     request where a history read and a poll took two. Returns the history and the run as that page showed it
-    (None when it is not in the page); a failed read is logged and leaves an empty history (fixed polling)."""
+    (None when it is not in the page); a failed read is logged and leaves an empty history (fixed polling).
+    ``deadline`` (``time.monotonic()``): the wait's own; the read ends by it, and within AFTER_WAIT_SECONDS."""
     if delay > 0:
         time.sleep(delay)
     try:
-        with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+        with request_deadline(min(time.monotonic() + AFTER_WAIT_SECONDS, deadline)):
             recent = read_recent_runs(client, job_id)
     except DbtCloudError as exc:
         log.warning("Could not read job %s's history (%s); polling at a fixed interval.", job_id, exc)
@@ -117,15 +120,19 @@ def wait_in_task(
         )
     began = time.monotonic()
     first_delay: float | None = None
+    seen: Run | None = None
     try:
         if schedule is None:
             history = list(history_seconds or [])
-            searched, seen = False, None
+            searched = False
             if history_seconds is None and wait.adaptive_polling and job_id is not None:
-                # Due when a schedule without history polls first (its early part's 10 s; only a job quicker
-                # than that would have polled sooner).
+                # Due when a schedule without history polls first (its early part's 10 s; a job quicker than that
+                # is seen at that read), never past half the wait's budget, so that a read of the run still fits.
                 due = first_poll_delay(make_schedule([], wait.poll_interval_seconds)) if just_triggered else 0.0
-                history, seen = first_poll_with_history(client, job_id, run_id, min(due, wait.max_wait_seconds), log)
+                deadline = began + wait.max_wait_seconds
+                history, seen = first_poll_with_history(
+                    client, job_id, run_id, min(due, wait.max_wait_seconds / 2), deadline, log
+                )
                 searched = True
             schedule = make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
             log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
@@ -137,11 +144,14 @@ def wait_in_task(
                     first_delay = schedule.next_interval(seen, time.monotonic() - began)
         if first_delay is None:
             first_delay = first_poll_delay(schedule) if just_triggered else 0.0
+        # The read above counts against the deadline; a run it saw finished gets its final read whatever is left.
+        budget = wait.max_wait_seconds - (time.monotonic() - began)
+        if seen is not None and seen.is_terminal:
+            budget = max(budget, LATE_READ_SECONDS)
         return wait_for_run(
             client,
             run_id,
-            # The read above counts against the deadline.
-            max_wait_seconds=max(wait.max_wait_seconds - (time.monotonic() - began), 0.001),
+            max_wait_seconds=max(budget, 0.001),
             schedule=schedule,
             not_found_grace_seconds=client.retry.not_found_grace_seconds,
             log=log,

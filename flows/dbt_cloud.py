@@ -95,7 +95,7 @@ async def run_dbt_cloud_job(
         # The search for a run carrying the key can be skipped only on the tree's first attempt, and only when
         # this body runs as its own flow run (called through .fn, it would share its caller's run and key).
         first_attempt = tree.first_attempt and _runs_as_own_flow_run()
-        started = _start_run(creds, job_id, cause, trigger, start, scope, first_attempt, wait)
+        started = _start_run(creds, job_id, cause, trigger, start, scope, first_attempt)
     run_id = started.run_id
     if not started.owned and wait.on_timeout == "cancel":
         log.info("dbt Cloud run %s was started elsewhere: at the deadline it is left running, not cancelled.", run_id)
@@ -224,7 +224,6 @@ def _start_run(
     start: StartSettings,
     scope: str,
     first_attempt: bool,
-    wait: WaitSettings,
 ) -> StartedRun:
     if start.retry_failed_run_id is not None:
         check_dbt_cloud_job_schedules(creds, job_id, start.native_schedule)

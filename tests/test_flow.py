@@ -693,7 +693,8 @@ def test_a_run_costs_one_request_besides_the_trigger_and_the_reads_of_the_run(
     emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At default settings, a first attempt reads nothing before its trigger: one list of the job's newest runs,
-    sent when the first poll is due, is that poll AND the schedule's history AND the schedule check; every later
+    sent when the first poll is due, is that poll AND the schedule's history (the job's own schedule is checked on the
+    job every read of the run carries); every later
     poll carries steps and trigger, so no re-read; the results come from one artifact read. With
     ``if_running="reuse"`` the list comes before the trigger (it must look for a run in flight) and serves the
     history too: one request more."""

@@ -76,6 +76,11 @@ def test_the_flows_schedule_never_waits_longer_than_the_poll_interval() -> None:
     assert plan.next_interval(run_at(RunStatus.QUEUED, None), 41) == pytest.approx(10)
     assert plan.next_interval(run_at(RunStatus.STARTING, None), 89) == pytest.approx(10)
     assert plan.next_interval(run_at(RunStatus.QUEUED, None), 91) == pytest.approx(30)
+    # Counted from the run's creation when the read says it (a wait on a run queued long before it began).
+    long_queued = run_at(RunStatus.QUEUED, None).model_copy(update={"created_at": NOW - timedelta(seconds=100)})
+    assert plan.next_interval(long_queued, 5) == pytest.approx(30)
+    just_queued = run_at(RunStatus.QUEUED, None).model_copy(update={"created_at": NOW - timedelta(seconds=50)})
+    assert plan.next_interval(just_queued, 120) == pytest.approx(10)
     # A short job has an early part too, ending before its band (whose polls see its early ends).
     short = make_schedule([60.0, 62.0, 58.0, 61.0], 30)
     assert isinstance(short, AdaptiveSchedule) and 45 < short.earliest < 58

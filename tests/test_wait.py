@@ -582,7 +582,25 @@ def test_the_first_poll_after_a_trigger_reads_the_history_and_a_failed_read_mean
             assert kinds[0] == "list" and set(kinds[1:]) == ({"list", "run"} if failing else {"run"}), kinds
             if not failing:  # one list, the first read of the run; a band from its history; no re-read of it
                 assert kinds.count("list") == 1
-                assert f"dbt Cloud run {run_id}: Running (read with the job's recent runs)" in caplog.text
+                assert f"dbt Cloud run {run_id}: " in caplog.text and "(read with the job's recent runs)" in caplog.text
                 assert f"Polling dbt Cloud run {run_id}: AdaptiveSchedule(band" in caplog.text
     emulator.emulator.clear_faults()
     assert "Could not read job 31's history" in caplog.text and "AdaptiveSchedule(no history" in caplog.text
+
+
+def test_a_run_the_first_poll_saw_finished_is_read_at_once_even_on_a_short_budget(emulator: EmulatorServer) -> None:
+    """The list that is the first poll shows the run already finished: the run is read once at once (its steps and
+    trigger), and that final read gets its time even when the list used up nearly all of ``max_wait_seconds``."""
+    from dbt_cloud_gate.settings import WaitSettings
+    from dbt_cloud_gate.waiting import wait_in_task
+
+    emulator.emulator.add_job(JobSpec(id=32, name="quick", queue_seconds=0.02, start_seconds=0.02, run_seconds=0.05))
+    log = logging.getLogger("test.first-poll")
+    with DbtCloudClient(ACCOUNT, TOKEN, emulator.url, retry=FAST_RETRY) as client:
+        for max_wait in (30.0, 0.8):
+            run_id = client.trigger_job_run(32, "first poll").id
+            start = len(emulator.emulator.requests)
+            wait = WaitSettings(poll_interval_seconds=0.5, max_wait_seconds=max_wait)
+            finished = wait_in_task(client, run_id, log, wait, job_id=32, just_triggered=True)
+            assert finished.status == RunStatus.SUCCESS and finished.finished_at is not None
+            assert [r.kind for r in emulator.emulator.requests[start:]] == ["list", "run"]

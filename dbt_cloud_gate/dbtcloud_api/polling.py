@@ -4,7 +4,7 @@ The schedule learns from the job's recent successful runs (their durations, star
 log-normal to them, and polls:
 - in the early part, where failed runs cluster (clone, deps, a parse or compile error, a failing first model, a cancel
   right after a wrong trigger): every ``early_interval`` (10 s, prefect-dbt's cadence) while the run is queued or
-  starting in the first ``early_queue`` (90 s) after the trigger (so that its start is seen within 10 s), and while
+  starting in the first ``early_queue`` (90 s) since it was created (so that its start is seen within 10 s), and while
   its age is under ``early_window`` (30 s), the last early poll inside the window; for every job (on a short one,
   the window ends before its band, whose polls take over). Chosen
   in ``bench.polling_sim --search``: on a ~60 s job, setup errors (0-30 s) are seen 5.1 s after they happen (median;
@@ -168,7 +168,8 @@ class AdaptiveSchedule:
             queued = self._queued_interval()
             # Through a queue of up to ``early_queue`` the run's start is caught within early_interval, so that its
             # first seconds get the early part; a longer queue (run slots full) is polled at the queued interval.
-            return self._early(queued) if self.early_until > 0 and elapsed < self.early_queue else queued
+            queued_for = self.clock() - run.created_at.timestamp() if run.created_at is not None else elapsed
+            return self._early(queued) if self.early_until > 0 and queued_for < self.early_queue else queued
         age = max(0.0, self.clock() - run.started_at.timestamp())
         early = self._early(self.fallback_interval if self.model is None else self.max_interval)
         if age + early <= self.early_until:  # the early part ends with its last poll inside the window
