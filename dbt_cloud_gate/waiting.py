@@ -82,6 +82,44 @@ def first_poll_with_history(
     return recent.history_seconds(), run
 
 
+def _schedule_and_first_poll(
+    client: DbtCloudClient,
+    run_id: int,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    wait: WaitSettings,
+    *,
+    job_id: int | None,
+    history_seconds: list[float] | None,
+    just_triggered: bool,
+) -> tuple[PollSchedule, float | None, Run | None]:
+    """The poll schedule of ``wait``, around ``history_seconds`` or, when nothing read them before the trigger, the
+    history that the first poll's list carries (:func:`first_poll_with_history`). Returns the schedule, the delay
+    to the watcher's first poll and the run as that list showed it (``None, None``: no list was read, and the
+    watcher's first poll comes as the schedule says)."""
+    began = time.monotonic()
+    history = list(history_seconds or [])
+    searched = history_seconds is None and wait.adaptive_polling and job_id is not None
+    seen: Run | None = None
+    if searched:
+        assert job_id is not None
+        # Due when a schedule without history polls first (its early part's 10 s; a job quicker than that is
+        # seen at that read), never past half the wait's budget, so that a read of the run still fits.
+        due = first_poll_delay(make_schedule([], wait.poll_interval_seconds)) if just_triggered else 0.0
+        deadline = began + wait.max_wait_seconds
+        history, seen = first_poll_with_history(
+            client, job_id, run_id, min(due, wait.max_wait_seconds / 2), deadline, log
+        )
+    schedule = make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
+    log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
+    if not searched:
+        return schedule, None, None
+    # The next poll as the schedule says after that read; at once when it did not show the run in flight (not in
+    # the page, or already finished: the watcher's read carries the steps).
+    if seen is None or seen.is_terminal:
+        return schedule, 0.0, seen
+    return schedule, schedule.next_interval(seen, time.monotonic() - began), seen
+
+
 @dataclass(frozen=True)
 class FinishedRun:
     """A finished run, as the poll that saw its end read it (steps and trigger included), and its per-model
@@ -123,25 +161,9 @@ def wait_in_task(
     seen: Run | None = None
     try:
         if schedule is None:
-            history = list(history_seconds or [])
-            searched = False
-            if history_seconds is None and wait.adaptive_polling and job_id is not None:
-                # Due when a schedule without history polls first (its early part's 10 s; a job quicker than that
-                # is seen at that read), never past half the wait's budget, so that a read of the run still fits.
-                due = first_poll_delay(make_schedule([], wait.poll_interval_seconds)) if just_triggered else 0.0
-                deadline = began + wait.max_wait_seconds
-                history, seen = first_poll_with_history(
-                    client, job_id, run_id, min(due, wait.max_wait_seconds / 2), deadline, log
-                )
-                searched = True
-            schedule = make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
-            log.info("Polling dbt Cloud run %s: %r.", run_id, schedule)
-            if searched:
-                # The next poll as the schedule says after that read; at once when it did not show the run in
-                # flight (not in the page, or already finished: the watcher's read carries the steps).
-                first_delay = 0.0
-                if seen is not None and not seen.is_terminal:
-                    first_delay = schedule.next_interval(seen, time.monotonic() - began)
+            schedule, first_delay, seen = _schedule_and_first_poll(
+                client, run_id, log, wait, job_id=job_id, history_seconds=history_seconds, just_triggered=just_triggered
+            )
         if first_delay is None:
             first_delay = first_poll_delay(schedule) if just_triggered else 0.0
         # The read above counts against the deadline; a run it saw finished gets its final read whatever is left.
