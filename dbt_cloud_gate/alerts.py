@@ -33,14 +33,17 @@ def alert_block_problems(references: list[str] | None) -> list[str]:
     return problems
 
 
+def unloadable_blocks_message(problems: list[str]) -> str:
+    """The one sentence that names alert blocks that cannot be loaded (``problems``: :func:`alert_block_problems`)."""
+    return f"Alert blocks that cannot be loaded: {'; '.join(problems)}."
+
+
 def check_alert_blocks(references: list[str] | None) -> None:
     """Load every alert block before anything is triggered: a misspelt name found only when a run fails would
     lose that alert. Raises ``ValueError`` naming each block that cannot be loaded and how to create it."""
     problems = alert_block_problems(references)
     if problems:
         raise ValueError(
-            "Alert blocks that cannot be loaded: "
-            + "; ".join(problems)
-            + ". Nothing was triggered: save the block first (Prefect UI > Blocks, or "
-            "SlackWebhook(url=...).save('name')), or fix the name."
+            unloadable_blocks_message(problems) + " Nothing was triggered: save the block first (Prefect UI > Blocks, "
+            "or SlackWebhook(url=...).save('name')), or fix the name."
         )

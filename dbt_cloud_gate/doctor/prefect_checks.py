@@ -21,7 +21,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
 
-from dbt_cloud_gate.alerts import alert_block_problems
+from dbt_cloud_gate.alerts import alert_block_problems, unloadable_blocks_message
 from dbt_cloud_gate.blocks.dbt_cloud import resolve_credentials
 from dbt_cloud_gate.blocks.snowflake import resolve_connector
 from dbt_cloud_gate.dbtcloud_api import DbtCloudConfigError
@@ -247,7 +247,7 @@ def check_alert_blocks(doctor: Doctor) -> Verdict:
     problems = alert_block_problems(project.alert_blocks)  # what every flow checks before it triggers
     if problems:
         return fail(
-            f"Alert blocks that cannot be loaded: {'; '.join(problems)}.",
+            unloadable_blocks_message(problems),
             "save each (Prefect UI > Blocks, or SlackWebhook(url=...).save('name')), or fix prefect.yaml's "
             "alert_blocks (written as 'block-type-slug/name').",
         )
