@@ -118,6 +118,11 @@ async def rendezvous(expected: int) -> int:
         await asyncio.sleep(0.05)
 
 
+# A loop blocked by a wait stops for the whole wait (a 12 s run; a rendezvous would never complete); a loaded 2-core
+# machine can delay a tick by a second or two, which is not a block.
+LOOP_GAP_SECONDS = 4.0
+
+
 def most_at_once(spans: list[tuple[float, float]]) -> int:
     """The largest number of spans that cover one instant."""
     return max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
@@ -153,7 +158,7 @@ def test_an_async_parent_awaits_and_gathers_without_blocking_its_loop() -> None:
     counts = asyncio.run(parent())
     assert len(ARRIVED) == 4 and all(count >= 4 for count in counts), counts
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert len(ticks) >= 5 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"
+    assert len(ticks) >= 5 and max(gaps) < LOOP_GAP_SECONDS, f"the parent's loop was blocked for {max(gaps):.1f} s"
 
 
 def test_a_sync_caller_inside_an_async_program_still_gets_the_value() -> None:
@@ -185,8 +190,8 @@ def test_flat_parameters_of_the_previous_release_are_regrouped_with_a_warning() 
 
 @pytest.mark.slow
 def test_ten_dbt_cloud_waits_gathered_in_an_async_parent_overlap(spec_validator: SpecValidator) -> None:
-    """Ten ``run_dbt_cloud_job`` subflows on the emulator, gathered in one async parent: the dbt runs overlap (the
-    wall is about one run plus start-up, not ten runs) and a ticker on the parent's loop keeps ticking. Runs of
+    """Ten ``run_dbt_cloud_job`` subflows on the emulator, gathered in one async parent: the dbt runs overlap (at least five
+    at once, and the wall less than ten runs) and a ticker on the parent's loop keeps ticking. Runs of
     12 s, so that the subflows' own start-up (a few CPU seconds each on a loaded 2-core machine) cannot hide
     whether they wait one after another."""
     run_seconds = 12.0
@@ -213,6 +218,8 @@ def test_ten_dbt_cloud_waits_gathered_in_an_async_parent_overlap(spec_validator:
     assert [r.status for r in results] == ["Success"] * 10 and sorted(r.job_id for r in results) == [j.id for j in jobs]
     spans = [(run.started, run.finished) for run in runs]
     assert most_at_once(spans) >= 5, f"the dbt runs ran one after another: {spans}"
-    assert wall < 10 * run_seconds / 2, f"ten {run_seconds} s runs took {wall:.1f} s"
+    # Waits awaited one after another would take at least the sum of the runs; the margin is the subflows' start-up,
+    # which a loaded 2-core machine stretches (75 s seen), so the overlap above is the proof and this the bound.
+    assert wall < 10 * run_seconds, f"ten {run_seconds} s runs took {wall:.1f} s"
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert len(ticks) >= 20 and max(gaps) < 1.5, f"the parent's loop was blocked for {max(gaps):.1f} s"
+    assert len(ticks) >= 20 and max(gaps) < LOOP_GAP_SECONDS, f"the parent's loop was blocked for {max(gaps):.1f} s"
