@@ -341,21 +341,27 @@ def _prefect_server() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
-def _spawn(tool: str, case: Case, job: int, cycles: int, urls: dict[str, str], ca_file: str) -> dict[str, Any]:
+def run_worker(tool: str, args: list[str], api_url: str, ca_file: str) -> dict[str, Any]:
+    """Run a bench worker (``python -m bench.<module> --worker ...``) for ``tool`` against the Prefect API
+    ``api_url`` (prefect-dbt trusting the relay's CA), with no dbt Cloud settings of this shell; its JSON line."""
     env = dict(os.environ)
-    env["PREFECT_API_URL"] = urls["api"]
+    env["PREFECT_API_URL"] = api_url
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     for name in ("DBT_CLOUD_ACCOUNT_ID", "DBT_CLOUD_API_TOKEN", "DBT_CLOUD_ACCESS_URL", "DBT_CLOUD_CREDENTIALS_BLOCK"):
         env.pop(name, None)
     if tool == "theirs":
         env["SSL_CERT_FILE"] = ca_file
-    args = [sys.executable, "-m", "bench.compare", "--worker", tool, case.name, str(job), str(cycles)]
-    args += [urls["http"], urls["domain"]]
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", *args]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {tool}/{case.name} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"worker {' '.join(args[:4])} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     return dict(json.loads(lines[-1]))
+
+
+def _spawn(tool: str, case: Case, job: int, cycles: int, urls: dict[str, str], ca_file: str) -> dict[str, Any]:
+    args = ["bench.compare", "--worker", tool, case.name, str(job), str(cycles), urls["http"], urls["domain"]]
+    return run_worker(tool, args, urls["api"], ca_file)
 
 
 Plan = list[tuple[int, Case, int]]  # (case index, case, cycles)

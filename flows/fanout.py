@@ -8,11 +8,13 @@ The flow fails after every run has finished if any failed, naming each failed ru
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
+from prefect.context import FlowRunContext
 from prefect.flows import Flow
 
 from dbt_cloud_gate.alerts import check_alert_blocks
@@ -20,11 +22,12 @@ from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credent
 from dbt_cloud_gate.cancellation import cancel_runs_of_flow_run, remember_for_cancellation
 from dbt_cloud_gate.dbtcloud_api import run_url
 from dbt_cloud_gate.errors import DbtCloudRunInvalid, DbtCloudRunsFailed, DbtCloudRunTimedOut
-from dbt_cloud_gate.keys import cause_with_key, idempotency_key, key_scope
+from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope
 from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
 from dbt_cloud_gate.outcomes import alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import emit_run_event
 from dbt_cloud_gate.settings import START, WAIT, StartSettings, WaitSettings
+from dbt_cloud_gate.starting import warn_if_scheduled
 from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
@@ -75,13 +78,22 @@ def run_dbt_cloud_jobs(
     check_alert_blocks(alert_blocks)
     requests = [item if isinstance(item, DbtCloudJobRequest) else DbtCloudJobRequest(job_id=item) for item in jobs]
     creds = resolve_credentials(credentials)
-    scope = key_scope()
+    tree = run_tree_scope()
+    scope = tree.scope
     remember_for_cancellation(creds, scope)
-    check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
+    # "warn" reads nothing before the triggers: every read of a run carries its job, warned about after the wait.
+    # "fail" and "disable" must act before anything is triggered.
+    checked_before = start.native_schedule != "warn"
+    if checked_before:
+        check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
     wait = subscribe_before_trigger(wait, log)
-    started, failures = _trigger_all(creds, requests, scope)
+    # On the run tree's first attempt no run can carry a key yet: the triggers skip their search for one.
+    first_attempt = tree.first_attempt and _runs_as_own_flow_run()
+    started, failures = _trigger_all(creds, requests, scope, first_attempt)
     log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
-    outcomes = wait_for_dbt_cloud_runs(creds, started, wait)
+    outcomes = wait_for_dbt_cloud_runs(creds, started, wait, with_job=not checked_before)
+    if not checked_before:
+        _warn_scheduled_jobs(started, outcomes, log)
     results = _judge_all(creds, started, outcomes, wait, alert_blocks, failures)
     create_table_artifact(
         key="dbt-cloud-fan-out",
@@ -110,10 +122,30 @@ def run_dbt_cloud_jobs(
     return results
 
 
+def _runs_as_own_flow_run() -> bool:
+    """Whether this flow's body runs as its own flow run (not through ``run_dbt_cloud_jobs.fn`` in a caller's,
+    whose key scope it would share)."""
+    context = FlowRunContext.get()
+    return context is not None and context.flow is not None and context.flow.fn is run_dbt_cloud_jobs.fn
+
+
+def _warn_scheduled_jobs(
+    started: dict[int, int], outcomes: list[RunWaitOutcome], log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """native_schedule="warn" after the wait: each job once, from the last read of one of its runs."""
+    seen: set[int] = set()
+    for outcome in outcomes:
+        job_id = started[outcome.run_id]
+        if job_id not in seen and outcome.run is not None:
+            seen.add(job_id)
+            warn_if_scheduled(outcome.run, job_id, log)
+
+
 def _trigger_all(
-    creds: DbtCloudCredentials, requests: list[DbtCloudJobRequest], scope: str
+    creds: DbtCloudCredentials, requests: list[DbtCloudJobRequest], scope: str, first_attempt: bool
 ) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Trigger every request at once (one task run each); the runs started (run ID to job ID) and the failures."""
+    """Trigger every request at once (one task run each); the runs started (run ID to job ID) and the failures.
+    ``first_attempt``: the run tree's first, whose triggers need not search for their keys."""
     counts: dict[int, int] = {}
     futures = []
     for request in requests:
@@ -122,7 +154,7 @@ def _trigger_all(
         key = idempotency_key(request.job_id, scope, counts[request.job_id])
         futures.append(
             trigger_dbt_cloud_job.submit(
-                creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides
+                creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides, first_attempt
             )
         )
     failures: list[dict[str, Any]] = []

@@ -83,16 +83,21 @@ def trigger_dbt_cloud_job(
     cause: str,
     key: str,
     overrides: dict[str, Any] | None = None,
+    first_attempt: bool = False,
 ) -> int:
     """Start a run of ``job_id`` and return its ID; never starts two runs for one ``key``.
 
-    Every attempt (first, Prefect retry of this task, rerun after a retry of any flow above it) first looks for a
-    run of the job whose cause carries ``key``, and reuses it; after an ambiguous failure (the request may have
-    created a run) it looks again before any new attempt. Retries (default 2, after 10 s then 30 s) only follow a
-    failure another attempt can heal; each attempt ends within TRIGGER_TIMEOUT_SECONDS (600).
+    Every attempt (Prefect retry of this task, rerun after a retry of any flow above it) first looks for a run of
+    the job whose cause carries ``key``, and reuses it; after an ambiguous failure (the request may have created a
+    run) it looks again before any new attempt. Only the first attempt of a run tree's first attempt
+    (``first_attempt``, proved by ``keys.run_tree_scope``), where no run can carry the key yet, triggers without
+    that search. Retries (default 2, after 10 s then 30 s) only follow a failure another attempt can heal; each
+    attempt ends within TRIGGER_TIMEOUT_SECONDS (600).
     """
     log = get_run_logger()
     with _attempt_deadline(), credentials.get_client() as client:
+        if first_attempt and runtime_task_run.get_run_count() <= 1:
+            return trigger_with_key(client, job_id, cause, key, overrides, [], log)[0]
         found = client.find_runs_by_cause(job_id, key, max_runs=RECENT_RUNS_LIMIT)
         return trigger_with_key(client, job_id, cause, key, overrides, found, log)[0]
 

@@ -115,10 +115,14 @@ def wait_for_dbt_cloud_runs(
     credentials: DbtCloudCredentials,
     runs: dict[int, int],
     wait: WaitSettings = WAIT,
+    with_job: bool = False,
 ) -> list[RunWaitOutcome]:
-    """Wait for many runs (run ID → job ID) in one task, on one event loop: no thread and no task run per run.
+    """Wait for many runs (run ID → job ID), just triggered, in one task, on one event loop: no thread and no task
+    run per run.
 
-    Each job's history is read once; each finished run's results are read from every step that can build models.
+    Each job's history is read once (all jobs at once); each run is first read after its schedule's first interval
+    (the trigger's answer said it was queued), and its reads carry its job when ``with_job`` (for a schedule check
+    skipped before the trigger); each finished run's results are read from every step that can build models.
     With ``webhooks``, every run sleeps on the one process-wide webhook waiter (one subscription for all) and
     polls every ``fallback_poll_seconds`` between events. Returns one outcome per run, in order; never raises for
     a run's outcome.
@@ -134,15 +138,20 @@ def wait_for_dbt_cloud_runs(
 
     async def main() -> list[RunWaitOutcome]:
         async with credentials.get_async_client() as client:
-            histories: dict[int, list[float]] = {}
-            for job_id in sorted(set(runs.values())):
-                histories[job_id] = []
-                if wait.adaptive_polling and waker is None:
-                    try:
-                        with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
-                            histories[job_id] = await client.job_history(job_id)
-                    except DbtCloudError as exc:
-                        log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
+            job_ids = sorted(set(runs.values()))
+
+            async def history(job_id: int) -> list[float]:
+                if not wait.adaptive_polling or waker is not None:
+                    return []
+                try:
+                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                        return await client.job_history(job_id)
+                except DbtCloudError as exc:
+                    log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
+                    return []
+
+            # All at once: the account's rate limiter, shared by the client, paces them.
+            histories = dict(zip(job_ids, await asyncio.gather(*(history(j) for j in job_ids)), strict=True))
             schedules: dict[int, PollSchedule] = {
                 job_id: FixedInterval(wait.fallback_poll_seconds)
                 if waker is not None
@@ -160,6 +169,8 @@ def wait_for_dbt_cloud_runs(
                 log=log,
                 job_ids=runs,
                 waker=waker,
+                after_trigger=True,
+                with_job=with_job,
             )
 
             async def finish(outcome: WaitOutcome) -> RunWaitOutcome:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -12,8 +15,9 @@ from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
 from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn, DbtCloudRunsFailed
 from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
 from dbt_cloud_gate.models import DbtCloudJobRequest
+from dbt_cloud_gate.settings import WaitSettings
 from tests.conftest import TOKEN, AlertSink
-from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, saved_webhook
+from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, requests_since, saved_webhook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -51,10 +55,11 @@ def test_task_runs_per_dbt_run_do_not_grow_with_duration(emulator: EmulatorServe
         results = state.result()
         assert [r.job_id for r in results] == [11, 13, 11] and all(r.status == "Success" for r in results)
         counts.append(task_runs_of(state.state_details.flow_run_id))
-    # Per fan-out of 3 runs: 3 triggers, 1 schedule check for all jobs, 1 wait for all; whatever the duration.
+    # Per fan-out of 3 runs: 3 triggers, 1 wait for all; whatever the duration (under "warn" the schedules are
+    # checked on the runs' reads, no task of their own).
     assert counts[0] == counts[1]
     assert counts[0].count("trigger-dbt-cloud-job") == 3 and counts[0].count("wait-for-dbt-cloud-runs") == 1
-    assert counts[0].count("check-dbt-cloud-job-schedules") == 1 and len(counts[0]) == 5
+    assert len(counts[0]) == 4
 
 
 def test_soak_under_faults_reduced(webhook: AlertSink) -> None:
@@ -100,3 +105,49 @@ def test_fan_out_reads_every_building_step_and_names_deadlines_and_missing_water
     assert "still queued after" in failures[13]["error"] and "never started" in failures[13]["error"]
     bodies = sorted(alert["body"] for alert in webhook.received)
     assert len(bodies) == 2 and any("never started" in b for b in bodies) and any("finished_at" in b for b in bodies)
+
+
+def test_a_first_attempt_reads_nothing_before_its_triggers(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At defaults (native_schedule "warn", a first attempt), the fan-out triggers at once: no job read, no search
+    for a key (no run can carry one yet). Then one list of each job's runs (its history, all jobs at once), each run
+    first read after its schedule's first interval, every read carrying the job: the warning about job 13's own
+    schedule comes from them, once. Fixed cost per run: the trigger and the results."""
+    caplog.set_level(logging.INFO)
+    first = len(emulator.emulator.requests)
+    results = run_dbt_cloud_jobs([11, 13, 11], creds(emulator), wait=WaitSettings(poll_interval_seconds=0.5))
+    assert [r.job_id for r in results] == [11, 13, 11] and all(r.status == "Success" for r in results)
+    sent = requests_since(emulator, first)
+    assert not sent["job"] and not sent["other"], sent
+    assert len(sent["trigger"]) == 3 and len(sent["artifact"]) <= 3
+    histories = sorted(r.query["job_definition_id"][0] for r in sent["list"])
+    assert histories == ["11", "13"], "one list per job, its history; no search for a key"
+    last_trigger = max(r.at for r in sent["trigger"])
+    assert min(r.at for r in sent["list"]) > last_trigger
+    assert all("job" in ",".join(r.query["include_related"]) for r in sent["poll"]), "every read carries the job"
+    # No poll right after the triggers: the first waits the schedule's first interval (0.5 s here).
+    assert min(r.at for r in sent["poll"]) - last_trigger >= 0.45
+    assert caplog.text.count("dbt Cloud job 13 ('scheduled') has its own dbt Cloud schedule on") == 1
+
+
+def test_a_retried_fan_out_searches_for_its_keys_and_triggers_nothing_twice(emulator: EmulatorServer) -> None:
+    """The parent's retry re-runs the fan-out: it is no first attempt, so each trigger first looks for the run
+    carrying its key, and finds it (the runs of the first attempt succeeded): no job is run twice."""
+    attempts: list[int] = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    def parent() -> list[int]:
+        results = run_dbt_cloud_jobs([11, 11], creds(emulator), wait=WaitSettings(poll_interval_seconds=0.2))
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            raise RuntimeError("a later step failed")
+        return [r.run_id for r in results]
+
+    first = len(emulator.emulator.requests)
+    run_ids = parent()
+    assert attempts == [1, 2] and emulator.emulator.trigger_count == {11: 2}
+    assert sorted(run_ids) == sorted(run.id for run in emulator.emulator.runs_of(11))
+    # The first attempt: job 11's history only. The retry: a search per trigger (2), then the history again.
+    lists = requests_since(emulator, first)["list"]
+    assert len(lists) == 4 and all(r.query["job_definition_id"] == ["11"] for r in lists), lists

@@ -670,7 +670,7 @@ def test_unsaved_block_in_another_process_says_why_it_cannot_cancel(emulator: Em
         credentials_of_flow_run(FlowRun(flow_id=uuid.uuid4(), parameters=stored))
 
 
-def _requests_since(emulator: EmulatorServer, start: int) -> dict[str, list[Any]]:
+def requests_since(emulator: EmulatorServer, start: int) -> dict[str, list[Any]]:
     """The requests the emulator got from index ``start`` on, by kind."""
     kinds: dict[str, list[Any]] = {"list": [], "job": [], "trigger": [], "poll": [], "artifact": [], "other": []}
     for r in emulator.emulator.requests[start:]:
@@ -707,7 +707,7 @@ def test_a_run_costs_one_request_besides_the_trigger_and_the_reads_of_the_run(
         start = len(emulator.emulator.requests)
         result = run_dbt_cloud_job(21, creds(emulator), poll_interval_seconds=0.5, if_running=if_running)
         assert result.status == "Success" and [m.name for m in result.models] == ["stg_orders", "orders"]
-        sent = _requests_since(emulator, start)
+        sent = requests_since(emulator, start)
         assert len(sent["list"]) == 1 and len(sent["trigger"]) == 1, sent
         (listing,) = sent["list"]
         assert set(",".join(listing.query["include_related"]).split(",")) == {"trigger", "job"}
@@ -734,23 +734,23 @@ def test_the_schedule_check_reads_the_job_only_when_the_runs_do_not_say_it_is_of
     start = len(emulator.emulator.requests)
     with pytest.raises(DbtCloudNativeScheduleOn):
         run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
-    assert len(_requests_since(emulator, start)["job"]) == 1 and not emulator.emulator.trigger_count.get(13)
+    assert len(requests_since(emulator, start)["job"]) == 1 and not emulator.emulator.trigger_count.get(13)
     # Under "warn", a first attempt reads nothing before its trigger: the warning comes from the job the wait's
     # reads carry, with no read of the job.
     start = len(emulator.emulator.requests)
     with caplog.at_level(logging.WARNING):
         run_dbt_cloud_job(13, creds(emulator), **FAST)
-    assert not _requests_since(emulator, start)["job"] and "has its own dbt Cloud schedule on" in caplog.text
+    assert not requests_since(emulator, start)["job"] and "has its own dbt Cloud schedule on" in caplog.text
     # Now it has a run, served with the job (schedule on): "fail" reads the job for the message, and refuses.
     start = len(emulator.emulator.requests)
     with pytest.raises(DbtCloudNativeScheduleOn, match="has its own dbt Cloud schedule on"):
         run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
-    assert len(_requests_since(emulator, start)["job"]) == 1 and emulator.emulator.trigger_count[13] == 1
+    assert len(requests_since(emulator, start)["job"]) == 1 and emulator.emulator.trigger_count[13] == 1
     # Turned off in dbt Cloud: the runs' job says so, and no job read follows.
     emulator.emulator.job_objects[13]["triggers"]["schedule"] = False
     start = len(emulator.emulator.requests)
     run_dbt_cloud_job(13, creds(emulator), native_schedule="fail", **FAST)
-    assert not _requests_since(emulator, start)["job"]
+    assert not requests_since(emulator, start)["job"]
 
 
 def test_a_retry_waits_on_its_own_run_even_under_if_running_fail(emulator: EmulatorServer) -> None:
