@@ -8,8 +8,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from prefect import Task
 from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import State
@@ -95,6 +97,20 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
     if isinstance(exc, DbtCloudRunMismatchError | DbtCloudMissingFinishedAtError):
         return False
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+# HTTP statuses of the Prefect API worth another try: its database busy (503), a proxy's 502/504, a rate limit.
+PREFECT_API_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def prefect_api_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a passing failure of the Prefect API around a task (its run not created, a concurrency
+    slot not granted), not of the task's own work: dbt Cloud's errors are our own types, never these."""
+    if type(exc).__name__ == "ConcurrencySlotAcquisitionError":  # prefect.concurrency's, v1 and v2 alike
+        return True
+    if isinstance(exc, PrefectHTTPStatusError):
+        return exc.response.status_code in PREFECT_API_TRANSIENT_STATUSES
+    return isinstance(exc, httpx.TransportError)
 
 
 def apply_schedule_policy(

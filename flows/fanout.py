@@ -9,6 +9,7 @@ The flow fails after every run has finished if any failed, naming each failed ru
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from prefect import get_run_logger
@@ -16,6 +17,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.flows import Flow
+from prefect.futures import PrefectFuture
 
 from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
@@ -27,7 +29,7 @@ from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
 from dbt_cloud_gate.outcomes import alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import emit_run_event
 from dbt_cloud_gate.settings import START, WAIT, StartSettings, WaitSettings
-from dbt_cloud_gate.starting import warn_if_scheduled
+from dbt_cloud_gate.starting import prefect_api_transient, warn_if_scheduled
 from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
@@ -35,6 +37,11 @@ from dbt_cloud_gate.tasks.wait import wait_for_dbt_cloud_runs
 from dbt_cloud_gate.waiting import RunWaitOutcome, subscribe_before_trigger
 
 __all__ = ["run_dbt_cloud_jobs"]
+
+# A trigger task that the Prefect API failed around (not dbt Cloud) is submitted again, this many times in all,
+# after 1, 2, 4... s.
+PREFECT_API_ATTEMPTS = 4
+PREFECT_API_BACKOFF_SECONDS = 1.0
 
 
 def _cancel_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -147,11 +154,12 @@ def _trigger_all(
     """Trigger every request at once (one task run each); the runs started (run ID to job ID) and the failures.
     ``first_attempt``: the run tree's first, whose triggers need not search for their keys."""
     counts: dict[int, int] = {}
-    futures = []
+    futures, keys = [], []
     for request in requests:
         counts[request.job_id] = counts.get(request.job_id, 0) + 1
         # A job asked for several times gets one key per occurrence: each is its own run, none is doubled.
         key = idempotency_key(request.job_id, scope, counts[request.job_id])
+        keys.append(key)
         futures.append(
             trigger_dbt_cloud_job.submit(
                 creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides, first_attempt
@@ -159,9 +167,9 @@ def _trigger_all(
         )
     failures: list[dict[str, Any]] = []
     started: dict[int, int] = {}
-    for request, future in zip(requests, futures, strict=True):
+    for request, future, key in zip(requests, futures, keys, strict=True):
         try:
-            started[future.result()] = request.job_id
+            started[_run_id(future, creds, request, key)] = request.job_id
         except Exception as exc:
             failures.append(
                 {
@@ -173,6 +181,33 @@ def _trigger_all(
                 }
             )
     return started, failures
+
+
+def _run_id(future: PrefectFuture[int], creds: DbtCloudCredentials, request: DbtCloudJobRequest, key: str) -> int:
+    """The run ID of a trigger task; after a passing failure of the Prefect API around it (a task run not created,
+    a concurrency slot not granted: 503s of a busy server), submitted again, up to PREFECT_API_ATTEMPTS times. An
+    attempt again is no first attempt: it searches for its key first, so a run the failed one may have started is
+    reused, never doubled."""
+    log = get_run_logger()
+    for attempt in range(1, PREFECT_API_ATTEMPTS + 1):
+        try:
+            return future.result()
+        except Exception as exc:
+            if attempt == PREFECT_API_ATTEMPTS or not prefect_api_transient(exc):
+                raise
+            delay = PREFECT_API_BACKOFF_SECONDS * 2 ** (attempt - 1)
+            log.warning(
+                "The trigger of job %s failed in the Prefect API (%s: %s); submitting it again in %g s.",
+                request.job_id,
+                type(exc).__name__,
+                str(exc)[:200],
+                delay,
+            )
+            time.sleep(delay)
+            future = trigger_dbt_cloud_job.submit(
+                creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides, False
+            )
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _judge_all(

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import httpx
 import pytest
-from prefect import flow
+from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.concurrency.v1._asyncio import ConcurrencySlotAcquisitionError
+from prefect.exceptions import PrefectHTTPStatusError
 
 from bench.soak import TOKEN as SOAK_TOKEN
 from bench.soak import run_soak
 from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
 from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn, DbtCloudRunsFailed
+from dbt_cloud_gate.flows import fanout
 from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
 from dbt_cloud_gate.models import DbtCloudJobRequest
 from dbt_cloud_gate.settings import WaitSettings
+from dbt_cloud_gate.tasks.start import trigger_dbt_cloud_job
 from tests.conftest import TOKEN, AlertSink
 from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, requests_since, saved_webhook
 
@@ -151,3 +157,69 @@ def test_a_retried_fan_out_searches_for_its_keys_and_triggers_nothing_twice(emul
     # The first attempt: job 11's history only. The retry: a search per trigger (2), then the history again.
     lists = requests_since(emulator, first)["list"]
     assert len(lists) == 4 and all(r.query["job_definition_id"] == ["11"] for r in lists), lists
+
+
+class _FlakyPrefectApi:
+    """Stands in for the trigger task where the Prefect API fails around it, which a real server does only under a
+    load no test can time (503s of a busy database, concurrency slots not granted): the first ``failures``
+    submissions of each job fail with ``error``, ``after_post`` saying whether the dbt Cloud run was triggered
+    before the failure (the task's end not recorded) or not (its start refused); later ones are the real task."""
+
+    def __init__(self, failures: int, error: Exception, after_post: bool) -> None:
+        self.failures, self.error, self.after_post = failures, error, after_post
+        self.submitted: dict[int, int] = {}
+
+    def submit(self, *args: Any) -> Any:
+        job_id = args[1]
+        self.submitted[job_id] = self.submitted.get(job_id, 0) + 1
+        if self.submitted[job_id] > self.failures:
+            return trigger_dbt_cloud_job.submit(*args)
+        error, after_post = self.error, self.after_post
+
+        @task(name="flaky-prefect-api")
+        def failing() -> int:
+            if after_post:
+                trigger_dbt_cloud_job.fn(*args)
+            raise error
+
+        return failing.submit()
+
+
+def _prefect_503() -> Exception:
+    request = httpx.Request("POST", "http://prefect.invalid/api/task_runs/")
+    response = httpx.Response(503, request=request, json={"exception_message": "Service Unavailable"})
+    return PrefectHTTPStatusError("Server error '503 Service Unavailable'", request=request, response=response)
+
+
+@pytest.mark.parametrize(
+    ("error", "after_post"),
+    [(_prefect_503(), False), (_prefect_503(), True), (ConcurrencySlotAcquisitionError("slots on 'tag:x'"), False)],
+    ids=["503-before-the-post", "503-after-the-post", "slot-not-granted"],
+)
+def test_a_passing_prefect_api_failure_around_a_trigger_is_submitted_again_and_doubles_nothing(
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    after_post: bool,
+) -> None:
+    flaky = _FlakyPrefectApi(2, error, after_post)
+    monkeypatch.setattr(fanout, "trigger_dbt_cloud_job", flaky)
+    monkeypatch.setattr(fanout, "PREFECT_API_BACKOFF_SECONDS", 0.01)
+    results = run_dbt_cloud_jobs([11, 13], creds(emulator), wait=WaitSettings(poll_interval_seconds=0.2))
+    assert sorted(r.job_id for r in results) == [11, 13] and all(r.status == "Success" for r in results)
+    assert flaky.submitted == {11: 3, 13: 3}
+    # One run per job: a run the failed attempt had started was found by its key and reused.
+    assert emulator.emulator.trigger_count == {11: 1, 13: 1}
+    assert caplog.text.count("failed in the Prefect API") == 4
+
+
+def test_a_prefect_api_failure_that_persists_leaves_the_job_not_started_and_named(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = _FlakyPrefectApi(fanout.PREFECT_API_ATTEMPTS, _prefect_503(), False)
+    monkeypatch.setattr(fanout, "trigger_dbt_cloud_job", flaky)
+    monkeypatch.setattr(fanout, "PREFECT_API_BACKOFF_SECONDS", 0.01)
+    with pytest.raises(DbtCloudRunsFailed, match=r"1 of 1 .*job 11: run None not started.*503"):
+        run_dbt_cloud_jobs([11], creds(emulator), wait=WaitSettings(poll_interval_seconds=0.2))
+    assert flaky.submitted == {11: fanout.PREFECT_API_ATTEMPTS} and emulator.emulator.trigger_count == {}
