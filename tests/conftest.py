@@ -8,6 +8,7 @@ the longest of them would finish alone. A run of a single file stays in this pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -179,13 +180,36 @@ def prefect_harness() -> Iterator[None]:
     # of one certificate loads in 0.4 ms. In this process only (subprocesses keep their environment's bundle).
     one_certificate = Path(tempfile.mkdtemp(prefix="dcg-ca-")) / "one.pem"
     one_certificate.write_text(_first_certificate())
-    with (
-        seeded_harness(),
-        prefect_test_harness(server_startup_timeout=180),
-        flow_heartbeats_off(),
-        temporary_settings({PREFECT_API_SSL_CERT_FILE: str(one_certificate)}),
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(seeded_harness())
+        with _services_off_while_starting():
+            stack.enter_context(prefect_test_harness(server_startup_timeout=180))
+        stack.enter_context(flow_heartbeats_off())
+        stack.enter_context(temporary_settings({PREFECT_API_SSL_CERT_FILE: str(one_certificate)}))
         yield
+
+
+# Services of the harness's server that no test in this process uses (automations' triggers, schedules, late runs,
+# pause expiry, workers' health, lease expiry): each polls the database every few seconds, together about 0.03 of a
+# core per harness server, idle or not, for the whole session. The servers of the stack and e2e tests keep them.
+HARNESS_SERVICES_OFF = ("TRIGGERS", "SCHEDULER", "LATE_RUNS", "PAUSE_EXPIRATIONS", "FOREMAN", "REPOSSESSOR")
+
+
+@contextmanager
+def _services_off_while_starting() -> Iterator[None]:
+    """HARNESS_SERVICES_OFF off in the environment while the harness starts its server (a subprocess that takes
+    this environment), restored as soon as it runs: the processes tests start later keep their own settings."""
+    names = [f"PREFECT_SERVER_SERVICES_{service}_ENABLED" for service in HARNESS_SERVICES_OFF]
+    kept = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, "false"))
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _first_certificate() -> str:
