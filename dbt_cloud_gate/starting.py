@@ -5,6 +5,7 @@ failures another attempt can heal."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,11 @@ from dbt_cloud_gate.dbtcloud_api import (
     DbtCloudAmbiguousTriggerError,
     Run,
 )
+from dbt_cloud_gate.dbtcloud_api._config import MAX_PAGE_SIZE
 from dbt_cloud_gate.dbtcloud_api.client import DbtCloudClient
 from dbt_cloud_gate.dbtcloud_api.errors import (
     DbtCloudMissingFinishedAtError,
+    DbtCloudNotFoundError,
     DbtCloudRateLimitError,
     DbtCloudResponseError,
     DbtCloudRunMismatchError,
@@ -41,6 +44,10 @@ from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn
 from dbt_cloud_gate.keys import cause_with_attempt
 
 _LOG = logging.getLogger(__name__)
+
+
+# Up to this many jobs are read one by one before a fan-out's triggers; more, through the account's job listing.
+JOBS_READ_ONE_BY_ONE = 3
 
 
 # How many times an ambiguous trigger is followed by a search and a new attempt before giving up.
@@ -113,20 +120,54 @@ def prefect_api_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def read_jobs(client: DbtCloudClient, job_ids: Sequence[int]) -> dict[int, Job]:
+    """Each of ``job_ids`` read, in as few requests as the API allows: one by one when they are few, else pages of
+    the account's active jobs (100 a page, by ID) until all are found, the last few read one by one when that is
+    cheaper. Raises ``DbtCloudNotFoundError`` naming every ID that is no active job of the account, so that a
+    fan-out with a mistyped ID triggers nothing."""
+    wanted = sorted(set(job_ids))
+    found: dict[int, Job] = {}
+    if len(wanted) > JOBS_READ_ONE_BY_ONE:
+        offset = 0
+        while True:
+            page = client.list_jobs(limit=MAX_PAGE_SIZE, offset=offset)
+            offset += len(page.jobs)
+            found.update((job.id, job) for job in page.jobs if job.id in wanted)
+            missing = [job_id for job_id in wanted if job_id not in found]
+            pages_left = -(-(page.total_count - offset) // MAX_PAGE_SIZE)
+            if not missing or not page.jobs or pages_left <= 0 or pages_left > len(missing):
+                break
+    missing = [job_id for job_id in wanted if job_id not in found]
+    absent = []
+    for job_id in missing:
+        try:
+            found[job_id] = client.get_job(job_id)
+        except DbtCloudNotFoundError:
+            absent.append(job_id)
+    if absent:
+        raise DbtCloudNotFoundError(
+            f"dbt Cloud job(s) {', '.join(map(str, absent))} not found in account {client.account_id} (deleted, "
+            "or not visible to this token): check the job IDs; nothing was triggered.",
+            status_code=404,
+        )
+    return found
+
+
 def apply_schedule_policy(
     client: DbtCloudClient,
     job_id: int,
     policy: str,
     log: logging.Logger | logging.LoggerAdapter[Any],
     recent: RecentRuns | None = None,
+    job: Job | None = None,
 ) -> str | None:
     """Apply the policy to one job; returns a refusal message under "fail" when its schedule is on, else None.
 
-    When ``recent`` (read with the job) says the schedule is off, no request is made; otherwise the job is read
-    (the message names it, and "disable" writes the whole job back)."""
+    When ``recent`` (read with the job) says the schedule is off, no request is made; otherwise the job is read,
+    unless given as ``job`` (the message names it, and "disable" writes the whole job back)."""
     if recent is not None and recent.schedule_enabled() is False:
         return None
-    job = client.get_job(job_id)
+    job = job or client.get_job(job_id)
     where = _schedule_on(job_id, job)
     if where is None:
         return None

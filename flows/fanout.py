@@ -8,7 +8,6 @@ The flow fails after every run has finished if any failed, naming each failed ru
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -29,7 +28,7 @@ from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
 from dbt_cloud_gate.outcomes import alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import emit_run_event
 from dbt_cloud_gate.settings import START, WAIT, StartSettings, WaitSettings
-from dbt_cloud_gate.starting import prefect_api_transient, warn_if_scheduled
+from dbt_cloud_gate.starting import prefect_api_transient
 from dbt_cloud_gate.sync_flow import gate_flow
 from dbt_cloud_gate.tasks.alerts import send_dbt_cloud_alert
 from dbt_cloud_gate.tasks.start import check_dbt_cloud_job_schedules, trigger_dbt_cloud_job
@@ -88,19 +87,14 @@ def run_dbt_cloud_jobs(
     tree = run_tree_scope()
     scope = tree.scope
     remember_for_cancellation(creds, scope)
-    # "warn" reads nothing before the triggers: every read of a run carries its job, warned about after the wait.
-    # "fail" and "disable" must act before anything is triggered.
-    checked_before = start.native_schedule != "warn"
-    if checked_before:
-        check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
+    # Every job exists and its own schedule is dealt with before anything is triggered (a few requests for all).
+    check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
     wait = subscribe_before_trigger(wait, log)
     # On the run tree's first attempt no run can carry a key yet: the triggers skip their search for one.
     first_attempt = tree.first_attempt and _runs_as_own_flow_run()
     started, failures = _trigger_all(creds, requests, scope, first_attempt)
     log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
-    outcomes = wait_for_dbt_cloud_runs(creds, started, wait, with_job=not checked_before)
-    if not checked_before:
-        _warn_scheduled_jobs(started, outcomes, log)
+    outcomes = wait_for_dbt_cloud_runs(creds, started, wait)
     results = _judge_all(creds, started, outcomes, wait, alert_blocks, failures)
     create_table_artifact(
         key="dbt-cloud-fan-out",
@@ -134,18 +128,6 @@ def _runs_as_own_flow_run() -> bool:
     whose key scope it would share)."""
     context = FlowRunContext.get()
     return context is not None and context.flow is not None and context.flow.fn is run_dbt_cloud_jobs.fn
-
-
-def _warn_scheduled_jobs(
-    started: dict[int, int], outcomes: list[RunWaitOutcome], log: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
-    """native_schedule="warn" after the wait: each job once, from the last read of one of its runs."""
-    seen: set[int] = set()
-    for outcome in outcomes:
-        job_id = started[outcome.run_id]
-        if job_id not in seen and outcome.run is not None:
-            seen.add(job_id)
-            warn_if_scheduled(outcome.run, job_id, log)
 
 
 def _trigger_all(

@@ -34,6 +34,7 @@ from dbt_cloud_gate.starting import (
     apply_schedule_policy,
     check_schedule_policy,
     check_start_settings,
+    read_jobs,
     read_recent_runs,
     retry_if_transient,
     schedule_refusal,
@@ -45,16 +46,22 @@ from dbt_cloud_gate.starting import (
 def check_dbt_cloud_job_schedules(
     credentials: DbtCloudCredentials, job_ids: int | Sequence[int], policy: Literal["warn", "fail", "disable"] = "warn"
 ) -> None:
-    """Apply the policy to every job whose own dbt Cloud schedule is on (one task run for all the jobs).
+    """Check that every job exists and apply the policy to each whose own dbt Cloud schedule is on (one task run
+    for all the jobs; the jobs read in as few requests as the API allows: ``starting.read_jobs``).
 
     The pipeline owns the schedule: a job left scheduled in dbt Cloud runs twice. Under "fail" it refuses before
-    anything is triggered, naming every such job.
+    anything is triggered, naming every such job; a job ID that is no job of the account is refused too.
     """
     check_schedule_policy(policy)
     log = get_run_logger()
     ids = [job_ids] if isinstance(job_ids, int) else sorted(set(job_ids))
     with credentials.get_client() as client:
-        refused = [message for job_id in ids if (message := apply_schedule_policy(client, job_id, policy, log))]
+        jobs = read_jobs(client, ids)
+        refused = [
+            message
+            for job_id in ids
+            if (message := apply_schedule_policy(client, job_id, policy, log, job=jobs[job_id]))
+        ]
     if refused:
         raise schedule_refusal(refused)
 
@@ -96,7 +103,8 @@ def trigger_dbt_cloud_job(
     """
     log = get_run_logger()
     with _attempt_deadline(), credentials.get_client() as client:
-        if first_attempt and runtime_task_run.get_run_count() <= 1:
+        # Count 1: this task's first attempt (a .fn call outside a task run counts 0, and always searches).
+        if first_attempt and runtime_task_run.get_run_count() == 1:
             return trigger_with_key(client, job_id, cause, key, overrides, [], log)[0]
         found = client.find_runs_by_cause(job_id, key, max_runs=RECENT_RUNS_LIMIT)
         return trigger_with_key(client, job_id, cause, key, overrides, found, log)[0]

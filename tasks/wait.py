@@ -115,14 +115,13 @@ def wait_for_dbt_cloud_runs(
     credentials: DbtCloudCredentials,
     runs: dict[int, int],
     wait: WaitSettings = WAIT,
-    with_job: bool = False,
 ) -> list[RunWaitOutcome]:
     """Wait for many runs (run ID → job ID), just triggered, in one task, on one event loop: no thread and no task
     run per run.
 
     Each job's history is read once (all jobs at once); each run is first read after its schedule's first interval
-    (the trigger's answer said it was queued), and its reads carry its job when ``with_job`` (for a schedule check
-    skipped before the trigger); each finished run's results are read from every step that can build models.
+    (the trigger's answer said it was queued); each finished run's results are read from every step that can build
+    models.
     With ``webhooks``, every run sleeps on the one process-wide webhook waiter (one subscription for all) and
     polls every ``fallback_poll_seconds`` between events. Returns one outcome per run, in order; never raises for
     a run's outcome.
@@ -170,7 +169,6 @@ def wait_for_dbt_cloud_runs(
                 job_ids=runs,
                 waker=waker,
                 after_trigger=True,
-                with_job=with_job,
             )
 
             async def finish(outcome: WaitOutcome) -> RunWaitOutcome:

@@ -15,12 +15,15 @@ from prefect.exceptions import PrefectHTTPStatusError
 
 from bench.soak import TOKEN as SOAK_TOKEN
 from bench.soak import run_soak
-from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer
+from dbt_cloud_gate.dbtcloud_api import DbtCloudClient
+from dbt_cloud_gate.dbtcloud_api.emulator import EmulatorServer, JobSpec
+from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudNotFoundError
 from dbt_cloud_gate.errors import DbtCloudNativeScheduleOn, DbtCloudRunsFailed
 from dbt_cloud_gate.flows import fanout
 from dbt_cloud_gate.flows.fanout import run_dbt_cloud_jobs
 from dbt_cloud_gate.models import DbtCloudJobRequest
 from dbt_cloud_gate.settings import WaitSettings
+from dbt_cloud_gate.starting import read_jobs
 from dbt_cloud_gate.tasks.start import trigger_dbt_cloud_job
 from tests.conftest import TOKEN, AlertSink
 from tests.test_flow import FAST, creds, multi_step_job, prefect_texts, requests_since, saved_webhook
@@ -61,11 +64,10 @@ def test_task_runs_per_dbt_run_do_not_grow_with_duration(emulator: EmulatorServe
         results = state.result()
         assert [r.job_id for r in results] == [11, 13, 11] and all(r.status == "Success" for r in results)
         counts.append(task_runs_of(state.state_details.flow_run_id))
-    # Per fan-out of 3 runs: 3 triggers, 1 wait for all; whatever the duration (under "warn" the schedules are
-    # checked on the runs' reads, no task of their own).
+    # Per fan-out of 3 runs: 3 triggers, 1 check of every job, 1 wait for all; whatever the duration.
     assert counts[0] == counts[1]
     assert counts[0].count("trigger-dbt-cloud-job") == 3 and counts[0].count("wait-for-dbt-cloud-runs") == 1
-    assert len(counts[0]) == 4
+    assert counts[0].count("check-dbt-cloud-job-schedules") == 1 and len(counts[0]) == 5
 
 
 def test_soak_under_faults_reduced(webhook: AlertSink) -> None:
@@ -113,28 +115,63 @@ def test_fan_out_reads_every_building_step_and_names_deadlines_and_missing_water
     assert len(bodies) == 2 and any("never started" in b for b in bodies) and any("finished_at" in b for b in bodies)
 
 
-def test_a_first_attempt_reads_nothing_before_its_triggers(
+def test_a_first_attempt_reads_its_jobs_once_and_searches_for_no_key(
     emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """At defaults (native_schedule "warn", a first attempt), the fan-out triggers at once: no job read, no search
-    for a key (no run can carry one yet). Then one list of each job's runs (its history, all jobs at once), each run
-    first read after its schedule's first interval, every read carrying the job: the warning about job 13's own
-    schedule comes from them, once. Fixed cost per run: the trigger and the results."""
+    """At defaults (a first attempt), before its triggers the fan-out reads its jobs in one page of the account's
+    jobs (more than JOBS_READ_ONE_BY_ONE of them) and warns about job 13's own schedule, but searches for no key
+    (no run can carry one yet). Then one list of each job's runs (its history, all jobs at once), and each run's
+    first read after its schedule's first interval. Fixed cost per run: the trigger, the history, the results."""
+    for job_id in (31, 32):
+        emulator.emulator.add_job(JobSpec(id=job_id, name=f"j{job_id}", queue_seconds=0.05, run_seconds=0.3))
     caplog.set_level(logging.INFO)
     first = len(emulator.emulator.requests)
-    results = run_dbt_cloud_jobs([11, 13, 11], creds(emulator), wait=WaitSettings(poll_interval_seconds=0.5))
-    assert [r.job_id for r in results] == [11, 13, 11] and all(r.status == "Success" for r in results)
+    jobs: list[int | DbtCloudJobRequest] = [11, 13, 11, 31, 32]
+    results = run_dbt_cloud_jobs(jobs, creds(emulator), wait=WaitSettings(poll_interval_seconds=0.5))
+    assert [r.job_id for r in results] == jobs and all(r.status == "Success" for r in results)
     sent = requests_since(emulator, first)
-    assert not sent["job"] and not sent["other"], sent
-    assert len(sent["trigger"]) == 3 and len(sent["artifact"]) <= 3
-    histories = sorted(r.query["job_definition_id"][0] for r in sent["list"])
-    assert histories == ["11", "13"], "one list per job, its history; no search for a key"
-    last_trigger = max(r.at for r in sent["trigger"])
-    assert min(r.at for r in sent["list"]) > last_trigger
-    assert all("job" in ",".join(r.query["include_related"]) for r in sent["poll"]), "every read carries the job"
-    # No poll right after the triggers: the first waits the schedule's first interval (0.5 s here).
-    assert min(r.at for r in sent["poll"]) - last_trigger >= 0.45
+    first_trigger, last_trigger = min(r.at for r in sent["trigger"]), max(r.at for r in sent["trigger"])
+    [listing] = sent["job"]
+    assert listing.path.endswith("/jobs/") and listing.at < first_trigger, "one page of jobs, before the triggers"
     assert caplog.text.count("dbt Cloud job 13 ('scheduled') has its own dbt Cloud schedule on") == 1
+    assert len(sent["trigger"]) == 5 and len(sent["artifact"]) <= 5 and not sent["other"], sent
+    histories = sorted(r.query["job_definition_id"][0] for r in sent["list"])
+    assert histories == ["11", "13", "31", "32"], "one list per job, its history; no search for a key"
+    assert min(r.at for r in sent["list"]) > last_trigger
+    # No read right after the triggers: the first waits the schedule's first interval (0.5 s here).
+    assert min(r.at for r in sent["poll"]) - last_trigger >= 0.45
+
+
+@pytest.mark.parametrize("jobs", [[11, 999], [11, 12, 13, 14, 999, 998]], ids=["one-by-one", "listing"])
+def test_a_job_that_does_not_exist_refuses_the_fan_out_before_any_trigger(
+    emulator: EmulatorServer, jobs: list[int | DbtCloudJobRequest]
+) -> None:
+    with pytest.raises(
+        DbtCloudNotFoundError, match=r"job\(s\) (998, )?999 not found in account .*nothing was triggered"
+    ):
+        run_dbt_cloud_jobs(jobs, creds(emulator), wait=WaitSettings(poll_interval_seconds=0.2))
+    assert emulator.emulator.trigger_count == {}
+
+
+def test_jobs_are_read_in_pages_of_the_account_or_one_by_one_whichever_costs_less(
+    emulator: EmulatorServer, client: DbtCloudClient
+) -> None:
+    """250 jobs in the account, so 3 pages of 100 by ID (11-14 and 100-195; 196-295; 296-345). Requests as
+    (pages, single reads)."""
+    for job_id in range(100, 346):
+        emulator.emulator.add_job(JobSpec(id=job_id, name=f"j{job_id}"))
+
+    def cost(ids: list[int]) -> tuple[int, int]:
+        first = len(emulator.emulator.requests)
+        found = read_jobs(client, ids)
+        assert sorted(found) == sorted(set(ids)) and all(found[i].id == i for i in ids)
+        pages = sum(r.path.endswith("/jobs/") for r in emulator.emulator.requests[first:])
+        return pages, len(emulator.emulator.requests) - first - pages
+
+    assert cost([12, 11]) == (0, 2)  # few: one by one
+    assert cost([11, 12, 150, 180]) == (1, 0)  # all on the first page
+    assert cost([11, 12, 150, 250]) == (1, 1)  # the last one alone: one read, not two more pages
+    assert cost([11, 12, 13, 200, 210, 220, 300]) == (3, 0)  # four missing after a page: pages are cheaper
 
 
 def test_a_retried_fan_out_searches_for_its_keys_and_triggers_nothing_twice(emulator: EmulatorServer) -> None:

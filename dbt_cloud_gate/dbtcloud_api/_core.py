@@ -35,7 +35,7 @@ from dbt_cloud_gate.dbtcloud_api._payloads import (
 )
 from dbt_cloud_gate.dbtcloud_api._retry import Call, RetryState, parse_retry_after
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError, DbtCloudResponseError, DbtCloudRunMismatchError
-from dbt_cloud_gate.dbtcloud_api.models import Job, Run, RunPage, RunStatus, durations_from_runs
+from dbt_cloud_gate.dbtcloud_api.models import Job, JobPage, Run, RunPage, RunStatus, durations_from_runs
 from dbt_cloud_gate.dbtcloud_api.ratelimit import RateLimiter
 from dbt_cloud_gate.dbtcloud_api.types import check_id
 from dbt_cloud_gate.dbtcloud_api.urls import DEFAULT_ACCESS_URL, normalize_access_url
@@ -371,6 +371,27 @@ class Core:
         """The call behind :meth:`DbtCloudClient.get_job` (checked here, before any request)."""
         check_id("job_id", job_id)
         return self._build("GET", f"jobs/{job_id}/", Job.model_validate)
+
+    def list_jobs_call(self, limit: int, offset: int) -> Call[JobPage]:
+        """One page of the account's active jobs by ID (``GET jobs/``), with their triggers."""
+        path = self._path("jobs/")
+        label = f"GET {path}"
+
+        def parse(response: httpx.Response) -> JobPage:
+            data, extra = envelope_data(label, response)
+            if not isinstance(data, list):
+                raise DbtCloudResponseError(f"{label} answered with data that is not a list.")
+            raw_pagination = extra.get("pagination")
+            pagination: dict[str, Any] = raw_pagination if isinstance(raw_pagination, dict) else {}
+            try:
+                jobs = [Job.model_validate(item) for item in data]
+                total_count = int(pagination.get("total_count", offset + len(jobs)))
+            except (TypeError, ValueError) as exc:
+                raise DbtCloudResponseError(f"{label} answered with jobs this client cannot read: {exc}") from exc
+            return JobPage(jobs=jobs, total_count=total_count)
+
+        params = [("order_by", "id"), ("limit", str(limit)), ("offset", str(offset))]
+        return Call("GET", path, parse=parse, params=params)
 
     def update_job_call(self, job: Job | dict[str, Any]) -> Call[Job]:
         """The call behind :meth:`DbtCloudClient.update_job` (checked here, before any request)."""

@@ -48,7 +48,7 @@ from dbt_cloud_gate.dbtcloud_api._payloads import TRIGGER_OVERRIDES, clip_cause,
 from dbt_cloud_gate.dbtcloud_api._retry import RETRYABLE_STATUSES, Call, CallKind, parse_retry_after
 from dbt_cloud_gate.dbtcloud_api._tls import verification_context
 from dbt_cloud_gate.dbtcloud_api.errors import DbtCloudConfigError
-from dbt_cloud_gate.dbtcloud_api.models import Job, Run, RunPage
+from dbt_cloud_gate.dbtcloud_api.models import Job, JobPage, Run, RunPage
 from dbt_cloud_gate.dbtcloud_api.types import check_id
 from dbt_cloud_gate.dbtcloud_api.webhooks import SubscriptionSettings, WebhookSubscription
 
@@ -192,6 +192,10 @@ class DbtCloudClient(Core):
     def update_job(self, job: Job | dict[str, Any]) -> Job:
         """Write a whole job back (dbt Cloud updates a job with a POST of the whole object)."""
         return self._execute(self.update_job_call(job))
+
+    def list_jobs(self, *, limit: int = MAX_PAGE_SIZE, offset: int = 0) -> JobPage:
+        """One page of the account's active jobs, by ID, with their triggers (``total_count`` for paging)."""
+        return self._execute(self.list_jobs_call(limit, offset))
 
     # -- API v3: webhook subscriptions ----------------------------------------------------------------------
 

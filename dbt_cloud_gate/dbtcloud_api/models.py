@@ -367,6 +367,13 @@ class RunPage(BaseModel):
     limit: int
 
 
+class JobPage(BaseModel):
+    """One page of the account's job listing, with the service's total count for paging."""
+
+    jobs: list[Job]
+    total_count: int
+
+
 def durations_from_runs(runs: Iterable[Run]) -> list[float]:
     """Start-to-finish seconds of the successful runs among ``runs``."""
     return [

@@ -186,13 +186,12 @@ async def await_runs(
     finished_at_grace_seconds: float = FINISHED_AT_GRACE_SECONDS,
     waker: Waker | None = None,
     after_trigger: bool = False,
-    with_job: bool = False,
 ) -> list[WaitOutcome]:
     """Wait for many runs on one event loop (no thread per run); one outcome per run, in order, never raising.
 
     One ``waker``, when given, serves every run's sleeps (see :func:`await_run`). ``after_trigger``: the runs were
     just triggered, so each is first read after its schedule's first interval (:func:`first_poll_delay`), not at
-    once. ``with_job``: every read carries the run's job (its own schedule, for a check skipped before the trigger).
+    once.
 
     ``schedules(run_id)`` gives each run its poll schedule; ``job_ids`` (run ID → job ID), when given, is checked
     against every read. Runs past the deadline are cancelled unless ``on_timeout="leave"``; finished runs with
@@ -215,7 +214,6 @@ async def await_runs(
                 max_wait_seconds=max_wait_seconds,
                 schedule=schedule,
                 first_poll_delay_seconds=first_poll_delay(schedule) if after_trigger else 0.0,
-                with_job=with_job,
                 not_found_grace_seconds=not_found_grace_seconds,
                 log=log,
                 job_id=(job_ids or {}).get(run_id),
