@@ -123,6 +123,25 @@ class Pager(Generic[R]):
         return kept
 
 
+def listed_page(
+    label: str, response: httpx.Response, offset: int, model: Callable[[Any], R], what: str
+) -> tuple[list[R], int, int]:
+    """The items of one page of a v2 listing (``data``, each read by ``model``), its ``count`` and ``total_count``
+    (``extra.pagination``; when missing, this page's)."""
+    data, extra = envelope_data(label, response)
+    if not isinstance(data, list):
+        raise DbtCloudResponseError(f"{label} answered with data that is not a list.")
+    raw_pagination = extra.get("pagination")
+    pagination: dict[str, Any] = raw_pagination if isinstance(raw_pagination, dict) else {}
+    try:
+        items = [model(item) for item in data]
+        count = int(pagination.get("count", len(items)))
+        total_count = int(pagination.get("total_count", offset + len(items)))
+    except (TypeError, ValueError) as exc:
+        raise DbtCloudResponseError(f"{label} answered with {what} this client cannot read: {exc}") from exc
+    return items, count, total_count
+
+
 class Core:
     """Configuration, request builders and the retry loop (as a generator) shared by the sync and async clients."""
 
@@ -314,17 +333,7 @@ class Core:
         expected = ExpectedRun(job_id=job_definition_id)
 
         def parse(response: httpx.Response) -> RunPage:
-            data, extra = envelope_data(label, response)
-            if not isinstance(data, list):
-                raise DbtCloudResponseError(f"{label} answered with data that is not a list.")
-            raw_pagination = extra.get("pagination")
-            pagination: dict[str, Any] = raw_pagination if isinstance(raw_pagination, dict) else {}
-            try:
-                runs = [Run.model_validate(item) for item in data]
-                count = int(pagination.get("count", len(runs)))
-                total_count = int(pagination.get("total_count", offset + len(runs)))
-            except (TypeError, ValueError) as exc:
-                raise DbtCloudResponseError(f"{label} answered with runs this client cannot read: {exc}") from exc
+            runs, count, total_count = listed_page(label, response, offset, Run.model_validate, "runs")
             for run in runs:
                 expected.check(label, run, self.account_id)
             return RunPage(runs=runs, count=count, total_count=total_count, offset=offset, limit=limit)
@@ -378,16 +387,7 @@ class Core:
         label = f"GET {path}"
 
         def parse(response: httpx.Response) -> JobPage:
-            data, extra = envelope_data(label, response)
-            if not isinstance(data, list):
-                raise DbtCloudResponseError(f"{label} answered with data that is not a list.")
-            raw_pagination = extra.get("pagination")
-            pagination: dict[str, Any] = raw_pagination if isinstance(raw_pagination, dict) else {}
-            try:
-                jobs = [Job.model_validate(item) for item in data]
-                total_count = int(pagination.get("total_count", offset + len(jobs)))
-            except (TypeError, ValueError) as exc:
-                raise DbtCloudResponseError(f"{label} answered with jobs this client cannot read: {exc}") from exc
+            jobs, _, total_count = listed_page(label, response, offset, Job.model_validate, "jobs")
             return JobPage(jobs=jobs, total_count=total_count)
 
         params = [("order_by", "id"), ("limit", str(limit)), ("offset", str(offset))]
