@@ -9,13 +9,14 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run as runtime_flow_run
 
 from dbt_cloud_gate.dbtcloud_api.client import MAX_CAUSE_LENGTH
@@ -47,6 +48,13 @@ class RunTreeScope:
 
     scope: str
     first_attempt: bool = False
+
+
+def runs_as_own_flow_run(body: Callable[..., Any]) -> bool:
+    """Whether the current flow run is the flow whose function is ``body`` (not ``body`` called through ``.fn`` in
+    a caller's flow run, whose key scope, and whose first attempt, it would share)."""
+    context = FlowRunContext.get()
+    return context is not None and context.flow is not None and context.flow.fn is body
 
 
 def run_tree_scope(flow_run_id: str | UUID | None = None, client: SyncPrefectClient | None = None) -> RunTreeScope:

@@ -128,11 +128,11 @@ def read_jobs(client: DbtCloudClient, job_ids: Sequence[int]) -> dict[int, Job]:
     wanted = sorted(set(job_ids))
     found: dict[int, Job] = {}
     if len(wanted) > JOBS_READ_ONE_BY_ONE:
-        offset = 0
+        offset, sought = 0, set(wanted)
         while True:
             page = client.list_jobs(limit=MAX_PAGE_SIZE, offset=offset)
             offset += len(page.jobs)
-            found.update((job.id, job) for job in page.jobs if job.id in wanted)
+            found.update((job.id, job) for job in page.jobs if job.id in sought)
             missing = [job_id for job_id in wanted if job_id not in found]
             pages_left = -(-(page.total_count - offset) // MAX_PAGE_SIZE)
             if not missing or not page.jobs or pages_left <= 0 or pages_left > len(missing):

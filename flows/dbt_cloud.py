@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.context import FlowRunContext
 
 from dbt_cloud_gate.alerts import check_alert_blocks
 from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credentials
@@ -25,7 +24,7 @@ from dbt_cloud_gate.errors import (
     DbtCloudRunFailed,
     DbtCloudRunInvalid,
 )
-from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope
+from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope, runs_as_own_flow_run
 from dbt_cloud_gate.models import DbtCloudRunResult, DbtCloudRunSummary
 from dbt_cloud_gate.outcomes import Verdict, alert_body, build_result, judge, summarize, where_it_failed
 from dbt_cloud_gate.publish import publish_run
@@ -94,7 +93,7 @@ async def run_dbt_cloud_job(
     else:
         # The search for a run carrying the key can be skipped only on the tree's first attempt, and only when
         # this body runs as its own flow run (called through .fn, it would share its caller's run and key).
-        first_attempt = tree.first_attempt and _runs_as_own_flow_run()
+        first_attempt = tree.first_attempt and runs_as_own_flow_run(run_dbt_cloud_job.fn)
         started = _start_run(creds, job_id, cause, trigger, start, scope, first_attempt)
     run_id = started.run_id
     if not started.owned and wait.on_timeout == "cancel":
@@ -242,9 +241,3 @@ def _start_run(
         # The wait reads the job's history with its first poll (one request for both), not before the trigger.
         needs_history=False,
     )
-
-
-def _runs_as_own_flow_run() -> bool:
-    """Whether this flow's body runs as its own flow run (not through ``run_dbt_cloud_job.fn`` in a caller's)."""
-    context = FlowRunContext.get()
-    return context is not None and context.flow is not None and context.flow.fn is run_dbt_cloud_job.fn

@@ -14,7 +14,6 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
-from prefect.context import FlowRunContext
 from prefect.flows import Flow
 from prefect.futures import PrefectFuture
 
@@ -23,7 +22,7 @@ from dbt_cloud_gate.blocks.dbt_cloud import DbtCloudCredentials, resolve_credent
 from dbt_cloud_gate.cancellation import cancel_runs_of_flow_run, remember_for_cancellation
 from dbt_cloud_gate.dbtcloud_api import run_url
 from dbt_cloud_gate.errors import DbtCloudRunInvalid, DbtCloudRunsFailed, DbtCloudRunTimedOut
-from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope
+from dbt_cloud_gate.keys import cause_with_key, idempotency_key, run_tree_scope, runs_as_own_flow_run
 from dbt_cloud_gate.models import DbtCloudJobRequest, DbtCloudRunResult
 from dbt_cloud_gate.outcomes import alert_body, build_result, judge, summarize
 from dbt_cloud_gate.publish import emit_run_event
@@ -91,7 +90,7 @@ def run_dbt_cloud_jobs(
     check_dbt_cloud_job_schedules(creds, [r.job_id for r in requests], start.native_schedule)
     wait = subscribe_before_trigger(wait, log)
     # On the run tree's first attempt no run can carry a key yet: the triggers skip their search for one.
-    first_attempt = tree.first_attempt and _runs_as_own_flow_run()
+    first_attempt = tree.first_attempt and runs_as_own_flow_run(run_dbt_cloud_jobs.fn)
     started, failures = _trigger_all(creds, requests, scope, first_attempt)
     log.info("Started %d dbt Cloud run(s); waiting for all on one event loop.", len(started))
     outcomes = wait_for_dbt_cloud_runs(creds, started, wait)
@@ -123,13 +122,6 @@ def run_dbt_cloud_jobs(
     return results
 
 
-def _runs_as_own_flow_run() -> bool:
-    """Whether this flow's body runs as its own flow run (not through ``run_dbt_cloud_jobs.fn`` in a caller's,
-    whose key scope it would share)."""
-    context = FlowRunContext.get()
-    return context is not None and context.flow is not None and context.flow.fn is run_dbt_cloud_jobs.fn
-
-
 def _trigger_all(
     creds: DbtCloudCredentials, requests: list[DbtCloudJobRequest], scope: str, first_attempt: bool
 ) -> tuple[dict[int, int], list[dict[str, Any]]]:
@@ -142,11 +134,7 @@ def _trigger_all(
         # A job asked for several times gets one key per occurrence: each is its own run, none is doubled.
         key = idempotency_key(request.job_id, scope, counts[request.job_id])
         keys.append(key)
-        futures.append(
-            trigger_dbt_cloud_job.submit(
-                creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides, first_attempt
-            )
-        )
+        futures.append(_submit(creds, request, key, first_attempt))
     failures: list[dict[str, Any]] = []
     started: dict[int, int] = {}
     for request, future, key in zip(requests, futures, keys, strict=True):
@@ -186,10 +174,16 @@ def _run_id(future: PrefectFuture[int], creds: DbtCloudCredentials, request: Dbt
                 delay,
             )
             time.sleep(delay)
-            future = trigger_dbt_cloud_job.submit(
-                creds, request.job_id, cause_with_key(request.cause, key), key, request.overrides, False
-            )
+            future = _submit(creds, request, key, first_attempt=False)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _submit(
+    creds: DbtCloudCredentials, request: DbtCloudJobRequest, key: str, first_attempt: bool
+) -> PrefectFuture[int]:
+    """Submit the trigger task of ``request`` under ``key``."""
+    cause = cause_with_key(request.cause, key)
+    return trigger_dbt_cloud_job.submit(creds, request.job_id, cause, key, request.overrides, first_attempt)
 
 
 def _judge_all(

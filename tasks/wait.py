@@ -4,7 +4,9 @@ event loop, and the cancel. A wait is one task run, however many polls it takes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -15,7 +17,7 @@ from dbt_cloud_gate.dbtcloud_api import (
     DbtCloudError,
     Run,
 )
-from dbt_cloud_gate.dbtcloud_api.client import request_deadline
+from dbt_cloud_gate.dbtcloud_api.client import AsyncDbtCloudClient, request_deadline
 from dbt_cloud_gate.dbtcloud_api.polling import FixedInterval, make_schedule
 from dbt_cloud_gate.dbtcloud_api.results import aread_model_results, has_model_results, read_model_results
 from dbt_cloud_gate.dbtcloud_api.wait import (
@@ -110,6 +112,36 @@ def wait_for_dbt_cloud_run_and_results(
             return FinishedRun(run, read_model_results(client, run_id, run, log))
 
 
+async def _job_schedules(
+    client: AsyncDbtCloudClient,
+    job_ids: list[int],
+    wait: WaitSettings,
+    webhooks: bool,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> dict[int, PollSchedule]:
+    """Each job's poll schedule: with webhooks, the safety net's fixed interval; else from the job's history, read
+    for all jobs at once (the account's rate limiter, shared by the client, paces them); fixed polling for a job
+    whose history cannot be read."""
+    if webhooks:
+        return {job_id: FixedInterval(wait.fallback_poll_seconds) for job_id in job_ids}
+
+    async def history(job_id: int) -> list[float]:
+        if not wait.adaptive_polling:
+            return []
+        try:
+            with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
+                return await client.job_history(job_id)
+        except DbtCloudError as exc:
+            log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
+            return []
+
+    histories = await asyncio.gather(*(history(job_id) for job_id in job_ids))
+    return {
+        job_id: make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
+        for job_id, history in zip(job_ids, histories, strict=True)
+    }
+
+
 @task(name="wait-for-dbt-cloud-runs", cache_policy=NO_CACHE)
 def wait_for_dbt_cloud_runs(
     credentials: DbtCloudCredentials,
@@ -137,26 +169,7 @@ def wait_for_dbt_cloud_runs(
 
     async def main() -> list[RunWaitOutcome]:
         async with credentials.get_async_client() as client:
-            job_ids = sorted(set(runs.values()))
-
-            async def history(job_id: int) -> list[float]:
-                if not wait.adaptive_polling or waker is not None:
-                    return []
-                try:
-                    with request_deadline(time.monotonic() + AFTER_WAIT_SECONDS):
-                        return await client.job_history(job_id)
-                except DbtCloudError as exc:
-                    log.warning("Could not read job %s's history (%s); fixed polling.", job_id, exc)
-                    return []
-
-            # All at once: the account's rate limiter, shared by the client, paces them.
-            histories = dict(zip(job_ids, await asyncio.gather(*(history(j) for j in job_ids)), strict=True))
-            schedules: dict[int, PollSchedule] = {
-                job_id: FixedInterval(wait.fallback_poll_seconds)
-                if waker is not None
-                else make_schedule(history, wait.poll_interval_seconds, adaptive=wait.adaptive_polling)
-                for job_id, history in histories.items()
-            }
+            schedules = await _job_schedules(client, sorted(set(runs.values())), wait, waker is not None, log)
             waited = await await_runs(
                 client,
                 list(runs),
